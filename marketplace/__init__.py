@@ -1,0 +1,176 @@
+"""CareJar marketplace backend: ``create_app()`` wires the pieces together and nothing else."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+from flask import Flask, Request, g, request
+from flask.json.provider import DefaultJSONProvider
+from werkzeug.middleware.proxy_fix import ProxyFix
+from werkzeug.wrappers import Response
+
+from marketplace.config import Settings, load_settings
+from marketplace.errors import MalformedJson, UnsupportedMediaType, register_error_handlers
+
+
+class _StrictJSONProvider(DefaultJSONProvider):
+    """Refuses duplicate keys: ``{"a": 1, "a": 2}`` is ambiguous, not "last one wins"."""
+
+    def loads(self, s: str | bytes, **kwargs: Any) -> Any:
+        kwargs.setdefault("object_pairs_hook", _no_duplicates)
+        return json.loads(s, **kwargs)
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise ValueError(f"duplicate key {key!r}")
+        result[key] = value
+    return result
+
+
+class _Request(Request):
+    def on_json_loading_failed(self, e: ValueError | None) -> Any:
+        raise MalformedJson()
+
+
+def create_app(overrides: dict[str, Any] | None = None, *, start_background: bool = True) -> Flask:
+    """Build the app. ``overrides`` replace environment settings (tests); ``None`` removes one."""
+    settings = load_settings(overrides)
+    from marketplace import logs
+
+    logs.configure(settings.log_level)
+
+    app = Flask(__name__, static_folder="static", template_folder="templates")
+    app.request_class = _Request
+    app.json = _StrictJSONProvider(app)
+    app.config.update(settings.flask_config())
+    app.config["PASSWORD_HASH_PROFILE"] = (overrides or {}).get("PASSWORD_HASH_PROFILE", "default")
+    if settings.trusted_proxy_count:
+        n = settings.trusted_proxy_count
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n, x_host=n)  # type: ignore[method-assign]
+
+    settings.var_dir.mkdir(parents=True, exist_ok=True)
+    _init_extensions(app, settings, start_background=start_background)
+    register_error_handlers(app)
+    _register_routes(app)
+    _register_hooks(app, settings)
+    from marketplace import cli
+
+    cli.register(app)
+    return app
+
+
+def _init_extensions(app: Flask, settings: Settings, *, start_background: bool) -> None:
+    from marketplace import jobs
+    from marketplace.crypto import KeyRing
+    from marketplace.extensions import db, limiter, migrate
+
+    _import_models()
+    db.init_app(app)
+    migrate.init_app(app, db, directory=str(_migrations_dir()))
+    limiter.init_app(app)
+    if settings.master_keyring:
+        app.extensions["keyring"] = KeyRing.from_env_value(settings.master_keyring)
+    else:
+        app.extensions["keyring"] = KeyRing.load(settings.keyring_path, create=not settings.production)
+    jobs.init_app(app, start_background=start_background)
+
+
+def _migrations_dir() -> Any:
+    from marketplace.config import PROJECT_ROOT
+
+    return PROJECT_ROOT / "migrations"
+
+
+def _import_models() -> None:
+    """Every model module, so metadata (and Alembic autogenerate) sees all tables."""
+    from marketplace import audit, jobs  # noqa: F401
+    from marketplace.agencies import models as _agencies  # noqa: F401
+    from marketplace.fleet import models as _fleet  # noqa: F401
+    from marketplace.notifications import models as _notifications  # noqa: F401
+    from marketplace.notifications import service as _notification_jobs  # noqa: F401
+    from marketplace.users import models as _users  # noqa: F401
+
+
+def _register_routes(app: Flask) -> None:
+    from agency_app import views as agency_views
+    from marketplace.api import create_api
+    from marketplace.console import views as console_views
+    from marketplace.security import Gate, GateKind, register_gated
+
+    api = create_api(app)
+    from marketplace.health import health_bp
+    from marketplace.users.views import auth_bp, legal_bp, me_bp
+
+    register_gated(app, health_bp, Gate(GateKind.PUBLIC), api=api)
+    register_gated(app, legal_bp, Gate(GateKind.PUBLIC), api=api)
+    register_gated(app, auth_bp, Gate(GateKind.API), api=api)
+    register_gated(app, me_bp, Gate(GateKind.API), api=api)
+
+    from marketplace.console.views import console_bp
+
+    register_gated(app, console_bp, Gate(GateKind.CONSOLE, console_views.REQUIRED))
+    from agency_app.views import agency_bp
+
+    register_gated(app, agency_bp, Gate(GateKind.AGENCY, agency_views.REQUIRED))
+
+
+def _register_hooks(app: Flask, settings: Settings) -> None:
+    from marketplace.extensions import db
+
+    @app.before_request
+    def _request_id() -> None:
+        incoming = request.headers.get("X-Request-ID", "")
+        # accept a caller's id only if it is a plain UUID (never echo arbitrary text into logs)
+        try:
+            g.request_id = str(uuid.UUID(incoming)) if incoming else str(uuid.uuid4())
+        except ValueError:
+            g.request_id = str(uuid.uuid4())
+
+    @app.before_request
+    def _json_only() -> None:
+        if not request.path.startswith("/api/") or request.method not in {"POST", "PUT", "PATCH"}:
+            return
+        view = app.view_functions.get(request.endpoint or "")
+        if getattr(view, "_accepts_multipart", False):
+            if request.mimetype != "multipart/form-data":
+                raise UnsupportedMediaType(details={"expected": "multipart/form-data"})
+            return
+        has_body = (request.content_length or 0) > 0 or request.headers.get("Transfer-Encoding")
+        if has_body and not request.is_json:
+            raise UnsupportedMediaType(details={"expected": "application/json"})
+
+    @app.after_request
+    def _headers(response: Response) -> Response:
+        response.headers["X-Request-ID"] = g.get("request_id", "")
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        response.headers.setdefault("Referrer-Policy", "no-referrer")
+        response.headers.setdefault("X-Frame-Options", "DENY")
+        response.headers.setdefault("Cross-Origin-Opener-Policy", "same-origin")
+        response.headers.setdefault(
+            "Content-Security-Policy",
+            "default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'; "
+            "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
+        )
+        if settings.production:
+            response.headers.setdefault("Strict-Transport-Security", "max-age=63072000; includeSubDomains")
+        if not request.path.startswith(("/static/", "/api/docs/assets/")):
+            response.headers.setdefault("Cache-Control", "no-store")
+        origin = request.headers.get("Origin")
+        if origin and origin in settings.cors_origins and request.path.startswith("/api/"):
+            response.headers["Access-Control-Allow-Origin"] = origin
+            response.headers["Vary"] = "Origin"
+        new_csrf = g.get("new_csrf_cookie")
+        if new_csrf:
+            response.set_cookie("cj_csrf", new_csrf, httponly=True, secure=settings.production, samesite="Strict",
+                                path="/")
+        return response
+
+    @app.teardown_request
+    def _rollback_uncommitted(_exc: BaseException | None) -> None:
+        # anything a failed request flushed is discarded: nothing is half-written
+        db.session.rollback()

@@ -1,0 +1,212 @@
+"""Operator commands: ``flask --app wsgi <group> <command>``."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import sys
+import time
+from decimal import Decimal
+from pathlib import Path
+
+import click
+from flask import Flask, current_app
+from flask.cli import AppGroup
+from sqlalchemy import select
+
+from marketplace import audit, jobs
+from marketplace.extensions import db, utcnow
+from marketplace.permissions import AGENCY_ROLES, Role
+
+staff_cli = AppGroup("staff", help="Staff accounts.")
+audit_cli = AppGroup("audit", help="The hash-chained audit log.")
+jobs_cli = AppGroup("jobs", help="Background workers and the durable-work sweeper.")
+demo_cli = AppGroup("demo", help="Demo data for a local run.")
+
+
+def register(app: Flask) -> None:
+    for group in (staff_cli, audit_cli, jobs_cli, demo_cli):
+        app.cli.add_command(group)
+
+
+# ---- staff ---------------------------------------------------------------------------------------
+
+
+@staff_cli.command("create")
+@click.option("--email", required=True)
+@click.option("--name", "full_name", required=True)
+@click.option("--role", "roles", multiple=True, required=True, type=click.Choice([r.value for r in Role if r != Role.CUSTOMER]))
+@click.option("--agency", "agency_public_id", default=None, help="Agency public id, for agency roles")
+@click.password_option("--password", envvar="STAFF_PASSWORD", help="Prompted for if not given")
+def create_staff(email: str, full_name: str, roles: tuple[str, ...], agency_public_id: str | None,
+                 password: str) -> None:
+    """Create a staff member (e.g. the first admin). MFA is set up at first sign-in."""
+    from marketplace.errors import AppError
+    from marketplace.users import service
+
+    try:
+        agency_id = service.agency_id_from_public(agency_public_id)
+        pairs = [(Role(r), agency_id if Role(r) in AGENCY_ROLES else None) for r in roles]
+        user = service.create_staff(email=email, full_name=full_name, password=password, roles=pairs)
+    except AppError as exc:
+        db.session.rollback()
+        raise click.ClickException(f"{exc.code}: {exc.text} {exc.details or ''}") from exc
+    db.session.commit()
+    click.echo(f"Created {user.email} ({', '.join(roles)}). Sign in at /console or /agency to set up MFA.")
+
+
+# ---- audit ---------------------------------------------------------------------------------------
+
+
+@audit_cli.command("verify")
+def verify_audit() -> None:
+    """Recompute the hash chain; exit 1 and name the first broken row if it was tampered with."""
+    report = audit.verify_chain(db.session)
+    if report.ok:
+        click.echo(f"audit chain ok: {report.checked} rows")
+        return
+    click.echo(f"audit chain BROKEN at row {report.first_broken_id}: {report.reason}", err=True)
+    sys.exit(1)
+
+
+# ---- jobs ----------------------------------------------------------------------------------------
+
+
+@jobs_cli.command("worker")
+@click.option("--burst", is_flag=True, help="Run what is queued, then exit")
+def worker(burst: bool) -> None:
+    """An rq worker for the marketplace queue (needs REDIS_URL)."""
+    from rq import Worker
+
+    backend = jobs.backend()
+    if not isinstance(backend, jobs.RqBackend) or current_app.config["SETTINGS"].jobs_mode != "redis":
+        raise click.ClickException("JOBS_MODE=redis with REDIS_URL is needed for a separate worker")
+    Worker([backend.queue], connection=backend.connection).work(burst=burst, with_scheduler=True)
+
+
+@jobs_cli.command("sweeper")
+@click.option("--every", default=60, show_default=True, help="Seconds between sweeps")
+@click.option("--once", is_flag=True)
+def sweeper(every: int, once: bool) -> None:
+    """Re-queue due durable work and run periodic housekeeping."""
+    while True:
+        count = jobs.sweep()
+        jobs.run_periodic()
+        click.echo(f"{utcnow().isoformat()} queued {count} due work items")
+        if once:
+            return
+        time.sleep(every)
+
+
+# ---- demo data ---------------------------------------------------------------------------------
+
+DEMO_FILE = "demo-credentials.txt"
+
+
+@demo_cli.command("seed")
+def seed_demo() -> None:
+    """Create demo staff, an agency with vehicles, and a verified customer; print their sign-ins."""
+    settings = current_app.config["SETTINGS"]
+    if settings.production:
+        raise click.ClickException("demo data is never seeded in production")
+    path = Path(settings.var_dir) / DEMO_FILE
+    from marketplace.users.models import User
+
+    if db.session.execute(select(User.id).where(User.email == "admin@demo.carejar.example")).first():
+        click.echo(path.read_text() if path.exists() else "Demo data exists (credentials file missing).")
+        return
+    lines = _seed()
+    db.session.commit()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(lines)
+    click.echo(lines)
+
+
+def _seed() -> str:
+    from marketplace.agencies.models import Agency, AgencyStatus
+    from marketplace.crypto import encrypt_field
+    from marketplace.fleet.models import Vehicle, VehicleStatus
+    from marketplace.users import passwords, service
+    from marketplace.users.consent_texts import CURRENT
+    from marketplace.users.models import AccountStatus, AccountType, ConsentKind, User
+
+    now = utcnow()
+    agency = Agency(
+        business_name="Desert Wheels Car Rental LLC", trade_licence_number="DED-1234567", trn="100123456700003",
+        address_line1="Sheikh Zayed Road, Al Quoz 1", address_city="Dubai", address_country="AE",
+        representative_name="Omar Al Mansoori", contact_email="ops@desertwheels.example",
+        contact_phone="+97143001234", status=AgencyStatus.ACTIVE, verified_at=now,
+    )
+    db.session.add(agency)
+    db.session.flush()
+    cars = [
+        ("Toyota", "Corolla", 2024, "economy", "DXB A 12345", 5, "automatic", 14900, 100000),
+        ("Nissan", "Patrol", 2023, "suv", "DXB B 23456", 7, "automatic", 54900, 300000),
+        ("Kia", "Picanto", 2024, "mini", "DXB C 34567", 4, "automatic", 9900, 50000),
+        ("Mercedes-Benz", "E 300", 2024, "luxury", "DXB D 45678", 5, "automatic", 89900, 500000),
+    ]
+    for i, (make, model, year, category, plate, seats, gearbox, price, deposit) in enumerate(cars):
+        db.session.add(Vehicle(
+            agency_id=agency.id, make=make, model=model, year=year, category=category, plate=plate, seats=seats,
+            transmission=gearbox, city="Dubai", latitude=Decimal("25.1412") + Decimal(i) / 100,
+            longitude=Decimal("55.2230"), daily_price_fils=price, deposit_fils=deposit,
+            mileage_limit_km_per_day=250, status=VehicleStatus.LISTED,
+        ))
+    staff = [
+        ("admin@demo.carejar.example", "Aisha Admin", [(Role.ADMIN, None)]),
+        ("reviewer@demo.carejar.example", "Rami Reviewer", [(Role.KYC_REVIEWER, None)]),
+        ("reviewer2@demo.carejar.example", "Rana Reviewer", [(Role.KYC_REVIEWER, None)]),
+        ("disputes@demo.carejar.example", "Dana Disputes", [(Role.DISPUTES_AGENT, None)]),
+        ("dpo@demo.carejar.example", "Dariush DPO", [(Role.DPO, None)]),
+        ("owner@desertwheels.example", "Omar Owner", [(Role.AGENCY_OWNER, agency.id)]),
+        ("desk@desertwheels.example", "Sara Desk", [(Role.AGENCY_STAFF, agency.id)]),
+    ]
+    import pyotp
+
+    out = ["CareJar demo sign-ins (also in var/demo-credentials.txt; local demo only)", ""]
+    out.append(f"{'who':<34} {'password':<22} TOTP secret (add to an authenticator app)")
+    ring = current_app.extensions["keyring"]
+    for email, name, roles in staff:
+        password = "Demo-" + secrets.token_urlsafe(12)
+        user = service.create_staff(email=email, full_name=name, password=password, roles=roles)
+        secret = pyotp.random_base32(32)
+        user.totp_secret_enc = encrypt_field(ring, secret.encode(), aad=f"totp:{user.public_id}".encode())
+        user.totp_enrolled_at = now
+        out.append(f"{email:<34} {password:<22} {secret}")
+    password = "Demo-" + secrets.token_urlsafe(12)
+    customer = User(
+        account_type=AccountType.CUSTOMER, status=AccountStatus.ACTIVE, email="layla@demo.carejar.example",
+        email_verified_at=now, phone="+971501234567", password_hash=passwords.hash_password(password),
+        password_changed_at=now, full_name="Layla Haddad", date_of_birth=now.date().replace(year=now.year - 30),
+        nationality="AE", address_line1="Marina Gate 1, Apt 1204", address_city="Dubai", address_country="AE",
+        emergency_contact_name="Karim Haddad", emergency_contact_phone="+971509876543",
+    )
+    db.session.add(customer)
+    db.session.flush()
+    for kind in (ConsentKind.TERMS, ConsentKind.PRIVACY):
+        service._grant(customer, kind, CURRENT[kind].version, device="demo seed")
+    audit.record(None, "demo:seed", agency)
+    out.append(f"{customer.email:<34} {password:<22} (customer: API sign-in, no MFA)")
+    out += ["", "Console: /console   Agency app: /agency   API docs: /api/docs",
+            "A current TOTP code for a demo account: flask --app wsgi demo totp EMAIL"]
+    return "\n".join(out) + "\n"
+
+
+@demo_cli.command("totp")
+@click.argument("email")
+def demo_totp(email: str) -> None:
+    """Print the current TOTP code of a demo staff account (never in production)."""
+    import pyotp
+
+    from marketplace.crypto import decrypt_field
+    from marketplace.users.models import User
+
+    if current_app.config["SETTINGS"].production or not email.endswith(".example"):
+        raise click.ClickException("only for demo accounts outside production")
+    user = db.session.execute(select(User).where(User.email == email.lower())).scalar_one_or_none()
+    if user is None or user.totp_secret_enc is None:
+        raise click.ClickException("no such demo account with MFA")
+    secret = decrypt_field(current_app.extensions["keyring"], user.totp_secret_enc,
+                           aad=f"totp:{user.public_id}".encode()).decode()
+    click.echo(pyotp.TOTP(secret).now())

@@ -1,0 +1,400 @@
+"""Background work: the durable-work table is the source of truth, rq only carries row ids.
+
+Anything that must happen later is a ``WorkItem`` row written in the same transaction as the change
+that caused it. After the commit its id is queued on rq; the job reloads the row, returns at once if
+the work is already done, runs the handler and records the outcome. A sweeper (every minute) re-queues
+rows that are due and not in flight, so a lost Redis or a killed worker delays work but never loses it.
+
+Queue backends (``JOBS_MODE``):
+- ``redis``: rq on ``REDIS_URL``; run ``flask jobs worker`` (workers) and ``flask jobs sweeper``.
+- ``thread`` (the embedded default, no Redis needed): rq on an in-process Redis double, drained by a
+  worker thread inside the web process; the same thread runs the sweeper every minute.
+- ``sync``: jobs run right after the commit, in the committing thread (tests).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Any
+
+from flask import Flask, current_app
+from sqlalchemy import ForeignKey, Index, Integer, String, event, or_, select, update
+from sqlalchemy.orm import Mapped, Session, mapped_column
+
+from marketplace.extensions import db, utcnow
+
+log = logging.getLogger("marketplace.jobs")
+
+QUEUE_NAME = "marketplace"
+LEASE = timedelta(minutes=5)
+MAX_ATTEMPTS = 8
+
+
+class WorkStatus(StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    DONE = "done"
+    DEAD = "dead"  # gave up after MAX_ATTEMPTS; visible to operators
+
+
+class WorkItem(db.Model):
+    __tablename__ = "work_items"
+    __table_args__ = (Index("ix_work_items_due", "status", "due_at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    kind: Mapped[str] = mapped_column(String(48))
+    ref: Mapped[str] = mapped_column(String(64))
+    dedupe_key: Mapped[str | None] = mapped_column(String(120), unique=True)
+    status: Mapped[str] = mapped_column(String(12), default=WorkStatus.PENDING)
+    due_at: Mapped[datetime]
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    max_attempts: Mapped[int] = mapped_column(Integer, default=MAX_ATTEMPTS)
+    leased_until: Mapped[datetime | None]
+    enqueued_at: Mapped[datetime | None]
+    last_error: Mapped[str | None] = mapped_column(String(500))
+    created_at: Mapped[datetime]
+    finished_at: Mapped[datetime | None]
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+
+
+Handler = Callable[[str], None]
+_HANDLERS: dict[str, Handler] = {}
+
+
+def handler(kind: str) -> Callable[[Handler], Handler]:
+    """Register the function that performs one kind of work; it receives the row's ``ref``."""
+
+    def decorate(func: Handler) -> Handler:
+        _HANDLERS[kind] = func
+        return func
+
+    return decorate
+
+
+def schedule(
+    kind: str,
+    ref: str | int,
+    *,
+    due_at: datetime | None = None,
+    dedupe_key: str | None = None,
+    user_id: int | None = None,
+    max_attempts: int = MAX_ATTEMPTS,
+) -> WorkItem:
+    """Write a work row in the caller's transaction; it is queued once that transaction commits."""
+    if kind not in _HANDLERS:
+        raise KeyError(f"no handler registered for work kind {kind!r}")
+    now = utcnow()
+    item = WorkItem(
+        kind=kind,
+        ref=str(ref),
+        dedupe_key=dedupe_key,
+        status=WorkStatus.PENDING,
+        due_at=due_at or now,
+        created_at=now,
+        user_id=user_id,
+        max_attempts=max_attempts,
+    )
+    db.session.add(item)
+    db.session.flush()
+    if item.due_at <= now + timedelta(seconds=1):
+        enqueue_after_commit(run_work_item, item.id)
+    return item
+
+
+# ---- enqueue after commit ----------------------------------------------------------------------
+
+_PENDING_KEY = "jobs_after_commit"
+
+
+def enqueue_after_commit(func: Callable[..., Any], *args: Any) -> None:
+    """Queue ``func(*args)`` only if and when the current transaction commits."""
+    pending: list[tuple[Callable[..., Any], tuple[Any, ...]]] = db.session.info.setdefault(_PENDING_KEY, [])
+    pending.append((func, args))
+
+
+@event.listens_for(Session, "after_commit")
+def _after_commit(session: Session) -> None:
+    pending = session.info.pop(_PENDING_KEY, None)
+    if not pending:
+        return
+    backend = _backend_or_none()
+    if backend is None:
+        return
+    for func, args in pending:
+        backend.enqueue(func, *args)
+
+
+@event.listens_for(Session, "after_soft_rollback")
+def _after_rollback(session: Session, previous_transaction: Any) -> None:
+    if previous_transaction.parent is None:  # the outermost transaction rolled back
+        session.info.pop(_PENDING_KEY, None)
+
+
+# ---- running one work item ---------------------------------------------------------------------
+
+
+def run_work_item(item_id: int) -> str:
+    """The rq job: reload the row, skip finished work, run the handler, record the outcome."""
+    return _in_app_context(lambda: _run(item_id))
+
+
+def _run(item_id: int) -> str:
+    now = utcnow()
+    claimed = db.session.execute(
+        update(WorkItem)
+        .where(
+            WorkItem.id == item_id,
+            WorkItem.status == WorkStatus.PENDING,
+            WorkItem.due_at <= now,
+            or_(WorkItem.leased_until.is_(None), WorkItem.leased_until < now),
+        )
+        .values(status=WorkStatus.RUNNING, leased_until=now + LEASE, attempts=WorkItem.attempts + 1)
+    )
+    db.session.commit()
+    if not claimed.rowcount:  # type: ignore[attr-defined]
+        return "skipped"
+    item = db.session.get(WorkItem, item_id)
+    assert item is not None
+    func = _HANDLERS.get(item.kind)
+    try:
+        if func is None:
+            raise LookupError(f"no handler for {item.kind}")
+        func(item.ref)
+    except Exception as exc:
+        db.session.rollback()
+        item = db.session.get(WorkItem, item_id)
+        assert item is not None
+        item.last_error = f"{type(exc).__name__}: {str(exc)[:300]}"
+        item.leased_until = None
+        if item.attempts >= item.max_attempts:
+            item.status = WorkStatus.DEAD
+            item.finished_at = utcnow()
+            log.error("work item dead", extra={"event": {"work_item": item.id, "kind": item.kind}})
+        else:
+            item.status = WorkStatus.PENDING
+            item.due_at = utcnow() + backoff(item.attempts)
+        db.session.commit()
+        log.warning(
+            "work item failed",
+            extra={"event": {"work_item": item_id, "error": type(exc).__name__,
+                             "trace": traceback.format_exc(limit=3)[-400:]}},
+        )
+        return "failed"
+    item.status = WorkStatus.DONE
+    item.finished_at = utcnow()
+    item.leased_until = None
+    item.last_error = None
+    db.session.commit()
+    return "done"
+
+
+def backoff(attempts: int) -> timedelta:
+    return timedelta(seconds=min(30 * 2 ** max(attempts - 1, 0), 3600))
+
+
+def sweep(limit: int = 500) -> int:
+    """Re-queue due work that is not in flight (lost queue, killed worker, expired lease)."""
+    now = utcnow()
+    ids = db.session.execute(
+        select(WorkItem.id)
+        .where(
+            or_(
+                (WorkItem.status == WorkStatus.PENDING) & (WorkItem.due_at <= now),
+                (WorkItem.status == WorkStatus.RUNNING) & (WorkItem.leased_until < now),
+            ),
+            or_(WorkItem.enqueued_at.is_(None), WorkItem.enqueued_at < now - timedelta(minutes=1)),
+        )
+        .order_by(WorkItem.due_at)
+        .limit(limit)
+    ).scalars().all()
+    if not ids:
+        return 0
+    # an expired lease means the worker died mid-run: the handler is idempotent, so run it again
+    db.session.execute(
+        update(WorkItem)
+        .where(WorkItem.id.in_(ids), WorkItem.status == WorkStatus.RUNNING)
+        .values(status=WorkStatus.PENDING, leased_until=None)
+    )
+    db.session.execute(update(WorkItem).where(WorkItem.id.in_(ids)).values(enqueued_at=now))
+    for item_id in ids:
+        enqueue_after_commit(run_work_item, item_id)
+    db.session.commit()
+    return len(ids)
+
+
+# ---- backends ----------------------------------------------------------------------------------
+
+
+def _in_app_context(func: Callable[[], str]) -> str:
+    from flask import has_app_context
+
+    if has_app_context():
+        return func()
+    app = _worker_app()
+    with app.app_context():
+        return func()
+
+
+_worker_app_instance: Flask | None = None
+
+
+def _worker_app() -> Flask:
+    global _worker_app_instance  # noqa: PLW0603 - one app per worker process, built on first job
+    if _worker_app_instance is None:
+        from marketplace import create_app
+
+        _worker_app_instance = create_app(start_background=False)
+    return _worker_app_instance
+
+
+class Backend:
+    def enqueue(self, func: Callable[..., Any], *args: Any) -> None:
+        raise NotImplementedError
+
+    def drain(self) -> int:
+        """Run everything queued now (tests and the in-process worker)."""
+        return 0
+
+
+class SyncBackend(Backend):
+    """Runs jobs in the committing thread right after the commit, in a fresh session."""
+
+    def __init__(self, app: Flask) -> None:
+        self.app = app
+        self._running = threading.local()
+
+    def enqueue(self, func: Callable[..., Any], *args: Any) -> None:
+        queue: list[tuple[Callable[..., Any], tuple[Any, ...]]] = getattr(self._running, "queue", None) or []
+        queue.append((func, args))
+        if getattr(self._running, "active", False):
+            self._running.queue = queue
+            return
+        self._running.active = True
+        self._running.queue = queue
+        try:
+            while self._running.queue:
+                f, a = self._running.queue.pop(0)
+                with self.app.app_context():
+                    f(*a)
+        finally:
+            self._running.active = False
+            self._running.queue = []
+
+
+class RqBackend(Backend):
+    def __init__(self, app: Flask, connection: Any) -> None:
+        from rq import Queue
+
+        self.app = app
+        self.connection = connection
+        self.queue = Queue(QUEUE_NAME, connection=connection, default_timeout=300)
+        self.wakeup = threading.Event()
+
+    def enqueue(self, func: Callable[..., Any], *args: Any) -> None:
+        try:
+            self.queue.enqueue(func, *args, job_timeout=300, result_ttl=3600, failure_ttl=7 * 86400)
+        except Exception:  # Redis down: the row is committed and the sweeper will queue it later
+            log.warning("could not queue job; the sweeper will retry", exc_info=True)
+            return
+        self.wakeup.set()
+
+    def drain(self) -> int:
+        worker = _thread_worker(self.queue, self.connection)
+        with self.app.app_context():
+            worker.work(burst=True)
+        return 0
+
+
+def _thread_worker(queue: Any, connection: Any) -> Any:
+    from rq import SimpleWorker
+    from rq.timeouts import TimerDeathPenalty
+
+    class ThreadWorker(SimpleWorker):
+        death_penalty_class = TimerDeathPenalty  # SIGALRM only works on the main thread
+
+        def _install_signal_handlers(self) -> None:  # signals belong to the main thread
+            return None
+
+    return ThreadWorker([queue], connection=connection, default_result_ttl=3600)
+
+
+def _backend_or_none() -> Backend | None:
+    from flask import has_app_context
+
+    if not has_app_context():
+        return None
+    backend: Backend | None = current_app.extensions.get("jobs_backend")
+    return backend
+
+
+def backend() -> Backend:
+    value: Backend = current_app.extensions["jobs_backend"]
+    return value
+
+
+def init_app(app: Flask, *, start_background: bool) -> None:
+    settings = app.config["SETTINGS"]
+    mode = settings.jobs_mode
+    if mode == "sync":
+        app.extensions["jobs_backend"] = SyncBackend(app)
+        return
+    if mode == "redis":
+        from redis import Redis
+
+        connection = Redis.from_url(settings.redis_url)
+        app.extensions["jobs_backend"] = RqBackend(app, connection)
+        return
+    import fakeredis
+
+    rq_backend = RqBackend(app, fakeredis.FakeRedis())
+    app.extensions["jobs_backend"] = rq_backend
+    if start_background:
+        _start_thread_worker(app, rq_backend)
+
+
+def _start_thread_worker(app: Flask, rq_backend: RqBackend) -> None:
+    def loop() -> None:
+        next_sweep = 0.0
+        while True:
+            rq_backend.wakeup.wait(timeout=5)
+            rq_backend.wakeup.clear()
+            try:
+                if time.monotonic() >= next_sweep:
+                    with app.app_context():
+                        sweep()
+                        run_periodic()
+                    next_sweep = time.monotonic() + 60
+                rq_backend.drain()
+            except Exception:
+                log.exception("in-process worker pass failed")
+                time.sleep(2)
+
+    thread = threading.Thread(target=loop, name="marketplace-jobs", daemon=True)
+    thread.start()
+
+
+# ---- periodic tasks (run by the sweeper's clock) -----------------------------------------------
+
+_PERIODIC: list[Callable[[], None]] = []
+
+
+def periodic(func: Callable[[], None]) -> Callable[[], None]:
+    """Register housekeeping that runs once per sweeper tick (each must be idempotent and cheap)."""
+    _PERIODIC.append(func)
+    return func
+
+
+def run_periodic() -> None:
+    for func in _PERIODIC:
+        try:
+            func()
+            db.session.commit()
+        except Exception:
+            db.session.rollback()
+            log.exception("periodic task failed", extra={"event": {"task": func.__name__}})

@@ -1,0 +1,294 @@
+"""Who is calling, and whether they may: actors, gates, MFA and permission checks.
+
+Every blueprint is registered with exactly one gate (``register_gated``). A gate runs before every
+view of its blueprint and sets ``g.actor``; views marked ``@public`` or ``@pre_mfa`` relax it
+explicitly. ``tests/test_route_gates.py`` fails if any route is reachable without a gate.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from enum import StrEnum
+from functools import wraps
+from typing import Any, TypeVar
+
+from flask import Blueprint, Flask, current_app, g, request
+from werkzeug.wrappers import Response
+
+from marketplace.config import Settings
+from marketplace.errors import (
+    CsrfFailed,
+    Forbidden,
+    MfaRequired,
+    ReauthRequired,
+    Unauthenticated,
+)
+from marketplace.extensions import utcnow
+from marketplace.permissions import AGENCY_ROLES, Permission, Role, permissions_for
+from marketplace.users.models import AuthSession, RoleAssignment, SessionChannel, User
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def settings() -> Settings:
+    value: Settings = current_app.config["SETTINGS"]
+    return value
+
+
+@dataclass
+class Actor:
+    user: User
+    session: AuthSession
+    roles: frozenset[Role]
+    permissions: frozenset[Permission]
+
+    @classmethod
+    def for_session(cls, session: AuthSession) -> Actor:
+        roles = session.user.role_set()
+        return cls(session.user, session, roles, permissions_for(roles))
+
+    @property
+    def is_staff(self) -> bool:
+        return self.user.is_staff
+
+    @property
+    def mfa_complete(self) -> bool:
+        return self.session.mfa_at is not None
+
+    @property
+    def agency_ids(self) -> frozenset[int]:
+        return frozenset(
+            a.agency_id for a in self.user.roles if a.agency_id is not None and Role(a.role) in AGENCY_ROLES
+        )
+
+    def agency_roles(self, agency_id: int) -> frozenset[Role]:
+        return frozenset(Role(a.role) for a in self.user.roles if a.agency_id == agency_id)
+
+    def can(self, permission: Permission) -> bool:
+        return permission in self.permissions
+
+    @property
+    def audit_identity(self) -> tuple[str, str | None, str | None]:
+        kind = "staff" if self.is_staff else "customer"
+        return kind, self.user.public_id, ",".join(sorted(self.roles))
+
+
+@dataclass(frozen=True)
+class SystemActor:
+    """Jobs and CLI commands act as the system."""
+
+    name: str = "system"
+
+    @property
+    def audit_identity(self) -> tuple[str, str | None, str | None]:
+        return "system", None, self.name
+
+
+def current_actor() -> Actor:
+    actor: Actor | None = g.get("actor")
+    if actor is None:
+        raise Unauthenticated()
+    return actor
+
+
+def optional_actor() -> Actor | None:
+    return g.get("actor")
+
+
+def require(actor: Actor, *permissions: Permission) -> None:
+    missing = [p for p in permissions if not actor.can(p)]
+    if missing:
+        raise Forbidden(details={"missing": [str(p) for p in missing]})
+
+
+def require_recent_auth(actor: Actor, window: timedelta | None = None) -> None:
+    """Step-up: sensitive actions need a password check inside the re-authentication window."""
+    limit = window or settings().reauth_window
+    if utcnow() - actor.session.auth_at > limit:
+        raise ReauthRequired()
+
+
+def require_fresh_mfa(actor: Actor, window: timedelta | None = None) -> None:
+    limit = window or settings().reauth_window
+    if actor.session.mfa_at is None or utcnow() - actor.session.mfa_at > limit:
+        raise ReauthRequired(details={"needs": "mfa"})
+
+
+# ---- view markers -------------------------------------------------------------------------------
+
+
+def public(view: F) -> F:
+    """No sign-in needed (listed explicitly; the route-gate test knows these)."""
+    view._gate_exempt = "public"  # type: ignore[attr-defined]
+    return view
+
+
+def pre_mfa(view: F) -> F:
+    """Signed in with a password, MFA not yet passed (the MFA step itself, logout)."""
+    view._gate_exempt = "pre_mfa"  # type: ignore[attr-defined]
+    return view
+
+
+def requires(*permissions: Permission) -> Callable[[F], F]:
+    def decorate(view: F) -> F:
+        @wraps(view)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            require(current_actor(), *permissions)
+            return view(*args, **kwargs)
+
+        wrapper._permissions = permissions  # type: ignore[attr-defined]
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
+
+
+def _exemption() -> str | None:
+    view = current_app.view_functions.get(request.endpoint or "")
+    return getattr(view, "_gate_exempt", None)
+
+
+# ---- gates --------------------------------------------------------------------------------------
+
+
+class GateKind(StrEnum):
+    PUBLIC = "public"
+    API = "api"  # bearer token: customers, and staff who passed MFA
+    API_STAFF = "api_staff"  # bearer token, staff only, MFA passed
+    CONSOLE = "console"  # cookie session, platform staff with console access, MFA passed
+    AGENCY = "agency"  # cookie session, agency staff, MFA passed
+
+
+STAFF_COOKIE = "cj_staff"
+CSRF_COOKIE = "cj_csrf"
+
+
+def bearer_token() -> str | None:
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip()
+
+
+def _load_api_actor() -> Actor:
+    from marketplace.users import sessions
+
+    token = bearer_token()
+    if token is None:
+        raise Unauthenticated(headers={"WWW-Authenticate": "Bearer"})
+    session = sessions.find_active(token, SessionChannel.API, settings())
+    if session is None:
+        raise Unauthenticated(headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
+    return Actor.for_session(session)
+
+
+def staff_cookie_name() -> str:
+    return "__Host-" + STAFF_COOKIE if settings().production else STAFF_COOKIE
+
+
+def load_web_actor() -> Actor | None:
+    from marketplace.users import sessions
+
+    token = request.cookies.get(staff_cookie_name())
+    if not token:
+        return None
+    session = sessions.find_active(token, SessionChannel.WEB, settings())
+    return Actor.for_session(session) if session is not None else None
+
+
+def check_csrf(actor: Actor | None) -> None:
+    """Unsafe web requests need a same-origin Origin (when sent) and the form's CSRF token."""
+    if request.method in {"GET", "HEAD", "OPTIONS"}:
+        return
+    origin = request.headers.get("Origin")
+    if origin and origin != request.host_url.rstrip("/"):
+        raise CsrfFailed()
+    sent = request.form.get("csrf_token", "") or request.headers.get("X-CSRF-Token", "")
+    expected = csrf_token(actor)
+    if not sent or not expected or not hmac.compare_digest(sent, expected):
+        raise CsrfFailed()
+
+
+def csrf_token(actor: Actor | None) -> str:
+    """Bound to the session once signed in; before that, to a random cookie (double submit)."""
+    if actor is not None and actor.session.csrf_secret:
+        return actor.session.csrf_secret
+    cookie = request.cookies.get(CSRF_COOKIE, "")
+    if not cookie:
+        cookie = g.get("new_csrf_cookie") or _new_csrf_cookie()
+    return hmac.new(settings().secret_key.encode(), cookie.encode(), "sha256").hexdigest()
+
+
+def _new_csrf_cookie() -> str:
+    import secrets
+
+    g.new_csrf_cookie = secrets.token_urlsafe(24)
+    return str(g.new_csrf_cookie)
+
+
+class Gate:
+    def __init__(self, kind: GateKind, permission: Permission | None = None) -> None:
+        self.kind = kind
+        self.permission = permission
+
+    @property
+    def name(self) -> str:
+        return f"{self.kind}:{self.permission}" if self.permission else str(self.kind)
+
+    def __call__(self) -> Response | None:
+        exemption = _exemption()
+        if self.kind == GateKind.PUBLIC or exemption == "public":
+            if self.kind in (GateKind.CONSOLE, GateKind.AGENCY):
+                g.actor = load_web_actor()
+                check_csrf(g.actor)
+            return None
+        if self.kind in (GateKind.API, GateKind.API_STAFF):
+            actor = _load_api_actor()
+            g.actor = actor
+            if actor.is_staff and not actor.mfa_complete and exemption != "pre_mfa":
+                raise MfaRequired()
+            if self.kind == GateKind.API_STAFF and not actor.is_staff:
+                raise Forbidden()
+        else:
+            web_actor = load_web_actor()
+            if web_actor is None:
+                return self._to_login()
+            g.actor = web_actor
+            check_csrf(web_actor)
+            if not web_actor.mfa_complete and exemption != "pre_mfa":
+                if request.method == "GET":
+                    return self._redirect(f"/{self.kind}/mfa")
+                raise MfaRequired()
+            actor = web_actor
+        if self.permission is not None and exemption != "pre_mfa":
+            require(actor, self.permission)
+        return None
+
+    def _to_login(self) -> Response:
+        if request.method == "GET":
+            return self._redirect(f"/{self.kind}/login")
+        raise Unauthenticated()
+
+    @staticmethod
+    def _redirect(location: str) -> Response:
+        from flask import redirect
+
+        return redirect(location)
+
+
+def register_gated(app: Flask, blueprint: Blueprint, gate: Gate, *, api: Any = None, **options: Any) -> None:
+    """Register a blueprint with its one gate; the registry is what the route-gate test reads."""
+    blueprint.before_request(gate)
+    gates: dict[str, str] = app.extensions.setdefault("route_gates", {})
+    gates[blueprint.name] = gate.name
+    if api is not None:
+        api.register_blueprint(blueprint, **options)
+    else:
+        app.register_blueprint(blueprint, **options)
+
+
+def role_assignments_for(user: User) -> list[RoleAssignment]:
+    return list(user.roles)

@@ -1,0 +1,217 @@
+"""Account schemas, split by direction: ``*In`` for requests, the rest for responses."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from marshmallow import ValidationError, fields, validate, validates_schema
+
+from marketplace.schemas import OutSchema, PageInfoSchema, StrictBoolean, StrictSchema, Text
+from marketplace.users.models import ConsentKind
+
+_COUNTRY = validate.Regexp(r"^[A-Za-z]{2}$", error="Use a two-letter ISO 3166-1 country code.")
+_PASSWORD = fields.String(required=True, load_only=True, validate=validate.Length(min=1, max=256))
+
+
+class AddressIn(StrictSchema):
+    line1 = Text(max_length=200, required=True)
+    line2 = Text(max_length=200, allow_none=True)
+    city = Text(max_length=100, required=True)
+    region = Text(max_length=100, allow_none=True)
+    postal_code = Text(max_length=20, allow_none=True)
+    country = fields.String(required=True, validate=_COUNTRY)
+
+
+class AddressPatchIn(AddressIn):
+    class Meta(StrictSchema.Meta):
+        partial = True
+
+
+class EmergencyContactIn(StrictSchema):
+    name = Text(max_length=200, required=True)
+    phone = Text(max_length=20, required=True)
+
+
+class RegisterIn(StrictSchema):
+    full_name = Text(max_length=200, required=True, metadata={"description": "Full legal name, as on the ID"})
+    date_of_birth = fields.Date(required=True)
+    nationality = fields.String(required=True, validate=_COUNTRY)
+    email = Text(max_length=254, required=True)
+    phone = Text(max_length=20, required=True, metadata={"description": "International format, e.g. +971501234567"})
+    address = fields.Nested(AddressIn, required=True)
+    password = _PASSWORD
+    accepted_terms_version = Text(max_length=32, required=True)
+    accepted_privacy_version = Text(max_length=32, required=True)
+    marketing_opt_in = StrictBoolean(load_default=False)
+    device = Text(max_length=200, allow_none=True, metadata={"description": "Device description for consent records"})
+    emergency_contact = fields.Nested(EmergencyContactIn, allow_none=True)
+
+
+class LoginIn(StrictSchema):
+    email = Text(max_length=254, required=True)
+    password = _PASSWORD
+
+
+class TokenOut(OutSchema):
+    token_type = fields.String(required=True, dump_default="Bearer")
+    access_token = fields.String(required=True)
+    expires_in = fields.Integer(required=True, metadata={"description": "Seconds until the access token expires"})
+    refresh_token = fields.String(required=True)
+    refresh_expires_in = fields.Integer(required=True)
+    mfa_required = fields.Boolean(
+        required=True,
+        metadata={"description": "Staff: the tokens only reach POST /auth/mfa until a TOTP code is given"},
+    )
+
+
+class RefreshIn(StrictSchema):
+    refresh_token = Text(max_length=200, required=True)
+
+
+class LogoutIn(StrictSchema):
+    all_sessions = StrictBoolean(load_default=False)
+
+
+class MfaIn(StrictSchema):
+    code = Text(max_length=12, required=True)
+
+
+class ReauthIn(StrictSchema):
+    password = _PASSWORD
+    code = Text(max_length=12, allow_none=True, metadata={"description": "Staff only: a TOTP code"})
+
+
+class TokenIn(StrictSchema):
+    token = Text(max_length=200, required=True)
+
+
+class ResetRequestIn(StrictSchema):
+    email = Text(max_length=254, required=True)
+
+
+class ResetConfirmIn(StrictSchema):
+    token = Text(max_length=200, required=True)
+    new_password = _PASSWORD
+
+
+class PasswordChangeIn(StrictSchema):
+    current_password = _PASSWORD
+    new_password = _PASSWORD
+
+
+class AddressOut(OutSchema):
+    line1 = fields.String(attribute="address_line1", allow_none=True)
+    line2 = fields.String(attribute="address_line2", allow_none=True)
+    city = fields.String(attribute="address_city", allow_none=True)
+    region = fields.String(attribute="address_region", allow_none=True)
+    postal_code = fields.String(attribute="address_postal_code", allow_none=True)
+    country = fields.String(attribute="address_country", allow_none=True)
+
+
+class EmergencyContactOut(OutSchema):
+    name = fields.String(attribute="emergency_contact_name", allow_none=True)
+    phone = fields.String(attribute="emergency_contact_phone", allow_none=True)
+
+
+class MeOut(OutSchema):
+    id = fields.String(attribute="public_id", required=True)
+    account_type = fields.String(required=True)
+    status = fields.String(required=True)
+    email = fields.String(required=True)
+    pending_email = fields.String(allow_none=True)
+    phone = fields.String(allow_none=True)
+    full_name = fields.String(required=True)
+    date_of_birth = fields.Date(allow_none=True)
+    nationality = fields.String(allow_none=True)
+    address = fields.Function(lambda u: AddressOut().dump(u))
+    emergency_contact = fields.Function(lambda u: EmergencyContactOut().dump(u))
+    roles = fields.Function(lambda u: sorted(str(r) for r in u.role_set()))
+    mfa_enrolled = fields.Function(lambda u: u.totp_enrolled_at is not None)
+    created_at = fields.DateTime(required=True)
+
+
+class MePatchIn(StrictSchema):
+    full_name = Text(max_length=200)
+    date_of_birth = fields.Date()
+    nationality = fields.String(validate=_COUNTRY)
+    email = Text(max_length=254, metadata={"description": "Needs a recent sign-in; confirmed by e-mail first"})
+    phone = Text(max_length=20, metadata={"description": "Needs a recent sign-in"})
+    address = fields.Nested(AddressPatchIn)
+    emergency_contact = fields.Nested(EmergencyContactIn, allow_none=True)
+
+    @validates_schema
+    def _not_empty(self, data: dict[str, Any], **kwargs: Any) -> None:
+        if not data:
+            raise ValidationError("Send at least one field to change.")
+
+
+class ConsentIn(StrictSchema):
+    kind = fields.Enum(ConsentKind, by_value=True, required=True)
+    text_version = Text(max_length=32, required=True)
+    device = Text(max_length=200, allow_none=True)
+
+
+class ConsentOut(OutSchema):
+    id = fields.String(attribute="public_id", required=True)
+    kind = fields.String(required=True)
+    text_version = fields.String(required=True)
+    text_sha256 = fields.String(required=True)
+    granted_at = fields.DateTime(required=True)
+    withdrawn_at = fields.DateTime(allow_none=True)
+    active = fields.Function(lambda c: c.withdrawn_at is None)
+
+
+class ConsentListOut(OutSchema):
+    items = fields.List(fields.Nested(ConsentOut), required=True)
+
+
+class ConsentKindPath(StrictSchema):
+    kind = fields.Enum(ConsentKind, by_value=True, required=True)
+
+
+class ConsentTextOut(OutSchema):
+    kind = fields.String(required=True)
+    version = fields.String(required=True)
+    title = fields.String(required=True)
+    text = fields.String(required=True)
+    sha256 = fields.String(required=True)
+    required_for = fields.String(required=True)
+
+
+class ConsentTextListOut(OutSchema):
+    items = fields.List(fields.Nested(ConsentTextOut), required=True)
+
+
+class PreferencesOut(OutSchema):
+    email = fields.Boolean(required=True)
+    in_app = fields.Boolean(required=True)
+    marketing = fields.Boolean(required=True)
+
+
+class PreferencesIn(StrictSchema):
+    email = StrictBoolean()
+    in_app = StrictBoolean()
+    marketing = StrictBoolean()
+
+    @validates_schema
+    def _not_empty(self, data: dict[str, Any], **kwargs: Any) -> None:
+        if not data:
+            raise ValidationError("Send at least one preference to change.")
+
+
+class NotificationOut(OutSchema):
+    id = fields.String(attribute="public_id", required=True)
+    kind = fields.String(required=True)
+    title = fields.String(attribute="subject", required=True)
+    body = fields.String(attribute="body_text", required=True)
+    created_at = fields.DateTime(required=True)
+    read_at = fields.DateTime(allow_none=True)
+
+
+class NotificationPageOut(OutSchema):
+    items = fields.List(fields.Nested(NotificationOut), required=True)
+    page = fields.Nested(PageInfoSchema, required=True)
+
+
+class NotificationPath(StrictSchema):
+    notification_id = fields.UUID(required=True)

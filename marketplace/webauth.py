@@ -1,0 +1,163 @@
+"""Staff sign-in pages shared by the two staff front doors (``/console`` and ``/agency``).
+
+Password, then a TOTP code (enrolment with a QR code on first sign-in), then a session cookie that
+is HttpOnly, SameSite=Strict, Secure and ``__Host-`` prefixed in production, and rotated when MFA is
+passed. Every form carries a CSRF token; the gate checks it and the Origin header.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, current_app, g, redirect, render_template, request, url_for
+from werkzeug.wrappers import Response
+
+from marketplace import audit
+from marketplace.errors import AppError
+from marketplace.extensions import db, limiter, utcnow
+from marketplace.permissions import Permission
+from marketplace.security import csrf_token, optional_actor, pre_mfa, public, settings, staff_cookie_name
+from marketplace.users import mfa, service, sessions
+from marketplace.users.models import SessionChannel
+
+
+def _limit(name: str) -> Any:
+    return lambda: current_app.config["SETTINGS"].limits[name]
+
+
+def _form_account_key() -> str:
+    return "account:" + (request.form.get("email") or "-").strip().lower()[:254]
+
+
+def _client_key() -> str:
+    return "client:" + (request.remote_addr or "-")
+
+
+def _failed(response: Any) -> bool:
+    return bool(response.status_code in (401, 403) or getattr(g, "login_failed", False))
+
+
+def set_session_cookie(response: Response, token: str) -> None:
+    s = settings()
+    response.set_cookie(
+        staff_cookie_name(), token, max_age=int(s.staff_session_max.total_seconds()), path="/",
+        secure=s.production, httponly=True, samesite="Strict",
+    )
+
+
+def add_auth_routes(bp: Blueprint, *, door: str, title: str, permission: Permission) -> None:
+    """Add login, MFA, logout and invitation pages to a staff blueprint."""
+
+    def render(template: str, status: int = 200, **context: Any) -> tuple[str, int]:
+        actor = optional_actor()
+        return render_template(template, door=door, title=title, csrf_token=csrf_token(actor),
+                               actor=actor, **context), status
+
+    @bp.route("/login", methods=["GET", "POST"], endpoint="login")
+    @limiter.limit(_limit("login_account"), key_func=_form_account_key, deduct_when=_failed,
+                   methods=["POST"])
+    @limiter.limit(_limit("login_client"), key_func=_client_key, methods=["POST"])
+    @public
+    def login() -> Any:
+        if request.method == "GET":
+            return render("auth/login.html")
+        email = request.form.get("email", "")[:254]
+        password = request.form.get("password", "")[:256]
+        try:
+            user = service.authenticate(email, password, channel=SessionChannel.WEB)
+        except AppError as exc:
+            g.login_failed = True
+            return render("auth/login.html", status=exc.status, error=exc.text, email=email)
+        if not user.is_staff or permission not in _permissions(user):
+            audit.record_now(None, "auth:login", user, outcome="denied", door=door)
+            g.login_failed = True
+            return render("auth/login.html", status=403,
+                          error=f"This account has no access to the {title}.", email=email)
+        issued = service.start_web_session(user)
+        db.session.commit()
+        response = redirect(url_for(f"{bp.name}.mfa"))
+        set_session_cookie(response, issued.access_token)
+        return response
+
+    @bp.route("/mfa", methods=["GET", "POST"], endpoint="mfa")
+    @limiter.limit(_limit("mfa_account"), key_func=lambda: "mfa:" + str(getattr(g.get("actor"), "user", None)
+                                                                         and g.actor.user.id),
+                   methods=["POST"])
+    @pre_mfa
+    def mfa_step() -> Any:
+        actor = g.actor
+        user = actor.user
+        if request.method == "POST":
+            code = request.form.get("code", "")[:16]
+            try:
+                if mfa.is_enrolled(user):
+                    mfa.verify_code(user, code)
+                else:
+                    mfa.confirm_enrolment(user, code)
+            except AppError as exc:
+                db.session.commit()  # keeps a pending enrolment secret across the retry
+                return _mfa_page(render, user, error=exc.text, status=exc.status)
+            actor.session.mfa_at = utcnow()
+            actor.session.auth_at = utcnow()
+            token = sessions.rotate_web(actor.session)
+            audit.record(actor, "auth:mfa", user, channel="web", door=door)
+            db.session.commit()
+            response = redirect(request.args.get("next") if _safe_next() else url_for(f"{bp.name}.home"))
+            set_session_cookie(response, token)
+            return response
+        if actor.mfa_complete:
+            return redirect(url_for(f"{bp.name}.home"))
+        page = _mfa_page(render, user)
+        db.session.commit()
+        return page
+
+    @bp.route("/logout", methods=["POST"], endpoint="logout")
+    @pre_mfa
+    def logout() -> Response:
+        service.logout(g.actor)
+        db.session.commit()
+        response = redirect(url_for(f"{bp.name}.login"))
+        response.delete_cookie(staff_cookie_name(), path="/", secure=settings().production, httponly=True,
+                               samesite="Strict")
+        return response
+
+    @bp.route("/invitations/accept", methods=["GET", "POST"], endpoint="accept_invitation")
+    @limiter.limit(_limit("reset_client"), key_func=_client_key, methods=["POST"])
+    @public
+    def accept_invitation() -> Any:
+        if request.method == "GET":
+            return render("auth/invitation.html")
+        code = request.form.get("code", "").strip()[:200]
+        password = request.form.get("password", "")[:256]
+        if password != request.form.get("password_again", "")[:256]:
+            return render("auth/invitation.html", status=422, error="The two passwords differ.", code=code)
+        try:
+            service.accept_invitation(code, password)
+        except AppError as exc:
+            message = exc.text
+            fields = exc.details.get("fields", {})
+            if "password" in fields:
+                message = "Password: " + "; ".join(fields["password"])
+            return render("auth/invitation.html", status=exc.status, error=message, code=code)
+        db.session.commit()
+        return redirect(url_for(f"{bp.name}.login", ready=1))
+
+
+def _safe_next() -> bool:
+    target = request.args.get("next", "")
+    return target.startswith("/") and not target.startswith("//") and "\\" not in target
+
+
+def _permissions(user: Any) -> frozenset[Permission]:
+    from marketplace.permissions import permissions_for
+
+    return permissions_for(user.role_set())
+
+
+def _mfa_page(render: Any, user: Any, *, error: str | None = None, status: int = 200) -> Any:
+    if mfa.is_enrolled(user):
+        return render("auth/mfa.html", status=status, enrolled=True, error=error)
+    secret = mfa.pending_secret(user) or mfa.begin_enrolment(user)
+    uri = mfa.provisioning_uri(user, secret)
+    return render("auth/mfa.html", status=status, enrolled=False, error=error, secret=secret,
+                  qr_svg=mfa.qr_svg(uri))
