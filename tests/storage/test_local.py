@@ -41,7 +41,7 @@ HOSTILE_KEYS = [
     "CON",
     "\u202egpj.exe",
     "ü" * 4096,
-    "０" * 32,  # full-width digits: str.isdigit-style checks would pass them
+    "\uff10" * 32,  # full-width digits: str.isdigit-style checks would pass them
 ]
 
 
