@@ -12,6 +12,7 @@ import random
 import resource
 import struct
 import tempfile
+import warnings
 import zipfile
 import zlib
 from collections.abc import Callable, Iterator
@@ -22,7 +23,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
-from PIL import ExifTags, Image, ImageCms, ImageFile, PngImagePlugin
+from PIL import ExifTags, Image, ImageCms, ImageFile, PngImagePlugin, WebPImagePlugin
 
 from marketplace.errors import AppError, PayloadTooLarge
 from marketplace.images import (
@@ -145,7 +146,14 @@ def decode_spy(monkeypatch: pytest.MonkeyPatch) -> list[str]:
         calls.append(f"decoder {args[1:2]}")
         return original_getdecoder(*args, **kwargs)
 
+    original_webp_load = WebPImagePlugin.WebPImageFile.load
+
+    def webp_load(self: WebPImagePlugin.WebPImageFile) -> Any:
+        calls.append(f"load WEBP {self.size}")
+        return original_webp_load(self)
+
     monkeypatch.setattr(ImageFile.ImageFile, "load", load)
+    monkeypatch.setattr(WebPImagePlugin.WebPImageFile, "load", webp_load)
     monkeypatch.setattr(Image, "_getdecoder", getdecoder)
     return calls
 
@@ -176,8 +184,9 @@ def test_phone_selfie_passes_as_jpeg(fmt: str, open_spy: list[Any]) -> None:
     assert_clean_jpeg(result)
 
 
-def test_webp_passes_when_a_policy_allows_it() -> None:
+def test_webp_passes_when_a_policy_allows_it(decode_spy: list[str]) -> None:
     result = run(encode(photo(1080, 1440), "WEBP"), WEBP_POLICY, declared_type="image/webp")
+    assert decode_spy[0] == "load WEBP (1080, 1440)"  # the spy sees WebP decodes too
     assert (result.width, result.height) == (1080, 1440)
     assert_clean_jpeg(result)
 
@@ -282,6 +291,25 @@ def test_pixel_flood_rejected_from_the_header(
     assert grown_kib < 64 * 1024  # a decoded 100 Mpx image would need 100+ MB
 
 
+def webp_with_canvas(width: int, height: int) -> bytes:
+    """A 16x16 lossless WebP whose VP8L header is rewritten to declare width x height."""
+    data = bytearray(encode(Image.new("RGB", (16, 16), BLUE), "WEBP", lossless=True))
+    at = data.index(b"VP8L") + 8
+    assert data[at] == 0x2F  # VP8L signature byte; 14 bits width-1, 14 bits height-1 follow
+    bits = int.from_bytes(data[at + 1 : at + 5], "little") & ~((1 << 28) - 1)
+    data[at + 1 : at + 5] = ((width - 1) | (height - 1) << 14 | bits).to_bytes(4, "little")
+    return bytes(data)
+
+
+@pytest.mark.parametrize("size", [(16_000, 16_000), (12_500, 100)])
+def test_webp_pixel_flood_rejected_from_the_header(
+    size: tuple[int, int], decode_spy: list[str]
+) -> None:  # UP-01
+    with pytest.raises(ImageTooLarge):
+        run(webp_with_canvas(*size), WEBP_POLICY)
+    assert decode_spy == []
+
+
 def test_policy_pixel_limit_is_checked_before_load(decode_spy: list[str]) -> None:  # UP-01
     small = ImagePolicy(max_pixels=1_000_000, max_side=1200)
     with pytest.raises(ImageTooLarge) as caught:
@@ -290,6 +318,20 @@ def test_policy_pixel_limit_is_checked_before_load(decode_spy: list[str]) -> Non
     with pytest.raises(ImageTooLarge):
         run(jpeg_with_frame(1300, 10), small)  # one side too long
     assert decode_spy == []
+
+
+def test_bomb_warning_is_an_error_even_where_warnings_are_ignored(
+    monkeypatch: pytest.MonkeyPatch, decode_spy: list[str]
+) -> None:  # UP-01, F7
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # so only Pillow's warning can fire
+    data = encode(photo(40, 40), "JPEG")  # 1600 px: over the warning level, under the 2x error level
+    filters_before = list(warnings.filters)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a production process that ignores warnings
+        with pytest.raises(ImageTooLarge):
+            run(data)
+    assert decode_spy == []
+    assert warnings.filters == filters_before  # the pipeline restores the caller's filters
 
 
 def test_pillow_limit_is_lowered_and_policies_cannot_exceed_it() -> None:  # UP-01, F7

@@ -1,0 +1,51 @@
+# The two commands of the README:  `make run`  and  `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+HOST   ?= 127.0.0.1
+PORT   ?= 5000
+export FLASK_APP := wsgi
+
+.PHONY: run test setup setup-dev migrate seed serve lint typecheck bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+setup: $(BIN)/python  ## install the app (embedded defaults: SQLite, local files, in-process jobs)
+	$(BIN)/pip install --quiet -e .
+
+setup-dev: $(BIN)/python  ## install the app with everything the tests need
+	$(BIN)/pip install --quiet -e '.[dev,s3]'
+
+migrate: setup  ## apply database migrations (SQLite under var/ unless DATABASE_URL is set)
+	$(BIN)/flask db upgrade
+
+seed: migrate  ## demo data; prints the demo sign-ins (kept in var/demo-credentials.txt)
+	$(BIN)/flask demo seed
+
+serve:
+	@echo ""
+	@echo "  API:         http://$(HOST):$(PORT)/api/v1"
+	@echo "  API docs:    http://$(HOST):$(PORT)/api/docs   (OpenAPI: /api/openapi.json)"
+	@echo "  Console:     http://$(HOST):$(PORT)/console"
+	@echo "  Agency app:  http://$(HOST):$(PORT)/agency"
+	@echo ""
+	$(BIN)/gunicorn --bind $(HOST):$(PORT) --worker-class gthread --workers 2 --threads 4 \
+		--access-logfile - 'wsgi:app'
+
+run: seed serve  ## set up, migrate, seed demo data and serve on http://127.0.0.1:5000
+
+test: setup-dev  ## install test needs and run the suite (SQLite, in-process jobs)
+	$(BIN)/pytest -q -p no:cacheprovider
+
+lint: setup-dev
+	$(BIN)/ruff check marketplace agency_app tests bench migrations
+	$(BIN)/mypy
+
+bench: setup-dev  ## benchmarks: figures and ratios against a baseline measured in the same run
+	$(BIN)/python bench/bench_images.py
+	$(BIN)/python bench/bench_crypto.py
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache
