@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import json
 import uuid
-from typing import Any
+from typing import IO, Any
 
 from flask import Flask, Request, g, request
 from flask.json.provider import DefaultJSONProvider
@@ -12,7 +13,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.wrappers import Response
 
 from marketplace.config import Settings, load_settings
-from marketplace.errors import MalformedJson, UnsupportedMediaType, register_error_handlers
+from marketplace.errors import MalformedJson, register_error_handlers
 
 
 class _StrictJSONProvider(DefaultJSONProvider):
@@ -35,6 +36,16 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 class _Request(Request):
     def on_json_loading_failed(self, e: ValueError | None) -> Any:
         raise MalformedJson()
+
+    def _get_file_stream(
+        self,
+        total_content_length: int | None,
+        content_type: str | None,
+        filename: str | None = None,
+        content_length: int | None = None,
+    ) -> IO[bytes]:
+        """Uploads stay in memory (bounded by MAX_CONTENT_LENGTH): plaintext images never touch disk."""
+        return io.BytesIO()
 
 
 def create_app(overrides: dict[str, Any] | None = None, *, start_background: bool = True) -> Flask:
@@ -91,9 +102,12 @@ def _import_models() -> None:
     from marketplace import audit, jobs  # noqa: F401
     from marketplace.agencies import models as _agencies  # noqa: F401
     from marketplace.fleet import models as _fleet  # noqa: F401
+    from marketplace.kyc import jobs as _kyc_jobs  # noqa: F401
+    from marketplace.kyc import models as _kyc  # noqa: F401
     from marketplace.notifications import models as _notifications  # noqa: F401
     from marketplace.notifications import service as _notification_jobs  # noqa: F401
     from marketplace.users import models as _users  # noqa: F401
+    from marketplace.vault import models as _vault  # noqa: F401
 
 
 def _register_routes(app: Flask) -> None:
@@ -110,6 +124,9 @@ def _register_routes(app: Flask) -> None:
     register_gated(app, legal_bp, Gate(GateKind.PUBLIC), api=api)
     register_gated(app, auth_bp, Gate(GateKind.API), api=api)
     register_gated(app, me_bp, Gate(GateKind.API), api=api)
+    from marketplace.kyc.views import kyc_bp
+
+    register_gated(app, kyc_bp, Gate(GateKind.API), api=api)
 
     from marketplace.console.views import console_bp
 
@@ -130,19 +147,6 @@ def _register_hooks(app: Flask, settings: Settings) -> None:
             g.request_id = str(uuid.UUID(incoming)) if incoming else str(uuid.uuid4())
         except ValueError:
             g.request_id = str(uuid.uuid4())
-
-    @app.before_request
-    def _json_only() -> None:
-        if not request.path.startswith("/api/") or request.method not in {"POST", "PUT", "PATCH"}:
-            return
-        view = app.view_functions.get(request.endpoint or "")
-        if getattr(view, "_accepts_multipart", False):
-            if request.mimetype != "multipart/form-data":
-                raise UnsupportedMediaType(details={"expected": "multipart/form-data"})
-            return
-        has_body = (request.content_length or 0) > 0 or request.headers.get("Transfer-Encoding")
-        if has_body and not request.is_json:
-            raise UnsupportedMediaType(details={"expected": "application/json"})
 
     @app.after_request
     def _headers(response: Response) -> Response:

@@ -156,7 +156,12 @@ def record_now(
     **data: Any,
 ) -> None:
     """Append and commit at once, outside the request's transaction (for refusals)."""
-    with Session(db.engine) as session, session.begin():
+    engine = db.engine
+    if engine.dialect.name == "sqlite":
+        # take SQLite's write lock before reading the chain's tail: a deferred transaction whose tail
+        # another writer has extended meanwhile fails with "database is locked" instead of waiting
+        engine = engine.execution_options(sqlite_begin="immediate")
+    with Session(engine) as session, session.begin():
         _append(session, _build(actor, action, subject, outcome, data))
 
 

@@ -25,7 +25,7 @@ demo_cli = AppGroup("demo", help="Demo data for a local run.")
 
 
 def register(app: Flask) -> None:
-    for group in (staff_cli, audit_cli, jobs_cli, demo_cli):
+    for group in (staff_cli, audit_cli, jobs_cli, demo_cli, keys_cli):
         app.cli.add_command(group)
 
 
@@ -210,3 +210,55 @@ def demo_totp(email: str) -> None:
     secret = decrypt_field(current_app.extensions["keyring"], user.totp_secret_enc,
                            aad=f"totp:{user.public_id}".encode()).decode()
     click.echo(pyotp.TOTP(secret).now())
+
+
+# ---- master keys -------------------------------------------------------------------------------
+
+keys_cli = AppGroup("keys", help="Master key ring: rotation and re-wrapping.")
+
+
+@keys_cli.command("rotate")
+@click.option("--resume", is_flag=True, help="Continue an interrupted rotation without adding a key")
+@click.option("--batch", default=200, show_default=True)
+def rotate_keys(resume: bool, batch: int) -> None:
+    """Add a new master key, re-wrap every data key and field secret under it, then retire the old keys.
+
+    Safe to interrupt and rerun: each batch commits, and a key is retired only when nothing still
+    uses it (run with --resume to finish without adding another key).
+    """
+    from marketplace.crypto import field_key_id, reencrypt_field
+    from marketplace.users.models import User
+    from marketplace.vault import service as vault
+
+    ring = current_app.extensions["keyring"]
+    if not hasattr(ring, "add_key"):
+        raise click.ClickException("this key provider rotates outside the app (KMS)")
+    if not resume:
+        new = ring.add_key()
+        click.echo(f"new active master key {new.key_id}")
+    active = ring.active_key_id
+    moved = 0
+    while True:
+        count = vault.rewrap_batch(batch)
+        db.session.commit()
+        moved += count
+        if count == 0:
+            break
+    # TOTP secrets are sealed directly under the master key
+    secrets_moved = 0
+    for user in db.session.execute(select(User).where(User.totp_secret_enc.is_not(None))).scalars():
+        token = user.totp_secret_enc
+        assert token is not None
+        if field_key_id(token) != active:
+            user.totp_secret_enc = reencrypt_field(ring, token, aad=f"totp:{user.public_id}".encode())
+            secrets_moved += 1
+    db.session.commit()
+    click.echo(f"re-wrapped {moved} data keys and {secrets_moved} TOTP secrets under {active}")
+    for key in list(ring.keys):
+        if key.key_id != active and key.status.value == "retiring":
+            if vault.keys_on(key.key_id):
+                raise click.ClickException(f"{key.key_id} still wraps data keys; rerun with --resume")
+            ring.retire(key.key_id)
+            click.echo(f"retired {key.key_id}")
+    audit.record(None, "keys:rotate", None, active=active, rewrapped=moved, totp=secrets_moved)
+    db.session.commit()

@@ -117,6 +117,7 @@ DEFAULT_LIMITS: dict[str, str] = {
     "reset_client": "20 per hour",
     "mfa_account": "5 per minute",
     "refresh_client": "60 per minute",
+    "upload_session": "20 per minute",
 }
 
 

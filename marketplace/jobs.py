@@ -305,6 +305,8 @@ class RqBackend(Backend):
         self.wakeup.set()
 
     def drain(self) -> int:
+        if not self.queue.count:
+            return 0
         worker = _thread_worker(self.queue, self.connection)
         with self.app.app_context():
             worker.work(burst=True)
@@ -321,6 +323,7 @@ def _thread_worker(queue: Any, connection: Any) -> Any:
         def _install_signal_handlers(self) -> None:  # signals belong to the main thread
             return None
 
+    logging.getLogger("rq.worker").setLevel(logging.WARNING)  # one line per job pass is noise here
     return ThreadWorker([queue], connection=connection, default_result_ttl=3600)
 
 
@@ -359,11 +362,15 @@ def init_app(app: Flask, *, start_background: bool) -> None:
 
 
 def _start_thread_worker(app: Flask, rq_backend: RqBackend) -> None:
+    stop = threading.Event()
+
     def loop() -> None:
         next_sweep = 0.0
-        while True:
+        while not stop.is_set():
             rq_backend.wakeup.wait(timeout=5)
             rq_backend.wakeup.clear()
+            if stop.is_set():
+                return
             try:
                 if time.monotonic() >= next_sweep:
                     with app.app_context():
@@ -373,10 +380,25 @@ def _start_thread_worker(app: Flask, rq_backend: RqBackend) -> None:
                 rq_backend.drain()
             except Exception:
                 log.exception("in-process worker pass failed")
-                time.sleep(2)
+                stop.wait(2)
 
     thread = threading.Thread(target=loop, name="marketplace-jobs", daemon=True)
+    app.extensions["jobs_thread"] = (thread, stop)
     thread.start()
+
+
+def stop_background(app: Flask, timeout: float = 30) -> bool:
+    """Stop the in-process worker thread after its current pass; True once it has ended (or never ran)."""
+    worker: tuple[threading.Thread, threading.Event] | None = app.extensions.pop("jobs_thread", None)
+    if worker is None:
+        return True
+    thread, stop = worker
+    stop.set()
+    backend_ = app.extensions.get("jobs_backend")
+    if isinstance(backend_, RqBackend):
+        backend_.wakeup.set()
+    thread.join(timeout)
+    return not thread.is_alive()
 
 
 # ---- periodic tasks (run by the sweeper's clock) -----------------------------------------------

@@ -239,6 +239,12 @@ class Gate:
         return f"{self.kind}:{self.permission}" if self.permission else str(self.kind)
 
     def __call__(self) -> Response | None:
+        response = self._authorise()
+        if response is None and request.path.startswith("/api/"):
+            check_content_type()  # after authentication: strangers learn nothing about a route
+        return response
+
+    def _authorise(self) -> Response | None:
         exemption = _exemption()
         if self.kind == GateKind.PUBLIC or exemption == "public":
             if self.kind in (GateKind.CONSOLE, GateKind.AGENCY):
@@ -279,15 +285,36 @@ class Gate:
         return redirect(location)
 
 
+def check_content_type() -> None:
+    """JSON routes take JSON bodies only; upload routes take multipart only (415 otherwise)."""
+    from marketplace.errors import UnsupportedMediaType
+
+    if request.method not in {"POST", "PUT", "PATCH"}:
+        return
+    view = current_app.view_functions.get(request.endpoint or "")
+    if getattr(view, "_accepts_multipart", False):
+        if request.mimetype != "multipart/form-data":
+            raise UnsupportedMediaType(details={"expected": "multipart/form-data"})
+        return
+    has_body = (request.content_length or 0) > 0 or request.headers.get("Transfer-Encoding")
+    if has_body and not request.is_json:
+        raise UnsupportedMediaType(details={"expected": "application/json"})
+
+
 def register_gated(app: Flask, blueprint: Blueprint, gate: Gate, *, api: Any = None, **options: Any) -> None:
-    """Register a blueprint with its one gate; the registry is what the route-gate test reads."""
-    blueprint.before_request(gate)
+    """Register a blueprint with its one gate; the registry is what the route-gate test reads.
+
+    The gate is attached to this app (first among the blueprint's before-request functions), not to
+    the module-level blueprint, so ``create_app()`` can build more than one app in a process.
+    """
+    name = options.get("name", blueprint.name)
     gates: dict[str, str] = app.extensions.setdefault("route_gates", {})
-    gates[blueprint.name] = gate.name
+    gates[name] = gate.name
     if api is not None:
         api.register_blueprint(blueprint, **options)
     else:
         app.register_blueprint(blueprint, **options)
+    app.before_request_funcs.setdefault(name, []).insert(0, gate)
 
 
 def role_assignments_for(user: User) -> list[RoleAssignment]:

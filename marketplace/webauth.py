@@ -7,6 +7,7 @@ passed. Every form carries a CSRF token; the gate checks it and the Origin heade
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from flask import Blueprint, current_app, g, redirect, render_template, request, url_for
@@ -16,7 +17,7 @@ from marketplace import audit
 from marketplace.errors import AppError
 from marketplace.extensions import db, limiter, utcnow
 from marketplace.permissions import Permission
-from marketplace.security import csrf_token, optional_actor, pre_mfa, public, settings, staff_cookie_name
+from marketplace.security import F, csrf_token, optional_actor, pre_mfa, public, settings, staff_cookie_name
 from marketplace.users import mfa, service, sessions
 from marketplace.users.models import SessionChannel
 
@@ -45,6 +46,20 @@ def set_session_cookie(response: Response, token: str) -> None:
     )
 
 
+def _door_scoped(door: str) -> Callable[[F], F]:
+    """Give each door's copy of a view its own qualified name.
+
+    Flask-Limiter keys route limits by the view's qualified name; the two doors' views come from one
+    closure, so without this each door's limits applied to both and every attempt counted twice.
+    """
+
+    def rename(view: F) -> F:
+        view.__qualname__ = f"{view.__qualname__}[{door}]"
+        return view
+
+    return rename
+
+
 def add_auth_routes(bp: Blueprint, *, door: str, title: str, permission: Permission) -> None:
     """Add login, MFA, logout and invitation pages to a staff blueprint."""
 
@@ -58,6 +73,7 @@ def add_auth_routes(bp: Blueprint, *, door: str, title: str, permission: Permiss
                    methods=["POST"])
     @limiter.limit(_limit("login_client"), key_func=_client_key, methods=["POST"])
     @public
+    @_door_scoped(door)
     def login() -> Any:
         if request.method == "GET":
             return render("auth/login.html")
@@ -84,6 +100,7 @@ def add_auth_routes(bp: Blueprint, *, door: str, title: str, permission: Permiss
                                                                          and g.actor.user.id),
                    methods=["POST"])
     @pre_mfa
+    @_door_scoped(door)
     def mfa_step() -> Any:
         actor = g.actor
         user = actor.user
@@ -124,6 +141,7 @@ def add_auth_routes(bp: Blueprint, *, door: str, title: str, permission: Permiss
     @bp.route("/invitations/accept", methods=["GET", "POST"], endpoint="accept_invitation")
     @limiter.limit(_limit("reset_client"), key_func=_client_key, methods=["POST"])
     @public
+    @_door_scoped(door)
     def accept_invitation() -> Any:
         if request.method == "GET":
             return render("auth/invitation.html")

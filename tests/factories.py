@@ -227,3 +227,24 @@ def outbox_token(app: Flask, *, to: str, kind: str) -> str:
         match = re.search(r"^ {4}(\S+)$", message.body_text, re.M)
         assert match, message.body_text
         return match.group(1)
+
+
+def table_rows(app: Flask, *tables: str) -> dict[str, list[tuple[Any, ...]]]:
+    """Every row of ``tables``, read through a fresh connection: compare before/after ("nothing changed")."""
+    from sqlalchemy import text
+
+    with app.app_context(), db.engine.connect() as conn:
+        return {table: [tuple(row) for row in conn.execute(text(f'SELECT * FROM "{table}" ORDER BY 1'))]
+                for table in tables}
+
+
+def actor_for(person: Person, *, mfa: bool = True) -> Any:
+    """A service-level ``Actor`` for ``person`` with a fresh API session (for service tests)."""
+    from flask import current_app
+
+    from marketplace.security import Actor
+    from marketplace.users import sessions
+
+    issued = sessions.start_session(person.user(), sessions.SessionChannel.API, current_app.config["SETTINGS"],
+                                    mfa_done=mfa)
+    return Actor.for_session(issued.session)

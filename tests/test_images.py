@@ -203,7 +203,7 @@ def test_result_fields_and_hash() -> None:
 
 @pytest.mark.parametrize(
     ("policy", "expected"),
-    [(SELFIE_POLICY, (1600, 1200)), (VEHICLE_PHOTO_POLICY, (2000, 1500)), (DOCUMENT_POLICY, (2560, 1920))],
+    [(SELFIE_POLICY, (1600, 1200)), (VEHICLE_PHOTO_POLICY, (2000, 1500)), (DOCUMENT_POLICY, (2000, 1500))],
 )
 def test_twelve_megapixel_photo_is_downscaled(
     policy: ImagePolicy, expected: tuple[int, int], decode_spy: list[str]
@@ -213,8 +213,7 @@ def test_twelve_megapixel_photo_is_downscaled(
     assert_clean_jpeg(result)
     # draft() with an aspect-ratio box lets libjpeg decode at 1/2 scale whenever the output allows it
     loads = [call for call in decode_spy if call.startswith("load")]
-    decoded_at = "(2000, 1500)" if policy is not DOCUMENT_POLICY else "(4000, 3000)"
-    assert loads[0] == f"load JPEG {decoded_at}"  # later calls are no-ops on the loaded image
+    assert loads[0] == "load JPEG (2000, 1500)"  # later calls are no-ops on the loaded image
 
 
 def test_declared_type_parameters_and_case_are_tolerated() -> None:
@@ -748,7 +747,7 @@ def test_pipeline_writes_no_temp_files(private_tempdir: Path) -> None:  # enforc
 
 def test_shipped_policies() -> None:
     assert SELFIE_POLICY.output_max_side == 1600
-    assert DOCUMENT_POLICY.output_max_side == 2560
+    assert DOCUMENT_POLICY.output_max_side == 2000
     for policy in SHIPPED_POLICIES:
         # UP-02 lists WebP among the formats refused with 415
         assert policy.allowed_formats == ("JPEG", "PNG")

@@ -111,3 +111,4 @@ def _when(value: Any) -> str:
     return value.strftime("%Y-%m-%d %H:%M:%S UTC") if value else ""
 
 
+from marketplace.console import kyc_views as _kyc_views  # noqa: E402,F401  (registers the KYC pages)

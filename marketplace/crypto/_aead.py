@@ -13,14 +13,13 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from marketplace.crypto.errors import DecryptionFailed
+from marketplace.storage.base import BytesLike
 
 KEY_SIZE = 32
 NONCE_SIZE = 12
 TAG_SIZE = 16
 AAD_VERSION = 1
 _AAD_VERSION_BYTE = bytes((AAD_VERSION,))
-
-BytesLike = bytes | bytearray | memoryview
 
 
 def encode_aad(label: str, *fields: str | bytes) -> bytes:

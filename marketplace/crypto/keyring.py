@@ -38,6 +38,7 @@ from typing import Any, Protocol
 
 from marketplace.crypto._aead import KEY_SIZE, BytesLike, encode_aad, open_sealed, seal
 from marketplace.crypto.errors import DecryptionFailed, KeyRingError, UnknownMasterKey
+from marketplace.storage.local import write_atomic
 
 FILE_FORMAT = 1
 SEALED_VERSION = 1
@@ -136,8 +137,6 @@ class KeyRing:
                 raise KeyRingError(f"key ring file {path} does not exist") from None
             ring = cls.generate(path=path)
             path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            from marketplace.storage.local import write_atomic
-
             try:
                 write_atomic(path, ring.to_json().encode(), overwrite=False)
             except FileExistsError:
@@ -241,8 +240,6 @@ class KeyRing:
         """Write the ring to its file atomically (temp file in the same directory, fsync, rename)."""
         if self._path is None:
             raise KeyRingError("this key ring has no file (it came from the environment); export to_json()")
-        from marketplace.storage.local import write_atomic
-
         with self._lock:
             write_atomic(self._path, self.to_json().encode())
 
@@ -290,7 +287,10 @@ def _read_private(path: Path) -> str:
             raise KeyRingError(f"key ring {path} is not a regular file")
         if os.name == "posix" and mode & 0o077:
             raise KeyRingError(f"key ring {path} is accessible to group or others; chmod 600 it")
-        return handle.read().decode("utf-8")
+        try:
+            return handle.read().decode("utf-8")
+        except UnicodeDecodeError:
+            raise KeyRingError(f"key ring {path} is not UTF-8 JSON") from None
 
 
 def _key_from_json(item: Any) -> MasterKey:

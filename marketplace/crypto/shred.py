@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from marketplace.storage.local import fsync_dir
+
 log = logging.getLogger(__name__)
 
 
@@ -72,8 +74,6 @@ class DestroyedKeyLog:
         finally:
             os.close(fd)  # releases the lock
         if created:
-            from marketplace.storage.local import fsync_dir
-
             fsync_dir(self.path.parent)
         return entry
 

@@ -23,8 +23,11 @@ class AddressIn(StrictSchema):
 
 
 class AddressPatchIn(AddressIn):
-    class Meta(StrictSchema.Meta):
-        partial = True
+    """Every field optional: a patch changes only the parts it names (marshmallow has no ``Meta.partial``)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("partial", True)
+        super().__init__(**kwargs)
 
 
 class EmergencyContactIn(StrictSchema):

@@ -240,6 +240,14 @@ def _consume_token(token: str, purpose: TokenPurpose) -> OneTimeToken:
     return row
 
 
+def _retire_tokens(user: User, purpose: TokenPurpose) -> None:
+    for row in db.session.execute(
+        select(OneTimeToken).where(OneTimeToken.user_id == user.id, OneTimeToken.used_at.is_(None),
+                                   OneTimeToken.purpose == purpose)
+    ).scalars():
+        row.used_at = utcnow()
+
+
 def _send_verification(user: User, address: str) -> None:
     token = _issue_token(user, TokenPurpose.EMAIL_VERIFY, 24 * 60)
     notifications.send_email(to=address, kind="verify_email", context={"user": user, "token": token},
@@ -377,12 +385,7 @@ def confirm_password_reset(token: str, new_password: str) -> None:
     assert user is not None
     passwords.check_policy(new_password, email=user.email, name=user.full_name)
     _set_password(user, new_password)
-    # other outstanding reset codes die with this one
-    for other in db.session.execute(
-        select(OneTimeToken).where(OneTimeToken.user_id == user.id, OneTimeToken.used_at.is_(None),
-                                   OneTimeToken.purpose == TokenPurpose.PASSWORD_RESET)
-    ).scalars():
-        other.used_at = utcnow()
+    _retire_tokens(user, TokenPurpose.PASSWORD_RESET)  # other outstanding reset codes die with this one
     sessions.revoke_all(user, "password_reset")
     if user.status == AccountStatus.PENDING:
         # the reset code was delivered to the address, which proves it
@@ -455,8 +458,11 @@ def update_profile(actor: Actor, changes: dict[str, Any]) -> User:
     if "email" in changes:
         email = normalise_email(changes["email"])
         if email != user.email:
+            # a code sent to an earlier pending address must not confirm this one
+            _retire_tokens(user, TokenPurpose.EMAIL_VERIFY)
+            # the same answer whether or not the address is taken (no enumeration); only a free one gets a code
+            user.pending_email = email
             if not db.session.execute(select(User.id).where(User.email == email)).first():
-                user.pending_email = email
                 _send_verification(user, email)
             notifications.send_email(to=user.email, kind="email_change_requested", context={"user": user},
                                      user=user)

@@ -1,0 +1,66 @@
+"""KYC schemas: identity in, status out (for the customer), and the signed image link."""
+
+from __future__ import annotations
+
+from marshmallow import fields, validate
+
+from marketplace.schemas import OutSchema, StrictSchema, Text
+
+_COUNTRY = validate.Regexp(r"^[A-Za-z]{2}$", error="Use a two-letter ISO 3166-1 country code.")
+
+
+class IdentityIn(StrictSchema):
+    legal_name = Text(max_length=200, required=True, metadata={"description": "As printed on the ID document"})
+    date_of_birth = fields.Date(required=True)
+    nationality = fields.String(required=True, validate=_COUNTRY)
+    id_document_type = fields.String(required=True, validate=validate.OneOf(["passport", "emirates_id"]))
+    id_document_number = Text(max_length=32, required=True,
+                              metadata={"description": "Emirates ID as 784-YYYY-NNNNNNN-N (check digit verified)"})
+    id_document_expiry = fields.Date(required=True)
+    licence_number = Text(max_length=32, required=True)
+    licence_issuer = Text(max_length=8, required=True,
+                          metadata={"description": "Issuing country (ISO code) or UAE emirate (AE-DU, AE-AZ, ...)"})
+    licence_expiry = fields.Date(required=True)
+    licence_category = Text(max_length=16, required=True)
+
+
+class IdentityOut(OutSchema):
+    legal_name = fields.String(required=True)
+    date_of_birth = fields.Date(required=True)
+    nationality = fields.String(required=True)
+    id_document_type = fields.String(required=True)
+    id_document_number = fields.String(required=True)
+    id_document_expiry = fields.Date(required=True)
+    licence_number = fields.String(required=True)
+    licence_issuer = fields.String(required=True)
+    licence_expiry = fields.Date(required=True)
+    licence_category = fields.String(required=True)
+
+
+class UploadedOut(OutSchema):
+    id = fields.String(required=True)
+    kind = fields.String(required=True)
+    width = fields.Integer(required=True)
+    height = fields.Integer(required=True)
+
+
+class KycStatusOut(OutSchema):
+    status = fields.String(required=True, metadata={"description": "not_started, draft, submitted, in_review, "
+                                                    "awaiting_second_review, approved, rejected, resubmission_requested"})
+    submitted_at = fields.DateTime(allow_none=True, required=True)
+    decided_at = fields.DateTime(allow_none=True, required=True)
+    reason = fields.String(allow_none=True, required=True)
+    resubmit_items = fields.List(fields.String(), required=True)
+    uploaded = fields.List(fields.String(), required=True)
+    missing = fields.List(fields.String(), required=True)
+    identity = fields.Nested(IdentityOut, allow_none=True, required=True)
+    face_consent_version = fields.String(allow_none=True, required=True)
+
+
+class DocumentFormIn(StrictSchema):
+    kind = fields.String(required=True, validate=validate.OneOf(["id_front", "id_back", "licence_front", "licence_back"]))
+
+
+class ImageLinkOut(OutSchema):
+    url = fields.String(required=True, metadata={"description": "Single-use link, valid about a minute"})
+    expires_at = fields.DateTime(required=True)
