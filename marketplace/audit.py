@@ -21,16 +21,16 @@ from typing import Any, Protocol
 
 from flask import g, has_request_context, request
 from sqlalchemy import BigInteger, Integer, String, Text, select, text
-from sqlalchemy.orm import Mapped, Session, mapped_column
+from sqlalchemy.orm import Mapped, Session, mapped_column, scoped_session
 
-from marketplace.extensions import db, utcnow
+from marketplace.extensions import Model, db, utcnow
 
 log = logging.getLogger("marketplace.audit")
 GENESIS = "0" * 64
 _ADVISORY_LOCK = 0x61756469  # "audi": serialises appends so the chain stays linear on PostgreSQL
 
 
-class AuditEvent(db.Model):
+class AuditEvent(Model):
     __tablename__ = "audit_events"
 
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
@@ -81,12 +81,12 @@ def compute_hash(event: AuditEvent) -> str:
     return hashlib.sha256(_canonical(event)).hexdigest()
 
 
-def _lock_chain(session: Session) -> None:
+def _lock_chain(session: Session | scoped_session[Any]) -> None:
     if session.get_bind().dialect.name == "postgresql":
         session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _ADVISORY_LOCK})
 
 
-def _last_hash(session: Session) -> str:
+def _last_hash(session: Session | scoped_session[Any]) -> str:
     last = session.execute(select(AuditEvent.hash).order_by(AuditEvent.id.desc()).limit(1)).scalar()
     return last or GENESIS
 
@@ -121,7 +121,7 @@ def _build(
     )
 
 
-def _append(session: Session, event: AuditEvent) -> AuditEvent:
+def _append(session: Session | scoped_session[Any], event: AuditEvent) -> AuditEvent:
     _lock_chain(session)
     event.prev_hash = _last_hash(session)
     event.hash = compute_hash(event)
@@ -176,7 +176,7 @@ class ChainReport:
         return self.first_broken_id is None
 
 
-def iter_events(session: Session, batch: int = 1000) -> Iterator[AuditEvent]:
+def iter_events(session: Session | scoped_session[Any], batch: int = 1000) -> Iterator[AuditEvent]:
     last_id = 0
     while True:
         rows = session.execute(
@@ -189,13 +189,14 @@ def iter_events(session: Session, batch: int = 1000) -> Iterator[AuditEvent]:
         session.expunge_all()
 
 
-def verify_chain(session: Session) -> ChainReport:
+def verify_chain(session: Session | scoped_session[Any]) -> ChainReport:
     previous = GENESIS
     checked = 0
     for event in iter_events(session):
         checked += 1
         if event.prev_hash != previous:
-            return ChainReport(checked, event.id, "prev_hash does not match the previous row (row removed or reordered)")
+            reason = "prev_hash does not match the previous row (row removed or reordered)"
+            return ChainReport(checked, event.id, reason)
         if compute_hash(event) != event.hash:
             return ChainReport(checked, event.id, "row content does not match its hash (row edited)")
         previous = event.hash

@@ -35,7 +35,8 @@ def register(app: Flask) -> None:
 @staff_cli.command("create")
 @click.option("--email", required=True)
 @click.option("--name", "full_name", required=True)
-@click.option("--role", "roles", multiple=True, required=True, type=click.Choice([r.value for r in Role if r != Role.CUSTOMER]))
+@click.option("--role", "roles", multiple=True, required=True,
+              type=click.Choice([r.value for r in Role if r != Role.CUSTOMER]))
 @click.option("--agency", "agency_public_id", default=None, help="Agency public id, for agency roles")
 @click.password_option("--password", envvar="STAFF_PASSWORD", help="Prompted for if not given")
 def create_staff(email: str, full_name: str, roles: tuple[str, ...], agency_public_id: str | None,
@@ -153,7 +154,7 @@ def _seed() -> str:
             longitude=Decimal("55.2230"), daily_price_fils=price, deposit_fils=deposit,
             mileage_limit_km_per_day=250, status=VehicleStatus.LISTED,
         ))
-    staff = [
+    staff: list[tuple[str, str, list[tuple[Role, int | None]]]] = [
         ("admin@demo.carejar.example", "Aisha Admin", [(Role.ADMIN, None)]),
         ("reviewer@demo.carejar.example", "Rami Reviewer", [(Role.KYC_REVIEWER, None)]),
         ("reviewer2@demo.carejar.example", "Rana Reviewer", [(Role.KYC_REVIEWER, None)]),

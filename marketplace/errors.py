@@ -208,7 +208,7 @@ def validation_details(messages: Any) -> tuple[str, dict[str, Any]]:
             continue
         for field, errors in inner.items():
             flat[field] = errors
-            if errors == ["Unknown field."] or errors == "Unknown field.":
+            if errors in (["Unknown field."], "Unknown field."):
                 unknown.append(field)
     if unknown:
         return "unknown_field", {"fields": flat, "unknown": sorted(unknown)}

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from marketplace.api import ApiBlueprint as Blueprint
 from marshmallow import fields
 from sqlalchemy import text
 
+from marketplace.api import ApiBlueprint as Blueprint
 from marketplace.errors import ServiceUnavailable
 from marketplace.extensions import db
 from marketplace.schemas import OutSchema

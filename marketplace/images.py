@@ -49,7 +49,7 @@ import warnings
 import zlib
 from dataclasses import dataclass, field
 from math import ceil
-from typing import BinaryIO, Final
+from typing import IO, Final
 
 from PIL import Image, ImageFile, ImageOps, JpegImagePlugin, PngImagePlugin, WebPImagePlugin
 
@@ -185,7 +185,7 @@ class ProcessedImage:
 
 
 def process_image(
-    stream: BinaryIO, *, policy: ImagePolicy, declared_type: str | None = None
+    stream: IO[bytes], *, policy: ImagePolicy, declared_type: str | None = None
 ) -> ProcessedImage:
     """Validate an upload and return a fresh JPEG of its pixels, or raise an ``AppError``.
 
@@ -203,7 +203,7 @@ def process_image(
     return _encode(pixels, policy)
 
 
-def _read_limited(stream: BinaryIO, max_bytes: int) -> bytes:
+def _read_limited(stream: IO[bytes], max_bytes: int) -> bytes:
     limit = max_bytes + 1
     chunks: list[bytes] = []
     total = 0

@@ -27,7 +27,7 @@ from flask import Flask, current_app
 from sqlalchemy import ForeignKey, Index, Integer, String, event, or_, select, update
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from marketplace.extensions import db, utcnow
+from marketplace.extensions import Model, db, utcnow
 
 log = logging.getLogger("marketplace.jobs")
 
@@ -43,7 +43,7 @@ class WorkStatus(StrEnum):
     DEAD = "dead"  # gave up after MAX_ATTEMPTS; visible to operators
 
 
-class WorkItem(db.Model):
+class WorkItem(Model):
     __tablename__ = "work_items"
     __table_args__ = (Index("ix_work_items_due", "status", "due_at"),)
 
@@ -180,10 +180,12 @@ def _run(item_id: int) -> str:
             item.status = WorkStatus.PENDING
             item.due_at = utcnow() + backoff(item.attempts)
         db.session.commit()
+        # the innermost frames only, never the exception's message: it can carry personal data
+        # (smtplib's SMTPRecipientsRefused names the address) and logs hold none (PV-03)
         log.warning(
             "work item failed",
             extra={"event": {"work_item": item_id, "error": type(exc).__name__,
-                             "trace": traceback.format_exc(limit=3)[-400:]}},
+                             "trace": "".join(traceback.format_tb(exc.__traceback__, limit=-3))[-600:]}},
         )
         return "failed"
     item.status = WorkStatus.DONE

@@ -6,6 +6,7 @@ import base64
 import hashlib
 import hmac
 import json
+from collections.abc import Callable
 from typing import Any
 
 from flask import current_app
@@ -62,7 +63,7 @@ class QueryInteger(fields.Integer):
 
 def Text(*, max_length: int, min_length: int = 1, **kwargs: Any) -> fields.String:  # noqa: N802
     """A trimmed, length-limited string (no control characters)."""
-    validators = [validate.Length(min=min_length, max=max_length), _no_control_chars]
+    validators: list[Callable[[Any], Any]] = [validate.Length(min=min_length, max=max_length), _no_control_chars]
     return fields.String(validate=validators, **kwargs)
 
 

@@ -60,7 +60,9 @@ def _door_scoped(door: str) -> Callable[[F], F]:
     return rename
 
 
-def add_auth_routes(bp: Blueprint, *, door: str, title: str, permission: Permission) -> None:
+def add_auth_routes(  # noqa: PLR0915 - four small nested views that share the door's settings
+    bp: Blueprint, *, door: str, title: str, permission: Permission
+) -> None:
     """Add login, MFA, logout and invitation pages to a staff blueprint."""
 
     def render(template: str, status: int = 200, **context: Any) -> tuple[str, int]:
@@ -119,7 +121,8 @@ def add_auth_routes(bp: Blueprint, *, door: str, title: str, permission: Permiss
             token = sessions.rotate_web(actor.session)
             audit.record(actor, "auth:mfa", user, channel="web", door=door)
             db.session.commit()
-            response = redirect(request.args.get("next") if _safe_next() else url_for(f"{bp.name}.home"))
+            target = request.args.get("next", "")
+            response = redirect(target if _safe_next() else url_for(f"{bp.name}.home"))
             set_session_cookie(response, token)
             return response
         if actor.mfa_complete:

@@ -8,7 +8,7 @@ from enum import StrEnum
 from sqlalchemy import String
 from sqlalchemy.orm import Mapped, mapped_column
 
-from marketplace.extensions import db
+from marketplace.extensions import Model
 from marketplace.modelbase import PublicIdMixin, TimestampMixin
 
 
@@ -19,7 +19,7 @@ class AgencyStatus(StrEnum):
     TERMINATED = "terminated"
 
 
-class Agency(PublicIdMixin, TimestampMixin, db.Model):
+class Agency(PublicIdMixin, TimestampMixin, Model):
     __tablename__ = "agencies"
 
     id: Mapped[int] = mapped_column(primary_key=True)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from marketplace.errors import AppError
 
 
-class DecryptionFailed(AppError):  # noqa: N818 - named like the AppError tree (NotFound, Gone)
+class DecryptionFailed(AppError):
     """Authenticated decryption failed; fail closed and raise an alert."""
 
     status = 410
@@ -29,5 +29,5 @@ class KeyRingError(Exception):
     """The key ring is missing, malformed, unsafe (file readable by others) or misused."""
 
 
-class UnknownMasterKey(LookupError):  # noqa: N818 - reads like NotFound
+class UnknownMasterKey(LookupError):
     """``KeyRing.get`` was asked for a key id the ring has never held."""

@@ -8,7 +8,7 @@ from enum import StrEnum
 from sqlalchemy import ForeignKey, Index, Integer, Numeric, String
 from sqlalchemy.orm import Mapped, mapped_column
 
-from marketplace.extensions import db
+from marketplace.extensions import Model
 from marketplace.modelbase import PublicIdMixin, TimestampMixin
 
 
@@ -18,7 +18,7 @@ class VehicleStatus(StrEnum):
     MAINTENANCE = "maintenance"
 
 
-class Vehicle(PublicIdMixin, TimestampMixin, db.Model):
+class Vehicle(PublicIdMixin, TimestampMixin, Model):
     __tablename__ = "vehicles"
     __table_args__ = (Index("ix_vehicles_city_status", "city", "status"),)
 

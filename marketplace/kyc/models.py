@@ -7,12 +7,12 @@ from datetime import date, datetime
 from sqlalchemy import Date, ForeignKey, Index, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from marketplace.extensions import db
+from marketplace.extensions import Model
 from marketplace.kyc.states import CaseStatus
 from marketplace.modelbase import PublicIdMixin, TimestampMixin
 
 
-class KycIdentity(TimestampMixin, db.Model):
+class KycIdentity(TimestampMixin, Model):
     """The identity and licence data a customer declares (P-05); one row per customer."""
 
     __tablename__ = "kyc_identities"
@@ -31,7 +31,7 @@ class KycIdentity(TimestampMixin, db.Model):
     licence_category: Mapped[str] = mapped_column(String(16))
 
 
-class KycCase(PublicIdMixin, TimestampMixin, db.Model):
+class KycCase(PublicIdMixin, TimestampMixin, Model):
     __tablename__ = "kyc_cases"
     __table_args__ = (Index("ix_kyc_cases_queue", "status", "submitted_at"),)
 
@@ -54,7 +54,7 @@ class KycCase(PublicIdMixin, TimestampMixin, db.Model):
     customer_reason: Mapped[str | None] = mapped_column(String(64))
 
 
-class KycDecision(PublicIdMixin, db.Model):
+class KycDecision(PublicIdMixin, Model):
     """Every reviewer decision. Rejections and overrides stay ``pending`` until a second reviewer confirms."""
 
     __tablename__ = "kyc_decisions"
@@ -72,7 +72,7 @@ class KycDecision(PublicIdMixin, db.Model):
     created_at: Mapped[datetime]
 
 
-class ImageGrant(db.Model):
+class ImageGrant(Model):
     """A single-use, short-lived permission for one viewer to see one image (the signed link)."""
 
     __tablename__ = "image_grants"

@@ -45,8 +45,9 @@ class UploadedOut(OutSchema):
 
 
 class KycStatusOut(OutSchema):
-    status = fields.String(required=True, metadata={"description": "not_started, draft, submitted, in_review, "
-                                                    "awaiting_second_review, approved, rejected, resubmission_requested"})
+    status = fields.String(required=True, metadata={"description": (
+        "not_started, draft, submitted, in_review, awaiting_second_review, approved, rejected, "
+        "resubmission_requested")})
     submitted_at = fields.DateTime(allow_none=True, required=True)
     decided_at = fields.DateTime(allow_none=True, required=True)
     reason = fields.String(allow_none=True, required=True)
@@ -58,7 +59,8 @@ class KycStatusOut(OutSchema):
 
 
 class DocumentFormIn(StrictSchema):
-    kind = fields.String(required=True, validate=validate.OneOf(["id_front", "id_back", "licence_front", "licence_back"]))
+    kind = fields.String(required=True,
+                         validate=validate.OneOf(["id_front", "id_back", "licence_front", "licence_back"]))
 
 
 class ImageLinkOut(OutSchema):

@@ -100,7 +100,8 @@ def validate_document_number(kind: str, number: str, dob: date) -> str:
         if not _luhn_ok(value.replace("-", "")):
             raise Unprocessable(details={"fields": {"id_document_number": ["The check digit does not match."]}})
         if int(match.group(1)) != dob.year:
-            raise Unprocessable(details={"fields": {"id_document_number": ["The year part must be the year of birth."]}})
+            message = "The year part must be the year of birth."
+            raise Unprocessable(details={"fields": {"id_document_number": [message]}})
         return value
     if not _PASSPORT.match(value):
         raise Unprocessable(details={"fields": {"id_document_number": ["6 to 9 letters and digits."]}})

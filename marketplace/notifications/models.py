@@ -8,7 +8,7 @@ from enum import StrEnum
 from sqlalchemy import Boolean, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from marketplace.extensions import db
+from marketplace.extensions import Model
 from marketplace.modelbase import PublicIdMixin
 
 
@@ -25,7 +25,7 @@ class OutboxStatus(StrEnum):
     DELIVERED = "delivered"  # in-app notices are delivered by being written
 
 
-class OutboxMessage(PublicIdMixin, db.Model):
+class OutboxMessage(PublicIdMixin, Model):
     __tablename__ = "outbox_messages"
     __table_args__ = (Index("ix_outbox_user_channel", "user_id", "channel", "id"),)
 

@@ -21,11 +21,11 @@ class BlobStoreError(Exception):
     """Base class of storage errors."""
 
 
-class BlobNotFound(BlobStoreError, LookupError):  # noqa: N818 - reads like NotFound
+class BlobNotFound(BlobStoreError, LookupError):
     """No blob is stored under this key."""
 
 
-class InvalidBlobKey(BlobStoreError, ValueError):  # noqa: N818 - reads like NotFound
+class InvalidBlobKey(BlobStoreError, ValueError):
     """The key is not one this store generates (wrong format, a path, NUL bytes ...)."""
 
 

@@ -8,7 +8,7 @@ from enum import StrEnum
 from sqlalchemy import Boolean, Date, ForeignKey, Index, Integer, LargeBinary, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from marketplace.extensions import db
+from marketplace.extensions import Model
 from marketplace.modelbase import PublicIdMixin, TimestampMixin
 from marketplace.permissions import Role
 
@@ -25,7 +25,7 @@ class AccountStatus(StrEnum):
     CLOSED = "closed"
 
 
-class User(PublicIdMixin, TimestampMixin, db.Model):
+class User(PublicIdMixin, TimestampMixin, Model):
     __tablename__ = "users"
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -80,7 +80,7 @@ class User(PublicIdMixin, TimestampMixin, db.Model):
         return frozenset(Role(r.role) for r in self.roles)
 
 
-class RoleAssignment(db.Model):
+class RoleAssignment(Model):
     """One role held by one staff member; agency roles name their agency."""
 
     __tablename__ = "role_assignments"
@@ -101,7 +101,7 @@ class SessionChannel(StrEnum):
     WEB = "web"  # cookie sessions for the console and the agency app
 
 
-class AuthSession(PublicIdMixin, db.Model):
+class AuthSession(PublicIdMixin, Model):
     """A signed-in session. Only hashes of its tokens are stored; revoking it kills every token at once."""
 
     __tablename__ = "auth_sessions"
@@ -130,11 +130,11 @@ class AuthSession(PublicIdMixin, db.Model):
 
 
 class TokenPurpose(StrEnum):
-    PASSWORD_RESET = "password_reset"
+    PASSWORD_RESET = "password_reset"  # noqa: S105 - a token purpose, not a password
     EMAIL_VERIFY = "email_verify"
 
 
-class OneTimeToken(db.Model):
+class OneTimeToken(Model):
     """An e-mailed single-use token; only its SHA-256 is kept."""
 
     __tablename__ = "one_time_tokens"
@@ -157,7 +157,7 @@ class ConsentKind(StrEnum):
     PRECISE_LOCATION = "precise_location"
 
 
-class Consent(PublicIdMixin, db.Model):
+class Consent(PublicIdMixin, Model):
     """One consent given (and maybe withdrawn): what, which text version, when, from where."""
 
     __tablename__ = "consents"
@@ -176,7 +176,7 @@ class Consent(PublicIdMixin, db.Model):
     context: Mapped[str | None] = mapped_column(Text)  # e.g. the booking a mandate belongs to
 
 
-class StaffInvitation(PublicIdMixin, db.Model):
+class StaffInvitation(PublicIdMixin, Model):
     __tablename__ = "staff_invitations"
 
     id: Mapped[int] = mapped_column(primary_key=True)

@@ -321,7 +321,8 @@ def complete_mfa_api(actor: Actor, code: str) -> sessions.IssuedTokens:
 def refresh(refresh_token: str) -> sessions.IssuedTokens:
     digest = sessions.token_hash(refresh_token or "")
     session = db.session.execute(
-        select(AuthSession).where(AuthSession.refresh_token_hash == digest).with_for_update()
+        # lock only the session row: PostgreSQL refuses FOR UPDATE on the outer join that loads its user
+        select(AuthSession).where(AuthSession.refresh_token_hash == digest).with_for_update(of=AuthSession)
     ).scalar_one_or_none()
     now = utcnow()
     if session is None:
@@ -422,7 +423,7 @@ _ADDRESS_FIELDS = {"line1": "address_line1", "line2": "address_line2", "city": "
                    "country": "address_country"}
 
 
-def update_profile(actor: Actor, changes: dict[str, Any]) -> User:
+def update_profile(actor: Actor, changes: dict[str, Any]) -> User:  # noqa: PLR0912 - one branch per field
     user = actor.user
     changed: list[str] = []
     if "email" in changes or "phone" in changes:
@@ -567,7 +568,7 @@ def update_preferences(actor: Actor, changes: dict[str, bool]) -> dict[str, bool
         elif not changes["marketing"] and has:
             withdraw_consent(actor, ConsentKind.MARKETING)
     db.session.flush()
-    audit.record(actor, "account:preferences", user, **{k: bool(v) for k, v in changes.items()})
+    audit.record(actor, "account:preferences", user, changes={k: bool(v) for k, v in changes.items()})
     return preferences(user)
 
 

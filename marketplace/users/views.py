@@ -6,8 +6,8 @@ from typing import Any
 
 from flask import current_app, request
 from flask.views import MethodView
-from marketplace.api import ApiBlueprint as Blueprint
 
+from marketplace.api import ApiBlueprint as Blueprint
 from marketplace.errors import Unprocessable
 from marketplace.extensions import db, limiter
 from marketplace.notifications import service as notifications

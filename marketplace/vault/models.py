@@ -12,11 +12,11 @@ from datetime import datetime
 from sqlalchemy import ForeignKey, Index, Integer, LargeBinary, String
 from sqlalchemy.orm import Mapped, mapped_column
 
-from marketplace.extensions import db
+from marketplace.extensions import Model
 from marketplace.modelbase import PublicIdMixin
 
 
-class DataKey(db.Model):
+class DataKey(Model):
     __tablename__ = "data_keys"
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -28,7 +28,7 @@ class DataKey(db.Model):
     destroyed_at: Mapped[datetime | None]
 
 
-class Blob(PublicIdMixin, db.Model):
+class Blob(PublicIdMixin, Model):
     __tablename__ = "blobs"
     __table_args__ = (Index("ix_blobs_owner_kind", "owner", "kind"),)
 
