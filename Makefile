@@ -32,7 +32,7 @@ serve:
 	@echo "  Agency app:  http://$(HOST):$(PORT)/agency"
 	@echo ""
 	$(BIN)/gunicorn --bind $(HOST):$(PORT) --worker-class gthread --workers 2 --threads 4 \
-		--access-logfile - 'wsgi:app'
+		--access-logfile - --access-logformat '%(h)s "%(m)s %(U)s" %(s)s %(b)s %(M)sms' 'wsgi:app'
 
 run: seed serve  ## set up, migrate, seed demo data and serve on http://127.0.0.1:5000
 

@@ -13,7 +13,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.wrappers import Response
 
 from marketplace.config import Settings, load_settings
-from marketplace.errors import MalformedJson, register_error_handlers
+from marketplace.errors import MalformedJson, PayloadTooLarge, register_error_handlers
 
 
 class _StrictJSONProvider(DefaultJSONProvider):
@@ -21,7 +21,13 @@ class _StrictJSONProvider(DefaultJSONProvider):
 
     def loads(self, s: str | bytes, **kwargs: Any) -> Any:
         kwargs.setdefault("object_pairs_hook", _no_duplicates)
+        kwargs.setdefault("parse_constant", _no_constants)
         return json.loads(s, **kwargs)
+
+
+def _no_constants(name: str) -> Any:
+    """``NaN`` and ``Infinity`` are Python extensions, not JSON (RFC 8259)."""
+    raise ValueError(f"{name} is not valid JSON")
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -101,6 +107,8 @@ def _import_models() -> None:
     """Every model module, so metadata (and Alembic autogenerate) sees all tables."""
     from marketplace import audit, jobs  # noqa: F401
     from marketplace.agencies import models as _agencies  # noqa: F401
+    from marketplace.bookings import models as _bookings  # noqa: F401
+    from marketplace.bookings import service as _booking_jobs  # noqa: F401
     from marketplace.fleet import models as _fleet  # noqa: F401
     from marketplace.kyc import jobs as _kyc_jobs  # noqa: F401
     from marketplace.kyc import models as _kyc  # noqa: F401
@@ -127,6 +135,16 @@ def _register_routes(app: Flask) -> None:
     from marketplace.kyc.views import kyc_bp
 
     register_gated(app, kyc_bp, Gate(GateKind.API), api=api)
+    from marketplace.agencies.views import agencies_bp, agency_api_bp
+    from marketplace.bookings.views import agency_bookings_bp, bookings_bp
+    from marketplace.fleet.views import agency_fleet_bp, vehicles_bp
+    from marketplace.permissions import Permission
+
+    register_gated(app, agencies_bp, Gate(GateKind.PUBLIC), api=api)
+    register_gated(app, vehicles_bp, Gate(GateKind.PUBLIC), api=api)
+    register_gated(app, bookings_bp, Gate(GateKind.API), api=api)
+    for blueprint in (agency_api_bp, agency_fleet_bp, agency_bookings_bp):
+        register_gated(app, blueprint, Gate(GateKind.API_STAFF, Permission.AGENCY_ACCESS), api=api)
 
     from marketplace.console.views import console_bp
 
@@ -147,6 +165,15 @@ def _register_hooks(app: Flask, settings: Settings) -> None:
             g.request_id = str(uuid.UUID(incoming)) if incoming else str(uuid.uuid4())
         except ValueError:
             g.request_id = str(uuid.uuid4())
+
+    @app.before_request
+    def _unsized_body() -> None:
+        # Werkzeug silently cuts a body without Content-Length (chunked) off at MAX_CONTENT_LENGTH; read it
+        # here and refuse one that reached the limit, so nothing ever parses a truncated body
+        if request.content_length is None and request.headers.get("Transfer-Encoding"):
+            request.get_data(cache=True)
+            if getattr(request.stream, "is_exhausted", False):
+                raise PayloadTooLarge()
 
     @app.after_request
     def _headers(response: Response) -> Response:

@@ -121,8 +121,15 @@ def require_fresh_mfa(actor: Actor, window: timedelta | None = None) -> None:
 
 
 def public(view: F) -> F:
-    """No sign-in needed (listed explicitly; the route-gate test knows these)."""
+    """No sign-in needed (listed explicitly; the route-gate test knows these).
+
+    The OpenAPI document says so too: the operation overrides the global bearer requirement with
+    ``security: []`` (flask-smorest reads ``_apidoc["manual_doc"]``, as its ``Blueprint.doc`` does).
+    """
     view._gate_exempt = "public"  # type: ignore[attr-defined]
+    apidoc: dict[str, Any] = dict(getattr(view, "_apidoc", {}))
+    apidoc["manual_doc"] = {**apidoc.get("manual_doc", {}), "security": []}
+    view._apidoc = apidoc  # type: ignore[attr-defined]
     return view
 
 
@@ -179,7 +186,7 @@ def _load_api_actor() -> Actor:
     token = bearer_token()
     if token is None:
         raise Unauthenticated(headers={"WWW-Authenticate": "Bearer"})
-    session = sessions.find_active(token, SessionChannel.API, settings())
+    session = _keep_alive(sessions.find_active(token, SessionChannel.API, settings()))
     if session is None:
         raise Unauthenticated(headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
     return Actor.for_session(session)
@@ -195,8 +202,18 @@ def load_web_actor() -> Actor | None:
     token = request.cookies.get(staff_cookie_name())
     if not token:
         return None
-    session = sessions.find_active(token, SessionChannel.WEB, settings())
+    session = _keep_alive(sessions.find_active(token, SessionChannel.WEB, settings()))
     return Actor.for_session(session) if session is not None else None
+
+
+def _keep_alive(session: AuthSession | None) -> AuthSession | None:
+    """Commit a moved ``last_seen_at`` at once: read-only pages never commit and failed requests roll
+    back, so otherwise the staff idle timeout would count from the last write, not the last request."""
+    from marketplace.extensions import db
+
+    if session is not None and db.session.is_modified(session):
+        db.session.commit()
+    return session
 
 
 def check_csrf(actor: Actor | None) -> None:

@@ -6,6 +6,7 @@ AZ-07 (staff routes need completed MFA) and the staff side of P-04.
 
 from __future__ import annotations
 
+import json
 import re
 from datetime import timedelta
 from typing import Any
@@ -190,7 +191,7 @@ def _reused_audit_rows(person: Person) -> int:
         select(AuditEvent).where(AuditEvent.action == "auth:mfa", AuditEvent.outcome == "failed",
                                  AuditEvent.subject_id == person.public_id)
     ).scalars().all()
-    return sum(1 for row in rows if (row.data or {}).get("reused"))
+    return sum(1 for row in rows if json.loads(row.data or "{}").get("reused"))
 
 
 def _assert_mfa_refused(client: FlaskClient, response: Any, door: str) -> None:

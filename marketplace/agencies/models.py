@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from enum import StrEnum
 
-from sqlalchemy import String
+from sqlalchemy import ForeignKey, Integer, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from marketplace.extensions import Model
@@ -15,8 +15,16 @@ from marketplace.modelbase import PublicIdMixin, TimestampMixin
 class AgencyStatus(StrEnum):
     PENDING = "pending_verification"
     ACTIVE = "active"
+    REJECTED = "rejected"
     SUSPENDED = "suspended"
     TERMINATED = "terminated"
+
+
+class AgencyDocumentKind(StrEnum):
+    TRADE_LICENCE = "trade_licence"
+    VAT_CERTIFICATE = "vat_certificate"
+    REPRESENTATIVE_ID = "representative_id"
+    AUTHORISATION_LETTER = "authorisation_letter"
 
 
 class Agency(PublicIdMixin, TimestampMixin, Model):
@@ -34,4 +42,23 @@ class Agency(PublicIdMixin, TimestampMixin, Model):
     contact_phone: Mapped[str] = mapped_column(String(20))
     status: Mapped[str] = mapped_column(String(24), default=AgencyStatus.PENDING)
     verified_at: Mapped[datetime | None]
+    verified_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
     suspended_at: Mapped[datetime | None]
+    status_reason: Mapped[str | None] = mapped_column(String(300))
+    # default gap between two rentals of one car, for cleaning and checks (minutes)
+    turnaround_minutes: Mapped[int] = mapped_column(Integer, default=120, server_default="120")
+
+
+class AgencyDocument(PublicIdMixin, Model):
+    """A verification document (trade licence, VAT certificate, representative ID, authorisation letter),
+    stored through the same encrypted image pipeline as KYC documents."""
+
+    __tablename__ = "agency_documents"
+    __table_args__ = (UniqueConstraint("agency_id", "kind"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    agency_id: Mapped[int] = mapped_column(ForeignKey("agencies.id", ondelete="CASCADE"), index=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    blob_id: Mapped[int] = mapped_column(ForeignKey("blobs.id"))
+    uploaded_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    uploaded_at: Mapped[datetime]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
 
@@ -40,3 +41,57 @@ class Vehicle(PublicIdMixin, TimestampMixin, Model):
     mileage_limit_km_per_day: Mapped[int | None] = mapped_column(Integer)
     fuel_policy: Mapped[str] = mapped_column(String(24), default="full_to_full")
     status: Mapped[str] = mapped_column(String(16), default=VehicleStatus.UNLISTED)
+    pickup_address: Mapped[str | None] = mapped_column(String(200))
+    fuel_type: Mapped[str] = mapped_column(String(12), default="petrol", server_default="petrol")
+    extra_km_fils: Mapped[int | None] = mapped_column(Integer)
+    turnaround_minutes: Mapped[int] = mapped_column(Integer, default=120, server_default="120")
+    deleted_at: Mapped[datetime | None]
+
+
+class VehiclePhoto(PublicIdMixin, Model):
+    """A public listing photo: re-encoded without metadata; not personal data, so stored unencrypted."""
+
+    __tablename__ = "vehicle_photos"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    vehicle_id: Mapped[int] = mapped_column(ForeignKey("vehicles.id", ondelete="CASCADE"), index=True)
+    storage_key: Mapped[str] = mapped_column(String(128), unique=True)
+    width: Mapped[int] = mapped_column(Integer)
+    height: Mapped[int] = mapped_column(Integer)
+    position: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime]
+
+
+class AvailabilityBlock(PublicIdMixin, Model):
+    """A period the agency takes the car off the market (maintenance, own use)."""
+
+    __tablename__ = "availability_blocks"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    vehicle_id: Mapped[int] = mapped_column(ForeignKey("vehicles.id", ondelete="CASCADE"), index=True)
+    starts_at: Mapped[datetime]
+    ends_at: Mapped[datetime]
+    reason: Mapped[str | None] = mapped_column(String(200))
+    created_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    created_at: Mapped[datetime]
+
+
+class VehicleOccupancy(Model):
+    """Every period a car is taken: an active booking (its turnaround buffer included) or a block.
+
+    One table for both, so one database constraint refuses every overlap. On PostgreSQL an exclusion
+    constraint (btree_gist) on ``(vehicle_id, tstzrange(starts_at, ends_at))`` does it (migration 0003);
+    on SQLite booking writes are serialised with BEGIN IMMEDIATE and the service checks first.
+    Rows are deleted when a booking is cancelled or expires, so they never block.
+    """
+
+    __tablename__ = "vehicle_occupancies"
+    __table_args__ = (Index("ix_vehicle_occupancies_vehicle_start", "vehicle_id", "starts_at", "ends_at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    vehicle_id: Mapped[int] = mapped_column(ForeignKey("vehicles.id", ondelete="CASCADE"))
+    starts_at: Mapped[datetime]
+    ends_at: Mapped[datetime]
+    booking_id: Mapped[int | None] = mapped_column(ForeignKey("bookings.id", ondelete="CASCADE"), unique=True)
+    block_id: Mapped[int | None] = mapped_column(ForeignKey("availability_blocks.id", ondelete="CASCADE"),
+                                                 unique=True)

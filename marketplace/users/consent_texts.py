@@ -66,6 +66,18 @@ _TEXTS: list[ConsentText] = [
         "booking",
     ),
     ConsentText(
+        ConsentKind.RENTAL_TERMS,
+        "2026-11-01",
+        "Rental terms",
+        "I accept the rental terms of this booking: the car is picked up and returned at the stated place and "
+        "times (Asia/Dubai time); I show my driving licence and I am the only person who may take the car; the "
+        "mileage and fuel rules of the listing apply; the security deposit is held on my card and released or "
+        "partly captured after the return inspection. Cancellation: free until 48 hours before pick-up; later "
+        "cancellations cost one day's rental (plus its platform fee and VAT); an unpaid booking expires after "
+        "15 minutes.",
+        "booking",
+    ),
+    ConsentText(
         ConsentKind.MARKETING,
         "2026-11-01",
         "Marketing messages",

@@ -101,6 +101,10 @@ def _check(user: User, code: str) -> None:
     now_step = int(time.time()) // STEP
     for step in range(now_step - DRIFT_STEPS, now_step + DRIFT_STEPS + 1):
         if hmac.compare_digest(totp.generate_otp(step), cleaned):
+            if step <= user.totp_last_counter:
+                # refused before writing: on SQLite the update below would hold the write lock that
+                # the refusal's own audit row (written in a separate transaction) has to wait for
+                _fail(user, reused=True)
             # compare-and-set, so two requests racing with one code cannot both pass
             claimed = db.session.execute(
                 update(User).where(User.id == user.id, User.totp_last_counter < step)

@@ -153,6 +153,7 @@ class ConsentKind(StrEnum):
     PRIVACY = "privacy"
     FACE_DATA = "face_data"
     MIT_MANDATE = "mit_mandate"
+    RENTAL_TERMS = "rental_terms"
     MARKETING = "marketing"
     PRECISE_LOCATION = "precise_location"
 

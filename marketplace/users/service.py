@@ -477,6 +477,12 @@ def update_profile(actor: Actor, changes: dict[str, Any]) -> User:  # noqa: PLR0
 # ---- consents ------------------------------------------------------------------------------------
 
 
+def grant_consent(user: User, kind: ConsentKind, version: str, *, device: str | None = None,
+                  context: str | None = None) -> Consent:
+    """Record a consent row for the current text (used by other areas, e.g. a booking's mandate)."""
+    return _grant(user, kind, version, device=device, context=context)
+
+
 def _grant(user: User, kind: ConsentKind, version: str, *, device: str | None = None,
            context: str | None = None) -> Consent:
     text = CURRENT_TEXTS[kind]
@@ -518,8 +524,8 @@ def give_consent(actor: Actor, kind: ConsentKind, version: str, device: str | No
     current = active_consent(actor.user, kind)
     if current is not None and current.text_version == version == CURRENT_TEXTS[kind].version:
         return current, False
-    if kind == ConsentKind.MIT_MANDATE:
-        raise Conflict("The post-rental charges mandate is accepted with each booking.",
+    if kind in (ConsentKind.MIT_MANDATE, ConsentKind.RENTAL_TERMS):
+        raise Conflict("The rental terms and the post-rental charges mandate are accepted with each booking.",
                        details={"kind": kind})
     consent = _grant(actor.user, kind, version, device=device)
     if current is not None:  # superseded by the new version

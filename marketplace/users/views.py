@@ -8,7 +8,7 @@ from flask import current_app, request
 from flask.views import MethodView
 
 from marketplace.api import ApiBlueprint as Blueprint
-from marketplace.errors import Unprocessable
+from marketplace.errors import AppError, Unprocessable
 from marketplace.extensions import db, limiter
 from marketplace.notifications import service as notifications
 from marketplace.schemas import PageArgsSchema, StatusSchema, decode_cursor, encode_cursor
@@ -33,7 +33,11 @@ def _account_key() -> str:
     email = body.get("email") if isinstance(body, dict) else None
     if not isinstance(email, str):
         return "account:-"
-    return "account:" + email.strip().lower()[:254]
+    # normalised like the account lookup, so spellings of one address (case, full-width letters) share a limit
+    try:
+        return "account:" + service.normalise_email(email[:320])
+    except AppError:
+        return "account:" + email.strip().lower()[:254]
 
 
 def _client_key() -> str:

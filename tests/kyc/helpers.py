@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 from datetime import date, timedelta
+from pathlib import Path
 from typing import Any
 
 from flask.testing import FlaskClient
@@ -84,3 +85,55 @@ def submitted_case(client: FlaskClient, headers: dict[str, str]) -> dict[str, An
     assert response.status_code == 200, response.get_json()
     result: dict[str, Any] = response.get_json()
     return result
+
+
+# ---- shared by the KYC, privacy and vault tests ---------------------------------------------------
+
+
+def noisy_photo(width: int = 640, height: int = 480, seed: int = 7, fmt: str = "JPEG", **save: Any) -> bytes:
+    """A photo-like image with per-pixel noise, so every stretch of its encoded bytes is distinctive."""
+    noise = Image.effect_noise((width, height), 64)
+    base = Image.merge("RGB", (noise, noise.rotate(90 if width == height else 180), noise.transpose(0)))
+    image = Image.blend(base, Image.new("RGB", (width, height), (20 * seed % 255, 90, 140)), 0.3)
+    out = io.BytesIO()
+    image.save(out, fmt, **save)
+    return out.getvalue()
+
+
+def blob_root(app: Any) -> Path:
+    return Path(app.config["SETTINGS"].var_dir) / "blobs"
+
+
+def blob_files(app: Any) -> dict[str, bytes]:
+    """Every file under the blob store root, by relative path, with its bytes."""
+    root = blob_root(app)
+    if not root.exists():
+        return {}
+    return {str(path.relative_to(root)): path.read_bytes() for path in sorted(root.rglob("*")) if path.is_file()}
+
+
+def latest_case(user_id: int) -> Any:
+    from sqlalchemy import select
+
+    from marketplace.extensions import db
+    from marketplace.kyc.models import KycCase
+
+    db.session.expire_all()
+    return db.session.execute(
+        select(KycCase).where(KycCase.user_id == user_id).order_by(KycCase.id.desc()).limit(1)
+    ).scalar_one()
+
+
+def approve_case(user_id: int, reviewer: Any | None = None) -> Any:
+    """Claim and approve the customer's current case as a KYC reviewer (service level)."""
+    from marketplace.extensions import db
+    from marketplace.kyc import service as kyc
+    from marketplace.permissions import Role
+    from tests.factories import actor_for, make_staff
+
+    actor = reviewer or actor_for(make_staff(Role.KYC_REVIEWER))
+    case = latest_case(user_id)
+    kyc.claim(actor, case)
+    kyc.decide(actor, case, decision="approve", reason_code="documents_match", note=None)
+    db.session.commit()
+    return actor

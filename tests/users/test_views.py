@@ -450,7 +450,7 @@ def test_wrong_password_and_unknown_email_look_identical_and_cost_one_hash_check
     calls: list[str] = []
     real_verify = PasswordHasher.verify
 
-    def spy(self: PasswordHasher, hash: str | bytes, password: str | bytes) -> bool:  # noqa: A002
+    def spy(self: PasswordHasher, hash: str | bytes, password: str | bytes) -> bool:
         calls.append("verify")
         return real_verify(self, hash, password)
 
@@ -469,7 +469,7 @@ def test_wrong_password_and_unknown_email_look_identical_and_cost_one_hash_check
         assert code(response) == "invalid_credentials"
     bodies = [without_request_id(r) for r in answers.values()]
     assert bodies[0] == bodies[1] == bodies[2]
-    header_names = [sorted(k for k in r.headers.keys() if k != "X-Request-ID") for r in answers.values()]
+    header_names = [sorted(k for k, _ in r.headers.items() if k != "X-Request-ID") for r in answers.values()]
     assert header_names[0] == header_names[1] == header_names[2]
     # exactly one password-hash verification whether or not the account exists (no timing oracle)
     assert counts == {"wrong_password": 1, "unknown_email": 1, "not_an_email": 1}
@@ -967,7 +967,7 @@ def test_consent_history_lists_every_consent_newest_first(app, client, app_ctx):
                        headers=headers).status_code == 201
     assert client.delete(f"{CONSENTS}/face_data", headers=headers).status_code == 204
     items = client.get(CONSENTS, headers=headers).get_json()["items"]
-    assert [i["kind"] for i in items][0] == "face_data"
+    assert items[0]["kind"] == "face_data"
     assert items[0]["active"] is False and items[0]["withdrawn_at"] is not None
 
 

@@ -1,0 +1,268 @@
+"""The OpenAPI document and schema fuzzing of every operation (IN-03, F12), plus the offline API docs.
+
+schemathesis runs in-process over WSGI, once unauthenticated and once with a customer's bearer token,
+with positive and negative data, deterministic (``derandomize``) and bounded for CI. The rate limiter
+may answer 429 while fuzzing: that is a documented error (``default`` response) and its body is checked
+like any other.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from html.parser import HTMLParser
+from typing import Any
+from unittest import SkipTest
+
+import pytest
+import schemathesis
+from flask import Flask
+from flask.testing import FlaskClient
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis.errors import Unsatisfiable
+from schemathesis import GenerationMode
+from schemathesis.checks import not_a_server_error
+from schemathesis.core.result import Ok
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    negative_data_rejection,
+    response_schema_conformance,
+)
+
+from marketplace.extensions import db
+from tests import factories
+
+CHECKS = [not_a_server_error, response_schema_conformance, content_type_conformance, negative_data_rejection]
+MAX_EXAMPLES = 30
+from collections import Counter
+STATS = {}
+HTTP_METHODS = {"get", "put", "post", "patch", "delete", "head", "options", "trace"}
+
+
+def _spec(client: FlaskClient) -> dict[str, Any]:
+    response = client.get("/api/openapi.json")
+    assert response.status_code == 200
+    assert response.mimetype == "application/json"
+    spec: dict[str, Any] = response.get_json()
+    return spec
+
+
+def _operations(spec: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
+    return [(method.upper(), path, op) for path, item in spec["paths"].items()
+            for method, op in item.items() if method in HTTP_METHODS]
+
+
+def _resolve(spec: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:
+    while "$ref" in schema:
+        name = schema["$ref"].removeprefix("#/components/schemas/")
+        schema = spec["components"]["schemas"][name]
+    return schema
+
+
+# ---- the document ---------------------------------------------------------------------------------------
+
+
+def _config() -> schemathesis.Config:
+    return schemathesis.Config.from_dict({
+        "generation": {"mode": "all", "max-examples": MAX_EXAMPLES, "deterministic": True},
+        "phases": {"stateful": {"enabled": False}},
+    })
+
+
+def test_openapi_document_is_valid_openapi_3(app: Flask, client: FlaskClient) -> None:  # IN-03
+    schema = schemathesis.openapi.from_wsgi("/api/openapi.json", app, config=_config())
+    schema.validate()  # against the OpenAPI 3.0 meta-schema
+    spec = _spec(client)
+    assert spec["openapi"].startswith("3.")
+    assert spec["info"]["title"] and spec["info"]["version"]
+    labels = {op.label for op in (r.ok() for r in schema.get_all_operations())}
+    assert labels == {f"{m} {p}" for m, p, _ in _operations(spec)}
+    assert len(labels) >= 20
+
+
+def test_every_operation_is_documented_and_strict(client: FlaskClient) -> None:  # IN-03
+    spec = _spec(client)
+    problems: list[str] = []
+    for method, path, op in _operations(spec):
+        label = f"{method} {path}"
+        if not (op.get("summary") or "").strip():
+            problems.append(f"{label}: no summary")
+        if "default" not in op.get("responses", {}):
+            problems.append(f"{label}: no default (error) response")
+        body = op.get("requestBody")
+        if body is None:
+            continue
+        for media, content in body["content"].items():
+            schema = _resolve(spec, content["schema"])
+            if schema.get("additionalProperties") is not False:
+                problems.append(f"{label} {media}: request body accepts unknown fields")
+            for name, prop in schema.get("properties", {}).items():
+                nested = _resolve(spec, prop.get("items", prop) if prop.get("type") == "array" else prop)
+                for candidate in [nested, *[_resolve(spec, s) for s in nested.get("allOf", [])]]:
+                    if candidate.get("type") == "object" and candidate.get("additionalProperties") is not False:
+                        problems.append(f"{label}: nested object {name!r} accepts unknown fields")
+    assert problems == []
+
+
+def test_error_responses_use_the_one_error_shape(client: FlaskClient) -> None:  # IN-03
+    spec = _spec(client)
+    error = spec["components"]["schemas"]["Error"]
+    assert error["required"] == ["error"]
+    detail = _resolve(spec, error["properties"]["error"])
+    assert set(detail["required"]) == {"code", "message", "details"}
+    for method, path, op in _operations(spec):
+        default = op["responses"]["default"]
+        if "$ref" in default:
+            default = spec["components"]["responses"][default["$ref"].rsplit("/", 1)[-1]]
+        ref = default["content"]["application/json"]["schema"]["$ref"]
+        assert ref.endswith("/Error"), f"{method} {path}"
+
+
+# ---- fuzzing every operation ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def api_schema(app: Flask) -> Any:
+    return schemathesis.openapi.from_wsgi("/api/openapi.json", app, config=_config())
+
+
+@pytest.fixture
+def customer_headers(app: Flask, client: FlaskClient) -> Callable[[], dict[str, str]]:
+    """A customer's bearer header; if fuzzing revoked it (logout, a password change), a new session."""
+    from marketplace.users import sessions
+    from marketplace.users.models import SessionChannel
+
+    with app.app_context():
+        person = factories.make_customer()
+    token = {"value": factories.api_login(client, person)["access_token"]}
+    settings_ = app.config["SETTINGS"]
+
+    def headers() -> dict[str, str]:
+        with app.app_context():
+            if sessions.find_active(token["value"], SessionChannel.API, settings_) is None:
+                issued = sessions.start_session(person.user(), SessionChannel.API, settings_)
+                db.session.commit()
+                token["value"] = issued.access_token
+        return factories.bearer(token["value"])
+
+    return headers
+
+
+FUZZ_SETTINGS = settings(
+    max_examples=MAX_EXAMPLES, derandomize=True, database=None, deadline=None,
+    suppress_health_check=list(HealthCheck), phases=[Phase.explicit, Phase.generate, Phase.shrink],
+)
+
+
+def _fuzz(app: Flask, schema: Any, headers: Callable[[], dict[str, str]]) -> tuple[int, list[str]]:
+    """Positive and negative cases for every operation; returns (cases run, failures)."""
+    from marketplace.extensions import limiter
+
+    failures: list[str] = []
+    counter = {"cases": 0}
+    for result in schema.get_all_operations():
+        if not isinstance(result, Ok):
+            failures.append(f"operation cannot be fuzzed: {result.err()}")
+            continue
+        operation = result.ok()
+        for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
+            with app.app_context():
+                limiter.reset()  # each operation gets a fresh budget; 429s still happen within it
+
+            @FUZZ_SETTINGS
+            @given(case=operation.as_strategy(generation_mode=mode))
+            def run(case: Any) -> None:
+                counter["cases"] += 1
+                r = case.call_and_validate(headers=headers(), checks=CHECKS)
+                STATS.setdefault((operation.label, mode.value), Counter())[r.status_code] += 1
+
+            try:
+                run()
+            except (SkipTest, Unsatisfiable):
+                if mode is GenerationMode.NEGATIVE:
+                    continue  # nothing to negate: the operation takes no input
+                raise
+            except (Exception, BaseExceptionGroup) as exc:  # schemathesis' FailureGroup is a BaseExceptionGroup
+                failures.append(f"{operation.label} [{mode.value}]: {exc}")
+    return counter["cases"], failures
+
+
+def test_fuzz_every_operation_unauthenticated(app: Flask, api_schema: Any) -> None:  # IN-03
+    cases, failures = _fuzz(app, api_schema, dict)
+    assert failures == [], "\n\n".join(failures)
+    assert cases > 0
+
+
+def test_fuzz_every_operation_as_a_customer(
+    app: Flask, api_schema: Any, customer_headers: Callable[[], dict[str, str]],
+) -> None:  # IN-03
+    cases, failures = _fuzz(app, api_schema, customer_headers)
+    for k, v in STATS.items(): print(k, dict(v))
+    print("cases", cases)
+    assert failures == [], "\n\n".join(failures)
+    assert cases > 0
+
+
+def test_rate_limited_answers_conform_to_the_spec(app: Flask, client: FlaskClient, api_schema: Any) -> None:
+    # IN-03: a 429 is the documented default error, in the one error shape
+    limit = int(app.config["SETTINGS"].limits["login_client"].split()[0])
+    body = {"email": "nobody@example.com", "password": "x"}
+    responses = [client.post("/api/v1/auth/login", json=body) for _ in range(limit + 1)]
+    limited = responses[-1]
+    assert limited.status_code == 429
+    assert limited.get_json()["error"]["code"] == "rate_limited"
+    assert limited.headers.get("Retry-After")
+    operation = api_schema["/api/v1/auth/login"]["POST"]
+    case = operation.Case(body=body, media_type="application/json")
+    case.validate_response(limited, checks=[response_schema_conformance, content_type_conformance])
+
+
+# ---- the interactive docs work offline --------------------------------------------------------------------
+
+
+class _Assets(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.urls: list[str] = []
+        self.inline_scripts = 0
+        self._in_script = False
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        values = dict(attrs)
+        for key in ("src", "href", "data-spec-url"):
+            if values.get(key):
+                self.urls.append(str(values[key]))
+        if tag == "script" and not values.get("src"):
+            self._in_script = True
+
+    def handle_data(self, data: str) -> None:
+        if self._in_script and data.strip():
+            self.inline_scripts += 1
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "script":
+            self._in_script = False
+
+
+def test_api_docs_load_every_asset_from_this_server(client: FlaskClient) -> None:
+    response = client.get("/api/docs")
+    assert response.status_code == 200
+    assert response.mimetype == "text/html"
+    html = response.get_data(as_text=True)
+    assert not re.search(r"(https?:)?//", html), "the docs page names an external URL"
+    parser = _Assets()
+    parser.feed(html)
+    assert parser.inline_scripts == 0  # the CSP forbids inline scripts
+    assets = [u for u in parser.urls if u != "/api/openapi.json"]
+    assert "/api/openapi.json" in parser.urls
+    assert assets and all(u.startswith("/api/docs/assets/") for u in assets), assets
+    assert any(u.endswith(".js") for u in assets) and any(u.endswith(".css") for u in assets)
+    for url in assets:
+        asset = client.get(url)
+        assert asset.status_code == 200, url
+        assert asset.get_data(), url
+        if url.endswith(".js"):
+            assert not re.search(r"https?://(?!www\.w3\.org|swagger\.io)[^\s\"']*\.(js|css)\b",
+                                 asset.get_data(as_text=True)), f"{url} pulls a script or style from elsewhere"
+    assert client.get("/api/docs/assets/../../config.py").status_code == 404
+    assert client.get("/api/docs/assets/not-an-asset.js").status_code == 404
