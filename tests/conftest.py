@@ -246,3 +246,28 @@ def chromium_path() -> Path | None:
         if Path(candidate).exists():
             return Path(candidate)
     return None
+
+
+# ---- concurrency tests need PostgreSQL (TESTING.md CC-06) ------------------------------------------
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if _postgres_url():
+        return
+    reason = "needs PostgreSQL (set TEST_DATABASE_URL): SQLite is no place to test races (TESTING.md F3, CC-06)"
+    for item in items:
+        if item.get_closest_marker("postgres_only"):
+            item.add_marker(pytest.mark.skip(reason=reason))
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    if (
+        report.skipped
+        and item.get_closest_marker("postgres_only")
+        and os.environ.get("TEST_REQUIRE_POSTGRES")
+    ):
+        report.outcome = "failed"
+        report.longrepr = "a PostgreSQL-only test was skipped in the PostgreSQL job (CC-06)"

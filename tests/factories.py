@@ -249,3 +249,45 @@ def actor_for(person: Person, *, mfa: bool = True) -> Any:
     issued = sessions.start_session(person.user(), sessions.SessionChannel.API, current_app.config["SETTINGS"],
                                     mfa_done=mfa)
     return Actor.for_session(issued.session)
+
+
+def make_verified_customer(*, licence_valid_days: int = 700, **fields: Any) -> Person:
+    """A customer cleared to drive: identity on file, face-data consent, an approved KYC case."""
+    from datetime import timedelta
+
+    from marketplace.kyc.models import KycCase, KycIdentity
+    from marketplace.kyc.states import CaseStatus
+
+    person = make_customer(**fields)
+    user = person.user()
+    today = date.today()
+    db.session.add(KycIdentity(
+        user_id=user.id, legal_name=user.full_name, date_of_birth=user.date_of_birth or date(1990, 5, 17),
+        nationality="AE", id_document_type="passport", id_document_number="P1234567",
+        id_document_expiry=today + timedelta(days=900), licence_number="DXB-778899", licence_issuer="AE-DU",
+        licence_expiry=today + timedelta(days=licence_valid_days), licence_category="B",
+    ))
+    text = CURRENT[ConsentKind.FACE_DATA]
+    consent = Consent(user_id=user.id, kind=ConsentKind.FACE_DATA, text_version=text.version,
+                      text_sha256=text.sha256, granted_at=utcnow())
+    db.session.add(consent)
+    db.session.flush()
+    db.session.add(KycCase(user_id=user.id, status=CaseStatus.APPROVED, submitted_at=utcnow(), decided_at=utcnow(),
+                           face_consent_id=consent.id, face_consent_version=text.version))
+    db.session.commit()
+    return person
+
+
+def booking_body(vehicle: Vehicle, *, start_in_hours: float = 48, hours: float = 48, **overrides: Any) -> dict[str, Any]:
+    from datetime import timedelta
+
+    start = (utcnow() + timedelta(hours=start_in_hours)).replace(microsecond=0)
+    body: dict[str, Any] = {
+        "vehicle_id": vehicle.public_id,
+        "starts_at": start.isoformat(),
+        "ends_at": (start + timedelta(hours=hours)).isoformat(),
+        "accept_rental_terms_version": CURRENT[ConsentKind.RENTAL_TERMS].version,
+        "accept_mit_mandate_version": CURRENT[ConsentKind.MIT_MANDATE].version,
+    }
+    body.update(overrides)
+    return body

@@ -33,9 +33,7 @@ from marketplace.extensions import db
 from tests import factories
 
 CHECKS = [not_a_server_error, response_schema_conformance, content_type_conformance, negative_data_rejection]
-MAX_EXAMPLES = 30
-from collections import Counter
-STATS = {}
+MAX_EXAMPLES = 25
 HTTP_METHODS = {"get", "put", "post", "patch", "delete", "head", "options", "trace"}
 
 
@@ -173,8 +171,7 @@ def _fuzz(app: Flask, schema: Any, headers: Callable[[], dict[str, str]]) -> tup
             @given(case=operation.as_strategy(generation_mode=mode))
             def run(case: Any) -> None:
                 counter["cases"] += 1
-                r = case.call_and_validate(headers=headers(), checks=CHECKS)
-                STATS.setdefault((operation.label, mode.value), Counter())[r.status_code] += 1
+                case.call_and_validate(headers=headers(), checks=CHECKS)
 
             try:
                 run()
@@ -197,8 +194,6 @@ def test_fuzz_every_operation_as_a_customer(
     app: Flask, api_schema: Any, customer_headers: Callable[[], dict[str, str]],
 ) -> None:  # IN-03
     cases, failures = _fuzz(app, api_schema, customer_headers)
-    for k, v in STATS.items(): print(k, dict(v))
-    print("cases", cases)
     assert failures == [], "\n\n".join(failures)
     assert cases > 0
 

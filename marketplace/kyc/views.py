@@ -24,6 +24,10 @@ class ImageFileIn(StrictSchema):
     image = Upload(required=True, metadata={"description": "JPEG, PNG or WebP; metadata is removed"})
 
 
+class DocumentUploadIn(ImageFileIn, s.DocumentFormIn):
+    """One multipart/form-data body: the document's ``kind`` and its ``image``."""
+
+
 def multipart(view: Any) -> Any:
     view._accepts_multipart = True
     return view
@@ -94,14 +98,13 @@ def upload_selfie(files: dict[str, Any]) -> dict[str, Any]:
 
 @kyc_bp.route("/me/kyc/documents", methods=["POST"])
 @limiter.limit(_upload_limit, key_func=_upload_key)
-@kyc_bp.arguments(s.DocumentFormIn, location="form")
-@kyc_bp.arguments(ImageFileIn, location="files")
+@kyc_bp.arguments(DocumentUploadIn, location="multipart")
 @kyc_bp.response(201, s.UploadedOut)
 @multipart
-def upload_document(form: dict[str, Any], files: dict[str, Any]) -> dict[str, Any]:
+def upload_document(args: dict[str, Any]) -> dict[str, Any]:
     """Upload a photo of your ID document or driving licence (front or back)."""
-    image = files["image"]
-    blob = service.upload(current_actor(), form["kind"], image.stream, image.mimetype)
+    image = args["image"]
+    blob = service.upload(current_actor(), args["kind"], image.stream, image.mimetype)
     db.session.commit()
     return {"id": blob.public_id, "kind": blob.kind, "width": blob.width, "height": blob.height}
 

@@ -137,3 +137,20 @@ def approve_case(user_id: int, reviewer: Any | None = None) -> Any:
     kyc.decide(actor, case, decision="approve", reason_code="documents_match", note=None)
     db.session.commit()
     return actor
+
+
+def png_bomb(width: int, height: int) -> bytes:
+    """A complete 1-bit PNG of width x height black pixels: a few KiB on the wire (a pixel flood)."""
+    import struct
+    import zlib
+
+    def chunk(ctype: bytes, payload: bytes) -> bytes:
+        return struct.pack(">I", len(payload)) + ctype + payload + struct.pack(">I", zlib.crc32(ctype + payload))
+
+    row = b"\x00" * (1 + (width + 7) // 8)
+    compressor = zlib.compressobj(9)
+    parts = [compressor.compress(row * min(256, height - y)) for y in range(0, height, 256)]
+    parts.append(compressor.flush())
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", b"".join(parts))
+            + chunk(b"IEND", b""))

@@ -52,9 +52,6 @@ REVERIFY = "/api/v1/me/kyc/reverify"
 SELFIE_LINK = "/api/v1/me/selfie"
 REQUIRED_FOR_EMIRATES_ID = ["selfie", "id_front", "licence_front", "licence_back", "id_back"]
 
-# rows that a refused request may legitimately touch: the caller's session (last seen, at most once a minute)
-SESSION_TABLES = frozenset({"auth_sessions"})
-
 
 def code(response: Any) -> str:
     return str(response.get_json()["error"]["code"])
@@ -139,7 +136,7 @@ def _years_ago(years: int, days: int = 0) -> date:
 def test_invalid_identity_is_refused_and_nothing_is_stored(app, client, app_ctx, overrides, expected_code,
                                                           field):  # enforces P-05, AZ-08
     _, headers = customer_headers(client)
-    before = db_snapshot(app, skip=SESSION_TABLES)
+    before = db_snapshot(app)
     response = client.put(IDENTITY, headers=headers, json=identity_body(**overrides))
     assert response.status_code == 422
     error = response.get_json()["error"]
@@ -147,7 +144,7 @@ def test_invalid_identity_is_refused_and_nothing_is_stored(app, client, app_ctx,
     assert field in error["details"]["fields"]
     if expected_code == "unknown_field":
         assert error["details"]["unknown"] == [field]
-    assert db_snapshot(app, skip=SESSION_TABLES) == before  # not even a draft case
+    assert db_snapshot(app) == before  # not even a draft case
 
 
 def test_under_21_is_refused_on_the_day(app, client, app_ctx):  # enforces P-01, P-05
@@ -185,11 +182,11 @@ def test_withdrawn_face_consent_blocks_the_selfie_but_not_documents(app, client,
     _, headers = customer_headers(client)
     give_face_consent(client, headers)
     assert client.delete("/api/v1/me/consents/face_data", headers=headers).status_code == 204
-    before = db_snapshot(app, skip=SESSION_TABLES)
+    before = db_snapshot(app)
     response = upload(client, headers, "selfie")
     assert response.status_code == 403
     assert code(response) == "consent_required"
-    assert db_snapshot(app, skip=SESSION_TABLES) == before
+    assert db_snapshot(app) == before
     assert upload(client, headers, "id_front").status_code == 201  # documents need no face consent
 
     give_face_consent(client, headers)
@@ -271,11 +268,11 @@ def test_hostile_document_is_refused_and_nothing_is_stored(app, client, app_ctx,
     if name.startswith("jpeg frame"):
         assert payload != JPEG  # the frame header was found and rewritten
     _, headers = customer_headers(client)
-    before, files_before = db_snapshot(app, skip=SESSION_TABLES), blob_files(app)
+    before, files_before = db_snapshot(app), blob_files(app)
     response = upload(client, headers, "id_front", payload, content_type=declared)
     assert response.status_code == status, response.get_json()
     assert code(response) == expected
-    assert db_snapshot(app, skip=SESSION_TABLES) == before  # no blob row, no data key, no case, no audit row
+    assert db_snapshot(app) == before  # no blob row, no data key, no case, no audit row
     assert blob_files(app) == files_before  # no file written
 
 
@@ -284,10 +281,10 @@ def test_hostile_selfie_is_refused_the_same_way(app, client, app_ctx, name):  # 
     data_factory, declared, status, expected = HOSTILE[name]
     _, headers = customer_headers(client)
     give_face_consent(client, headers)
-    before, files_before = db_snapshot(app, skip=SESSION_TABLES), blob_files(app)
+    before, files_before = db_snapshot(app), blob_files(app)
     response = upload(client, headers, "selfie", data_factory(), content_type=declared)
     assert (response.status_code, code(response)) == (status, expected)
-    assert db_snapshot(app, skip=SESSION_TABLES) == before
+    assert db_snapshot(app) == before
     assert blob_files(app) == files_before
 
 
@@ -296,12 +293,12 @@ def test_body_over_the_request_limit_is_refused_before_the_view(app, client, app
     calls: list[str] = []
     monkeypatch.setattr(kyc, "upload", lambda *a, **k: calls.append("upload"))
     limit = app.config["MAX_CONTENT_LENGTH"]
-    before, files_before = db_snapshot(app, skip=SESSION_TABLES), blob_files(app)
+    before, files_before = db_snapshot(app), blob_files(app)
     response = upload(client, headers, "id_front", JPEG + b"\x00" * limit)
     assert response.status_code == 413
     assert code(response) == "payload_too_large"
     assert calls == []
-    assert db_snapshot(app, skip=SESSION_TABLES) == before
+    assert db_snapshot(app) == before
     assert blob_files(app) == files_before
 
 
@@ -378,12 +375,12 @@ def test_second_selfie_after_submit_needs_reverification(app, client, app_ctx): 
     submitted_case(client, headers)
     case = latest_case(person.user_id)
     first_selfie = case.selfie_blob_id
-    before, files_before = db_snapshot(app, skip=SESSION_TABLES), blob_files(app)
+    before, files_before = db_snapshot(app), blob_files(app)
     for kind in ("selfie", "id_front"):
         response = upload(client, headers, kind)
         assert response.status_code == 409
         assert code(response) == "reverification_required"
-    assert db_snapshot(app, skip=SESSION_TABLES) == before
+    assert db_snapshot(app) == before
     assert blob_files(app) == files_before
     # while the case waits for its reviewer, it cannot be restarted either
     assert client.post(REVERIFY, headers=headers).status_code == 409
