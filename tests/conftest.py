@@ -51,7 +51,9 @@ def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if not base:
         yield f"sqlite:///{tmp_path_factory.mktemp('db') / 'test.db'}"
         return
-    url = make_url(base.replace("postgresql://", "postgresql+psycopg://", 1) if base.startswith("postgresql://") else base)
+    if base.startswith("postgresql://"):
+        base = base.replace("postgresql://", "postgresql+psycopg://", 1)
+    url = make_url(base)
     name = f"cj_test_{os.getpid()}_{uuid.uuid4().hex[:6]}"
     admin = create_engine(url.set(database="postgres"), isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
@@ -133,7 +135,7 @@ def _clean_database(app: Flask) -> None:
                 for name, _ in triggers:
                     conn.execute(text(f'DROP TRIGGER "{name}"'))
                 for table in tables:
-                    conn.execute(text(f'DELETE FROM "{table}"'))
+                    conn.execute(text(f'DELETE FROM "{table}"'))  # noqa: S608 - table names from our metadata
                 for _, sql in triggers:
                     conn.execute(text(sql))
 

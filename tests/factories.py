@@ -278,7 +278,9 @@ def make_verified_customer(*, licence_valid_days: int = 700, **fields: Any) -> P
     return person
 
 
-def booking_body(vehicle: Vehicle, *, start_in_hours: float = 48, hours: float = 48, **overrides: Any) -> dict[str, Any]:
+def booking_body(
+    vehicle: Vehicle, *, start_in_hours: float = 48, hours: float = 48, **overrides: Any
+) -> dict[str, Any]:
     from datetime import timedelta
 
     start = (utcnow() + timedelta(hours=start_in_hours)).replace(microsecond=0)
