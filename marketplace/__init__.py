@@ -114,6 +114,7 @@ def _import_models() -> None:
     from marketplace.kyc import models as _kyc  # noqa: F401
     from marketplace.notifications import models as _notifications  # noqa: F401
     from marketplace.notifications import service as _notification_jobs  # noqa: F401
+    from marketplace.users import jobs as _user_jobs  # noqa: F401
     from marketplace.users import models as _users  # noqa: F401
     from marketplace.vault import models as _vault  # noqa: F401
 
@@ -179,7 +180,10 @@ def _register_hooks(app: Flask, settings: Settings) -> None:
     def _headers(response: Response) -> Response:
         response.headers["X-Request-ID"] = g.get("request_id", "")
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
-        response.headers.setdefault("Referrer-Policy", "no-referrer")
+        # staff pages: "same-origin", because under "no-referrer" browsers send "Origin: null" with every form
+        # post, which the CSRF check (rightly) refuses; the referrer still never leaves this site
+        staff_page = request.path.startswith(("/console", "/agency"))
+        response.headers.setdefault("Referrer-Policy", "same-origin" if staff_page else "no-referrer")
         response.headers.setdefault("X-Frame-Options", "DENY")
         response.headers.setdefault("Cross-Origin-Opener-Policy", "same-origin")
         response.headers.setdefault(

@@ -113,7 +113,6 @@ class AuthSession(PublicIdMixin, Model):
     access_token_hash: Mapped[str] = mapped_column(String(64), unique=True)
     access_expires_at: Mapped[datetime]
     refresh_token_hash: Mapped[str | None] = mapped_column(String(64), unique=True)
-    previous_refresh_hash: Mapped[str | None] = mapped_column(String(64), index=True)
     refresh_expires_at: Mapped[datetime | None]
     csrf_secret: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime]
@@ -127,6 +126,16 @@ class AuthSession(PublicIdMixin, Model):
     user_agent: Mapped[str | None] = mapped_column(String(300))
 
     user: Mapped[User] = relationship(lazy="joined")
+
+
+class RetiredRefreshToken(Model):
+    """Every refresh token a session has rotated away from: if one comes back, the session was stolen."""
+
+    __tablename__ = "retired_refresh_tokens"
+
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    session_id: Mapped[int] = mapped_column(ForeignKey("auth_sessions.id", ondelete="CASCADE"), index=True)
+    retired_at: Mapped[datetime]
 
 
 class TokenPurpose(StrEnum):

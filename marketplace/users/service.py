@@ -39,6 +39,7 @@ from marketplace.users.models import (
     Consent,
     ConsentKind,
     OneTimeToken,
+    RetiredRefreshToken,
     RoleAssignment,
     SessionChannel,
     StaffInvitation,
@@ -327,7 +328,8 @@ def refresh(refresh_token: str) -> sessions.IssuedTokens:
     now = utcnow()
     if session is None:
         reused = db.session.execute(
-            select(AuthSession).where(AuthSession.previous_refresh_hash == digest)
+            select(AuthSession).join(RetiredRefreshToken, RetiredRefreshToken.session_id == AuthSession.id)
+            .where(RetiredRefreshToken.token_hash == digest)
         ).scalar_one_or_none()
         if reused is not None and reused.revoked_at is None:
             # a rotated token came back: someone else holds this session's tokens

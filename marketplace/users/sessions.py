@@ -17,7 +17,7 @@ from sqlalchemy import select, update
 
 from marketplace.config import Settings
 from marketplace.extensions import db, utcnow
-from marketplace.users.models import AccountStatus, AuthSession, SessionChannel, User
+from marketplace.users.models import AccountStatus, AuthSession, RetiredRefreshToken, SessionChannel, User
 
 ACCESS_PREFIX = "cja_"
 REFRESH_PREFIX = "cjr_"
@@ -88,7 +88,9 @@ def rotate(session: AuthSession, settings: Settings) -> IssuedTokens:
     now = utcnow()
     access, access_hash = new_token(ACCESS_PREFIX)
     refresh, refresh_hash = new_token(REFRESH_PREFIX)
-    session.previous_refresh_hash = session.refresh_token_hash
+    if session.refresh_token_hash:
+        db.session.add(RetiredRefreshToken(token_hash=session.refresh_token_hash, session_id=session.id,
+                                           retired_at=now))
     session.access_token_hash = access_hash
     session.access_expires_at = now + settings.access_token_ttl
     session.refresh_token_hash = refresh_hash
@@ -148,4 +150,14 @@ def revoke_all(user: User, reason: str, *, keep: AuthSession | None = None) -> i
         stmt = stmt.where(AuthSession.id != keep.id)
     result = db.session.execute(stmt)
     db.session.flush()
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+
+def forget_retired_refresh_tokens(settings: Settings) -> int:
+    """Retired refresh hashes are kept as long as a refresh token can live, then dropped."""
+    from sqlalchemy import delete
+
+    result = db.session.execute(
+        delete(RetiredRefreshToken).where(RetiredRefreshToken.retired_at < utcnow() - settings.refresh_token_ttl)
+    )
     return int(result.rowcount or 0)  # type: ignore[attr-defined]
