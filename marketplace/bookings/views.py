@@ -29,8 +29,9 @@ _KEY = re.compile(r"^[A-Za-z0-9_\-:.]{8,80}$")
 
 
 def _money(b: Any) -> dict[str, Any]:
-    return {"days": b.days, "daily_rate": b.daily_rate_fils, "rental": b.rental_fils, "platform_fee": b.platform_fee_fils,
-            "vat": b.vat_fils, "total": b.total_fils, "deposit": b.deposit_fils, "currency": b.currency}
+    return {"days": b.days, "daily_rate": b.daily_rate_fils, "rental": b.rental_fils,
+            "platform_fee": b.platform_fee_fils, "vat": b.vat_fils, "total": b.total_fils,
+            "deposit": b.deposit_fils, "currency": b.currency}
 
 
 def _vehicle(vehicle_id: int) -> dict[str, Any]:
@@ -93,7 +94,8 @@ def quote(args: dict[str, Any]) -> dict[str, Any]:
 class Bookings(MethodView):
     @bookings_bp.arguments(s.BookingIn)
     @bookings_bp.response(201, s.BookingOut)
-    @bookings_bp.alt_response(200, schema=s.BookingOut, description="Replay of an earlier request with this Idempotency-Key")
+    @bookings_bp.alt_response(200, schema=s.BookingOut,
+                              description="Replay of an earlier request with this Idempotency-Key")
     @bookings_bp.doc(parameters=[{"in": "header", "name": "Idempotency-Key", "required": False,
                                   "schema": {"type": "string", "minLength": 8, "maxLength": 80},
                                   "description": "Send the same key to retry safely; a different body is a 409"}])
