@@ -15,6 +15,7 @@ Queue backends (``JOBS_MODE``):
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 import traceback
@@ -170,7 +171,7 @@ def _run(item_id: int) -> str:
         db.session.rollback()
         item = db.session.get(WorkItem, item_id)
         assert item is not None
-        item.last_error = f"{type(exc).__name__}: {str(exc)[:300]}"
+        item.last_error = f"{type(exc).__name__}: {_redact(str(exc))[:300]}"
         item.leased_until = None
         if item.attempts >= item.max_attempts:
             item.status = WorkStatus.DEAD
@@ -194,6 +195,15 @@ def _run(item_id: int) -> str:
     item.last_error = None
     db.session.commit()
     return "done"
+
+
+_EMAIL = re.compile(r"[^\s@<>\"']+@[^\s@<>\"']+")
+_DIGITS = re.compile(r"\+?\d[\d\s-]{6,}\d")
+
+
+def _redact(message: str) -> str:
+    """Error text is kept for operators; e-mail addresses and phone/ID-like numbers are not."""
+    return _DIGITS.sub("<number>", _EMAIL.sub("<email>", message))
 
 
 def backoff(attempts: int) -> timedelta:

@@ -477,3 +477,11 @@ def test_an_rq_simple_worker_burst_processes_the_queue(app: Flask, real_rq: Any)
     with app.app_context():
         statuses = set(db.session.execute(select(WorkItem.status).where(WorkItem.id.in_(ids))).scalars())
     assert statuses == {WorkStatus.DONE}
+
+
+def test_stored_job_errors_hide_addresses_and_numbers():  # PV-03: personal data stays out of operator fields
+    from marketplace.jobs import _redact
+
+    text = _redact("550 <layla@example.com> refused; call +971 50 123 4567 or ID 784-1990-1234567-1")
+    assert "layla@example.com" not in text and "4567" not in text
+    assert text.count("<email>") == 1 and text.count("<number>") == 2
