@@ -6,7 +6,7 @@ HOST   ?= 127.0.0.1
 PORT   ?= 5000
 export FLASK_APP := wsgi
 
-.PHONY: run test setup setup-dev migrate seed serve lint typecheck bench clean
+.PHONY: run test setup setup-dev browser-deps migrate seed serve lint typecheck bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,7 +36,11 @@ serve:
 
 run: seed serve  ## set up, migrate, seed demo data and serve on http://127.0.0.1:5000
 
-test: setup-dev  ## install test needs and run the suite (SQLite, in-process jobs)
+browser-deps:  ## Debian's Chromium for the browser tests (installed when missing and we are root)
+	@if [ ! -x /usr/bin/chromium ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; fi
+
+test: setup-dev browser-deps  ## install test needs and run the suite (SQLite, in-process jobs)
 	$(BIN)/pytest -q -p no:cacheprovider
 
 lint: setup-dev

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from flask import Blueprint, render_template
@@ -26,5 +27,18 @@ def _render(template: str, status: int = 200, **context: Any) -> tuple[str, int]
 
 @agency_bp.get("/", endpoint="home")
 def home() -> Any:
+    """The dashboard: today's pick-ups and returns (Asia/Dubai day) and the fleet at a glance."""
+    from marketplace.bookings import service as bookings
+    from marketplace.bookings.views import agency_booking_out
+
     actor = current_actor()
-    return _render("agency/home.html", agencies=fleet.agencies_of(actor), vehicles=fleet.vehicles_for_staff(actor))
+    day = datetime.now(bookings.BUSINESS_TZ).date()
+    today = bookings.today_for_agency(actor, day)
+    return _render("agency/home.html", agencies=fleet.agencies_of(actor), day=day,
+                   pickups=[agency_booking_out(b) for b in today["pickups"]],
+                   returns=[agency_booking_out(b) for b in today["returns"]], summary=fleet.fleet_summary(actor))
+
+
+from agency_app import booking_views as _booking_views  # noqa: E402,F401  (bookings pages)
+from agency_app import fleet_views as _fleet_views  # noqa: E402,F401  (fleet and availability pages)
+from agency_app import profile_views as _profile_views  # noqa: E402,F401  (registers the profile and staff pages)

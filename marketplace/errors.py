@@ -194,6 +194,9 @@ def _wants_html() -> bool:
     return path.startswith(("/console", "/agency")) and not path.startswith("/api/")
 
 
+_LOCATIONS = {"json", "query", "querystring", "form", "files", "multipart", "headers"}
+
+
 def validation_details(messages: Any) -> tuple[str, dict[str, Any]]:
     """Split marshmallow messages into a code (unknown_field wins) and field details."""
     if not isinstance(messages, dict):
@@ -202,7 +205,7 @@ def validation_details(messages: Any) -> tuple[str, dict[str, Any]]:
     unknown: list[str] = []
     # webargs nests messages under the location ("json", "query", "form", "files")
     for key, value in messages.items():
-        inner = value if key in {"json", "query", "querystring", "form", "files", "headers"} else {key: value}
+        inner = value if key in _LOCATIONS else {key: value}
         if not isinstance(inner, dict):
             flat[key] = value
             continue

@@ -166,6 +166,8 @@ def add_auth_routes(  # noqa: PLR0915 - four small nested views that share the d
 
 def _safe_next() -> bool:
     target = request.args.get("next", "")
+    if any(ch.isspace() or not ch.isprintable() for ch in target):
+        return False  # browsers drop tabs and newlines from URLs: "/\t/evil.example" would become "//evil.example"
     return target.startswith("/") and not target.startswith("//") and "\\" not in target
 
 

@@ -4,10 +4,16 @@ schemathesis runs in-process over WSGI, once unauthenticated and once with a cus
 with positive and negative data, deterministic (``derandomize``) and bounded for CI. The rate limiter
 may answer 429 while fuzzing: that is a documented error (``default`` response) and its body is checked
 like any other.
+
+Cases come from schemathesis' public ``APIOperation.as_strategy`` under ``@given``, one Hypothesis run per
+operation and mode, rather than ``schemathesis.pytest.from_fixture``: with schemathesis 4.32 on pytest 9.2
+the lazy loader fails (it writes ``Node._nodeid``, which pytest 9.2 no longer has). Each failure message
+carries schemathesis' minimised reproduction (a curl line).
 """
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable
 from html.parser import HTMLParser
@@ -33,7 +39,11 @@ from marketplace.extensions import db
 from tests import factories
 
 CHECKS = [not_a_server_error, response_schema_conformance, content_type_conformance, negative_data_rejection]
-MAX_EXAMPLES = 25
+MAX_EXAMPLES = 25  # per operation and generation mode (positive, negative)
+MIN_EXAMPLES = 6
+CASES_PER_RUN = 800  # shared by every operation of one run, keeping the run bounded as the API grows
+PUBLIC_CASES_WITHOUT_TOKEN = 500  # the unauthenticated run: shared by the public operations
+SECURED_WITHOUT_TOKEN = 3  # ... and a few per secured operation, which must answer 401 whatever the input
 HTTP_METHODS = {"get", "put", "post", "patch", "delete", "head", "options", "trace"}
 
 
@@ -61,6 +71,7 @@ def _resolve(spec: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:
 
 
 def _config() -> schemathesis.Config:
+    # the numbers of cases are set per operation below; this only keeps the loaded schema deterministic
     return schemathesis.Config.from_dict({
         "generation": {"mode": "all", "max-examples": MAX_EXAMPLES, "deterministic": True},
         "phases": {"stateful": {"enabled": False}},
@@ -146,13 +157,22 @@ def customer_headers(app: Flask, client: FlaskClient) -> Callable[[], dict[str, 
     return headers
 
 
-FUZZ_SETTINGS = settings(
-    max_examples=MAX_EXAMPLES, derandomize=True, database=None, deadline=None,
-    suppress_health_check=list(HealthCheck), phases=[Phase.explicit, Phase.generate, Phase.shrink],
-)
+def _examples_per_mode(operations: int, budget: int = CASES_PER_RUN) -> int:
+    """Cases per operation and mode: a fixed budget per run shared by every operation (bounded for CI,
+    deterministic). ``IN03_BUDGET_FACTOR`` (e.g. 10) scales it up for a deeper, nightly run."""
+    budget = int(budget * float(os.environ.get("IN03_BUDGET_FACTOR", "1")))
+    ceiling = MAX_EXAMPLES * max(1, int(float(os.environ.get("IN03_BUDGET_FACTOR", "1"))))
+    return max(MIN_EXAMPLES, min(ceiling, budget // (2 * max(operations, 1))))
 
 
-def _fuzz(app: Flask, schema: Any, headers: Callable[[], dict[str, str]]) -> tuple[int, list[str]]:
+def _fuzz(
+    app: Flask,
+    schema: Any,
+    headers: Callable[[], dict[str, str]],
+    *,
+    examples_for: Callable[[Any], int],
+    expect: Callable[[Any, Any], None] | None = None,
+) -> tuple[int, list[str]]:
     """Positive and negative cases for every operation; returns (cases run, failures)."""
     from marketplace.extensions import limiter
 
@@ -167,11 +187,16 @@ def _fuzz(app: Flask, schema: Any, headers: Callable[[], dict[str, str]]) -> tup
             with app.app_context():
                 limiter.reset()  # each operation gets a fresh budget; 429s still happen within it
 
-            @FUZZ_SETTINGS
+            @settings(
+                max_examples=examples_for(operation), derandomize=True, database=None, deadline=None,
+                suppress_health_check=list(HealthCheck), phases=[Phase.explicit, Phase.generate, Phase.shrink],
+            )
             @given(case=operation.as_strategy(generation_mode=mode))
             def run(case: Any) -> None:
                 counter["cases"] += 1
-                case.call_and_validate(headers=headers(), checks=CHECKS)
+                response = case.call_and_validate(headers=headers(), checks=CHECKS)
+                if expect is not None:
+                    expect(case, response)
 
             try:
                 run()
@@ -184,18 +209,68 @@ def _fuzz(app: Flask, schema: Any, headers: Callable[[], dict[str, str]]) -> tup
     return counter["cases"], failures
 
 
-def test_fuzz_every_operation_unauthenticated(app: Flask, api_schema: Any) -> None:  # IN-03
-    cases, failures = _fuzz(app, api_schema, dict)
+def _public(spec: dict[str, Any]) -> set[tuple[str, str]]:
+    return {(m, p) for m, p, op in _operations(spec) if op.get("security") == []}
+
+
+def test_fuzz_every_operation_unauthenticated(app: Flask, client: FlaskClient, api_schema: Any) -> None:  # IN-03
+    public = _public(_spec(client))
+    assert ("POST", "/api/v1/auth/login") in public and ("GET", "/api/v1/me") not in public
+    per_mode = _examples_per_mode(len(public), PUBLIC_CASES_WITHOUT_TOKEN)
+
+    def examples_for(operation: Any) -> int:
+        # a secured operation answers 401 whatever the input, so a few cases show it; public ones get the budget
+        return per_mode if (operation.method.upper(), operation.path) in public else SECURED_WITHOUT_TOKEN
+
+    def expect(case: Any, response: Any) -> None:
+        if (case.operation.method.upper(), case.operation.path) not in public:
+            # the gate answers before the body is read (415 comes earlier still, for a non-JSON body)
+            assert response.status_code in (401, 415), f"{case.operation.label} answered {response.status_code}"
+
+    cases, failures = _fuzz(app, api_schema, dict, examples_for=examples_for, expect=expect)
     assert failures == [], "\n\n".join(failures)
     assert cases > 0
 
 
 def test_fuzz_every_operation_as_a_customer(
-    app: Flask, api_schema: Any, customer_headers: Callable[[], dict[str, str]],
+    app: Flask, client: FlaskClient, api_schema: Any, customer_headers: Callable[[], dict[str, str]],
 ) -> None:  # IN-03
-    cases, failures = _fuzz(app, api_schema, customer_headers)
+    per_mode = _examples_per_mode(len(_operations(_spec(client))))
+    cases, failures = _fuzz(app, api_schema, customer_headers, examples_for=lambda _: per_mode)
     assert failures == [], "\n\n".join(failures)
     assert cases > 0
+
+
+def _raise(**_: Any) -> Any:
+    raise RuntimeError("planted failure")
+
+
+_PLANTED: dict[str, tuple[str, str, str, Callable[..., Any]]] = {
+    # name: (method, path, endpoint, replacement view) -> the check that must catch it
+    "server_error": ("GET", "/api/v1/ping", "health.ping", _raise),
+    "schema_violation": ("GET", "/api/v1/ping", "health.ping",
+                         lambda **_: ({"pong": "yes", "debug": True}, 200)),
+    "accepts_invalid_data": ("POST", "/api/v1/auth/password-reset", "auth.password_reset",
+                             lambda **_: ({"status": "reset_sent"}, 202)),
+}
+
+
+@pytest.mark.parametrize(("planted", "caught_by"), [
+    ("server_error", "Server error"),
+    ("schema_violation", "Response violates schema"),
+    ("accepts_invalid_data", "Schema-violating request accepted"),
+])
+def test_the_fuzzing_harness_catches_planted_bugs(
+    app: Flask, api_schema: Any, monkeypatch: pytest.MonkeyPatch, planted: str, caught_by: str,
+) -> None:  # IN-03 negative control: a harness that cannot see the bug proves nothing
+    from marketplace.security import public
+
+    method, path, endpoint, view = _PLANTED[planted]
+    monkeypatch.setitem(app.view_functions, endpoint, public(view))  # public, like the views it replaces
+    only = api_schema.include(method=method, path=path)
+    _, failures = _fuzz(app, only, dict, examples_for=lambda _: MIN_EXAMPLES)
+    assert failures, f"the planted {planted} went unnoticed"
+    assert any(caught_by in f for f in failures), failures
 
 
 def test_rate_limited_answers_conform_to_the_spec(app: Flask, client: FlaskClient, api_schema: Any) -> None:
@@ -253,11 +328,12 @@ def test_api_docs_load_every_asset_from_this_server(client: FlaskClient) -> None
     assert assets and all(u.startswith("/api/docs/assets/") for u in assets), assets
     assert any(u.endswith(".js") for u in assets) and any(u.endswith(".css") for u in assets)
     for url in assets:
-        asset = client.get(url)
-        assert asset.status_code == 200, url
-        assert asset.get_data(), url
-        if url.endswith(".js"):
-            assert not re.search(r"https?://(?!www\.w3\.org|swagger\.io)[^\s\"']*\.(js|css)\b",
-                                 asset.get_data(as_text=True)), f"{url} pulls a script or style from elsewhere"
+        with client.get(url) as asset:
+            assert asset.status_code == 200, url
+            assert asset.get_data(), url
+    with client.get("/api/docs/assets/init.js") as asset:
+        init = asset.get_data(as_text=True)
+    assert "validatorUrl: null" in init  # Swagger UI would otherwise send the spec to validator.swagger.io
+    assert "http" not in init
     assert client.get("/api/docs/assets/../../config.py").status_code == 404
     assert client.get("/api/docs/assets/not-an-asset.js").status_code == 404

@@ -32,6 +32,11 @@ PUBLIC_ROUTES: frozenset[tuple[str, str]] = frozenset({
     ("/api/v1/auth/refresh", "POST"),
     ("/api/v1/auth/password-reset", "POST"),
     ("/api/v1/auth/password-reset/confirm", "POST"),
+    # P-14: car search, a car's public page and its listing photos (no personal data; coordinates not stored)
+    ("/api/v1/vehicles", "GET"),
+    ("/api/v1/vehicles/<string:vehicle_id>", "GET"),
+    ("/api/v1/vehicles/<string:vehicle_id>/photos/<string:photo_id>", "GET"),
+    ("/api/v1/agencies", "POST"),  # an agency applies to join (P-12); verified by staff before going live
     ("/console/login", "GET"),
     ("/console/login", "POST"),
     ("/console/invitations/accept", "GET"),

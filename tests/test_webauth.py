@@ -12,6 +12,7 @@ from datetime import timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
+import pyotp
 import pytest
 import time_machine
 from flask import Flask
@@ -244,8 +245,7 @@ def test_used_code_is_refused_after_failed_attempts(app: Flask, app_ctx: None) -
 
 
 def pyotp_code_at(person: Person, step: int) -> str:
-    import pyotp
-
+    """The code of one time step (here: the step the server last accepted)."""
     assert person.totp_secret
     return pyotp.TOTP(person.totp_secret).generate_otp(step)
 
@@ -572,3 +572,29 @@ def test_activity_keeps_the_session_alive(app: Flask, client: FlaskClient, app_c
         response = client.get(f"/{door}/")
         assert response.status_code == 302 and _path(response) == f"/{door}/login"
 
+
+
+# ---- where the MFA step sends you --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("target", ["//evil.example", "/\t/evil.example", "/\n/evil.example", "/\\evil.example",
+                                    "https://evil.example/", "evil.example", "/\x00/evil.example"])
+def test_next_after_mfa_never_leaves_the_site(app: Flask, target: str) -> None:
+    from marketplace.webauth import _safe_next
+
+    with app.test_request_context("/console/mfa", query_string={"next": target}):
+        assert _safe_next() is False
+    with app.test_request_context("/console/mfa", query_string={"next": "/console/staff"}):
+        assert _safe_next() is True
+
+
+def test_mfa_step_refuses_an_off_site_next(app: Flask, client: FlaskClient, app_ctx: None) -> None:
+    # the redirect after MFA stays on this site even when "next" hides "//host" behind a tab
+    person = make_staff(Role.ADMIN)
+    assert password_step(client, person).status_code == 302
+    token = page_csrf(client, "/console/mfa")
+    response = client.post("/console/mfa", query_string={"next": "/\t/evil.example"},
+                           data={"code": next_totp(person), "csrf_token": token})
+    assert response.status_code == 302
+    assert location(response) == "/console/"
+    assert "evil" not in location(response)

@@ -2,10 +2,131 @@
 
 from __future__ import annotations
 
+import hashlib
+from typing import Any
+
+from flask import current_app, request
+from flask.views import MethodView
+
+from marketplace.agencies import schemas as s
+from marketplace.agencies import service
 from marketplace.api import ApiBlueprint
+from marketplace.errors import Unprocessable
+from marketplace.extensions import db, limiter
+from marketplace.kyc.views import ImageFileIn, multipart
+from marketplace.schemas import StatusSchema, decode_cursor, encode_cursor
+from marketplace.security import current_actor, public
 
 # POST /api/v1/agencies (public sign-up)
 agencies_bp = ApiBlueprint("agencies", __name__, url_prefix="/api/v1/agencies", description="Agency sign-up")
 # /api/v1/agency/... (agency staff with MFA; profile, documents, staff)
 agency_api_bp = ApiBlueprint("agency_api", __name__, url_prefix="/api/v1/agency",
                              description="The signed-in staff member's agency")
+
+
+class AgencyDocumentUploadIn(ImageFileIn, s.AgencyDocumentFormIn):
+    """One multipart/form-data body: the document's ``kind`` and its ``image``."""
+
+
+def _limit(name: str) -> Any:
+    return lambda: current_app.config["SETTINGS"].limits[name]
+
+
+def _client_key() -> str:
+    return "client:" + (request.remote_addr or "-")
+
+
+def _upload_key() -> str:
+    token = request.headers.get("Authorization", "")
+    return "upload:" + hashlib.sha256(token.encode()).hexdigest()[:24]
+
+
+@agencies_bp.route("", methods=["POST"])
+@limiter.limit(_limit("register_client"), key_func=_client_key)
+@agencies_bp.arguments(s.AgencySignUpIn)
+@agencies_bp.response(202, StatusSchema)
+@public
+def sign_up(args: dict[str, Any]) -> dict[str, str]:
+    """Sign an agency up for verification; the owner then signs in at /agency and uploads documents."""
+    service.sign_up(service.SignUp(**args))
+    db.session.commit()
+    return {"status": "received",
+            "message": "If this e-mail can be used, the owner's account is ready: sign in at /agency to continue."}
+
+
+@agency_api_bp.route("")
+class AgencyProfile(MethodView):
+    @agency_api_bp.arguments(s.AgencyQueryIn, location="query")
+    @agency_api_bp.response(200, s.AgencyOut)
+    def get(self, query: dict[str, Any]) -> Any:
+        """Your agency's profile and verification status."""
+        return service.own_agency(current_actor(), query.get("agency"))
+
+    @agency_api_bp.arguments(s.AgencyQueryIn, location="query")
+    @agency_api_bp.arguments(s.AgencyPatchIn)
+    @agency_api_bp.response(200, s.AgencyOut)
+    def patch(self, query: dict[str, Any], changes: dict[str, Any]) -> Any:
+        """Change contact details, address or turnaround; business identity only before verification."""
+        agency = service.update_profile(current_actor(), query.get("agency"), changes)
+        db.session.commit()
+        return agency
+
+
+@agency_api_bp.route("/documents", methods=["GET"])
+@agency_api_bp.arguments(s.AgencyQueryIn, location="query")
+@agency_api_bp.response(200, s.AgencyDocumentListOut)
+def list_documents(query: dict[str, Any]) -> dict[str, Any]:
+    """Your agency's verification documents: what is uploaded and what is still missing."""
+    agency, documents = service.list_documents(current_actor(), query.get("agency"))
+    have = {d.kind for d in documents}
+    return {"status": agency.status, "items": documents,
+            "missing": [k for k in service.DOCUMENT_KINDS if k not in have]}
+
+
+@agency_api_bp.route("/documents", methods=["POST"])
+@limiter.limit(_limit("upload_session"), key_func=_upload_key)
+@agency_api_bp.arguments(s.AgencyQueryIn, location="query")
+@agency_api_bp.arguments(AgencyDocumentUploadIn, location="multipart")
+@agency_api_bp.response(201, s.AgencyDocumentOut)
+@multipart
+def upload_document(query: dict[str, Any], args: dict[str, Any]) -> Any:
+    """Owner: upload or replace a verification document photo (only before the agency is verified)."""
+    image = args["image"]
+    document = service.upload_document(current_actor(), query.get("agency"), args["kind"], image.stream,
+                                       image.mimetype)
+    db.session.commit()
+    return document
+
+
+@agency_api_bp.route("/staff")
+class AgencyStaff(MethodView):
+    @agency_api_bp.arguments(s.StaffPageIn, location="query")
+    @agency_api_bp.response(200, s.StaffPageOut)
+    def get(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Your agency's staff and their roles (cursor pagination)."""
+        after = decode_cursor("agency-staff", args["cursor"])
+        if after is not None and (isinstance(after, bool) or not isinstance(after, int)):
+            raise Unprocessable(details={"fields": {"cursor": ["Invalid cursor."]}})
+        items = service.list_staff(current_actor(), args.get("agency"), after_id=after, limit=args["limit"] + 1)
+        more = len(items) > args["limit"]
+        items = items[: args["limit"]]
+        cursor = encode_cursor("agency-staff", items[-1].user.id) if more and items else None
+        return {"items": items, "page": {"next_cursor": cursor}}
+
+    @agency_api_bp.arguments(s.AgencyQueryIn, location="query")
+    @agency_api_bp.arguments(s.InvitationIn)
+    @agency_api_bp.response(201, s.InvitationOut)
+    def post(self, query: dict[str, Any], args: dict[str, Any]) -> Any:
+        """Invite someone to your agency with a role; they get an e-mail link to set a password."""
+        invitation = service.invite(current_actor(), query.get("agency"), **args)
+        db.session.commit()
+        return invitation
+
+
+@agency_api_bp.route("/staff/<string:user_id>", methods=["DELETE"])
+@agency_api_bp.arguments(s.AgencyQueryIn, location="query")
+@agency_api_bp.response(204)
+def remove_staff(query: dict[str, Any], user_id: str) -> None:
+    """Remove a person from your agency; every session of theirs ends at once."""
+    service.remove_staff(current_actor(), query.get("agency"), user_id)
+    db.session.commit()

@@ -11,7 +11,7 @@ from marketplace.errors import AppError
 from marketplace.extensions import db
 from marketplace.kyc import service as kyc
 from marketplace.kyc.states import CaseStatus
-from marketplace.kyc.views import image_response
+from marketplace.kyc.views import spend_image_grant
 from marketplace.permissions import Permission, Role
 from marketplace.security import current_actor, requires
 from marketplace.users.models import User
@@ -113,6 +113,4 @@ def kyc_second_review(case_id: str) -> Any:
 @console_bp.get("/kyc/images/<string:token>")
 @requires(Permission.KYC_IMAGE_VIEW)
 def kyc_image(token: str) -> Response:
-    data, blob = kyc.open_granted_image(current_actor(), token)
-    db.session.commit()
-    return image_response(data, blob.mime)
+    return spend_image_grant(token)

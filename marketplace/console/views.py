@@ -111,4 +111,5 @@ def _when(value: Any) -> str:
     return value.strftime("%Y-%m-%d %H:%M:%S UTC") if value else ""
 
 
+from marketplace.console import agency_views as _agency_views  # noqa: E402,F401  (registers the agency pages)
 from marketplace.console import kyc_views as _kyc_views  # noqa: E402,F401  (registers the KYC pages)

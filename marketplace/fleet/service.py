@@ -1,13 +1,108 @@
-"""Fleet rules. Agency-side loaders are scoped to the actor's own agencies."""
+"""Fleet rules (P-13) and the public search (P-14). Agency-side loaders are scoped to the actor's own agencies.
+
+Search semantics equal ``bookings.service.is_free``: a car is shown for ``[starts_at, ends_at)`` only if no
+occupancy row (an active booking with its turnaround buffer, or an availability block) overlaps
+``[starts_at, ends_at + the car's own turnaround)``. Coordinates sent to search live only in the request:
+nothing here writes, audits or logs them.
+"""
 
 from __future__ import annotations
 
-from sqlalchemy import select
+import math
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import IO, Any
 
-from marketplace.agencies.models import Agency
-from marketplace.extensions import db
-from marketplace.fleet.models import Vehicle
-from marketplace.security import Actor
+from sqlalchemy import (
+    ColumnElement,
+    Float,
+    Interval,
+    String,
+    cast,
+    delete,
+    func,
+    literal,
+    literal_column,
+    select,
+    tuple_,
+    type_coerce,
+)
+from sqlalchemy.orm import Session
+
+from marketplace import audit
+from marketplace.agencies.models import Agency, AgencyStatus
+from marketplace.bookings.models import Booking
+from marketplace.bookings.service import MAX_OCCUPANCY, VehicleUnavailable, bookable_vehicle
+from marketplace.bookings.states import ACTIVE as LIVE_BOOKING_STATUSES
+from marketplace.errors import Conflict, Forbidden, NotFound, Unprocessable
+from marketplace.extensions import UTCDateTime, db, utcnow
+from marketplace.fleet.models import AvailabilityBlock, Vehicle, VehicleOccupancy, VehiclePhoto, VehicleStatus
+from marketplace.images import VEHICLE_PHOTO_POLICY, process_image
+from marketplace.permissions import Permission, permissions_for
+from marketplace.security import Actor, require
+from marketplace.transactions import EXCLUSION_VIOLATION, UNIQUE_VIOLATION, Retry, run_serialised
+from marketplace.vault.service import blob_store
+
+# ---- the fixed vocabularies ---------------------------------------------------------------------------
+
+CATEGORIES = ("mini", "economy", "compact", "sedan", "suv", "luxury", "sports", "van", "pickup")
+TRANSMISSIONS = ("automatic", "manual")
+FUEL_POLICIES = ("full_to_full", "same_to_same", "prepaid")
+FUEL_TYPES = ("petrol", "diesel", "hybrid", "electric")
+# the cities cars are picked up in; search matches them exactly, so listings and searches agree
+CITIES = ("Abu Dhabi", "Ajman", "Al Ain", "Dubai", "Fujairah", "Hatta", "Kalba", "Khor Fakkan", "Ras Al Khaimah",
+          "Ruwais", "Sharjah", "Umm Al Quwain")
+MIN_YEAR = 1990
+MAX_DAILY_PRICE_FILS = 5_000_000  # AED 50,000 a day: 30 days with fee and VAT stay inside a 32-bit integer
+MAX_DEPOSIT_FILS = 50_000_000
+MAX_TURNAROUND_MINUTES = 1440
+MAX_BLOCK = timedelta(days=90)  # bookings.service.MAX_OCCUPANCY (92 days) relies on this bound
+MAX_PHOTOS = 20
+MAX_RADIUS_KM = 100.0
+DEFAULT_RADIUS_KM = 25.0
+KM_PER_DEGREE = 6371.0088 * math.pi / 180  # mean Earth radius: km per degree of latitude
+_HALF_OPEN: ColumnElement[Any] = literal_column("'[)'")  # the bounds the exclusion constraint uses
+PLATE_HINT = "A UAE plate: emirate, series and number, e.g. DXB A 12345."
+_PLATE = re.compile(r"^(?=.*\d)[A-Z0-9]{1,6}(?: [A-Z0-9]{1,6}){0,3}$")
+
+
+class AgencyNotActive(Conflict):
+    code = "agency_not_active"
+    message = "Only an active (verified, not suspended) agency can list a car."
+
+
+class DuplicatePlate(Conflict):
+    code = "duplicate_plate"
+    message = "A car with this plate is already on the platform."
+
+
+class VehicleHasBookings(Conflict):
+    code = "vehicle_has_bookings"
+    message = "The car has bookings that are not finished; cancel or complete them first."
+
+
+class PhotoLimit(Conflict):
+    code = "photo_limit"
+    message = f"A car can have at most {MAX_PHOTOS} photos."
+
+
+def normalise_plate(raw: str) -> str:
+    """Upper case, single spaces: ``dxb  a 12345`` -> ``DXB A 12345``; UAE plates are an emirate code or
+    name, a letter or number series, and a number."""
+    plate = " ".join(raw.replace("-", " ").upper().split())
+    if not _PLATE.match(plate) or len(plate) > 20:
+        raise Unprocessable(details={"fields": {"plate": [PLATE_HINT]}})
+    return plate
+
+
+def next_model_year() -> int:
+    return utcnow().year + 1
+
+
+# ---- agency scope -------------------------------------------------------------------------------------
 
 
 def agencies_of(actor: Actor) -> list[Agency]:
@@ -18,9 +113,517 @@ def agencies_of(actor: Actor) -> list[Agency]:
 
 
 def vehicles_for_staff(actor: Actor) -> list[Vehicle]:
+    """Every (not deleted) car of the actor's agencies, for the agency app's pages."""
     ids = actor.agency_ids
     if not ids:
         return []
     return list(db.session.execute(
-        select(Vehicle).where(Vehicle.agency_id.in_(ids)).order_by(Vehicle.make, Vehicle.model, Vehicle.id)
+        select(Vehicle).where(Vehicle.agency_id.in_(ids), Vehicle.deleted_at.is_(None))
+        .order_by(Vehicle.make, Vehicle.model, Vehicle.id)
     ).scalars())
+
+
+def can_in_agency(actor: Actor, agency_id: int, permission: Permission) -> bool:
+    """Permissions come from the roles held *in that agency* (a manager in one agency may be desk staff in
+    another)."""
+    return agency_id in actor.agency_ids and permission in permissions_for(actor.agency_roles(agency_id))
+
+
+def _require_in_agency(actor: Actor, agency_id: int, permission: Permission) -> None:
+    require(actor, permission)
+    if not can_in_agency(actor, agency_id, permission):
+        raise Forbidden(details={"missing": [str(permission)]})
+
+
+def fleet_summary(actor: Actor) -> dict[str, int]:
+    """Cars per status across the actor's agencies (the dashboard's fleet box)."""
+    require(actor, Permission.AGENCY_VEHICLE_READ)
+    rows = db.session.execute(
+        select(Vehicle.status, func.count()).where(Vehicle.agency_id.in_(actor.agency_ids or {-1}),
+                                                   Vehicle.deleted_at.is_(None)).group_by(Vehicle.status)
+    ).all()
+    summary = {str(s): 0 for s in VehicleStatus}
+    summary.update({str(status): int(count) for status, count in rows})
+    return summary
+
+
+def list_for_agency(actor: Actor, *, after_id: int | None, limit: int, status: str | None = None,
+                    agency_public_id: str | None = None, city: str | None = None) -> list[Vehicle]:
+    """The actor's agencies' cars, oldest first. Filters only ever narrow the actor's own scope (AZ-04)."""
+    require(actor, Permission.AGENCY_VEHICLE_READ)
+    stmt = select(Vehicle).where(Vehicle.agency_id.in_(actor.agency_ids or {-1}), Vehicle.deleted_at.is_(None))
+    if agency_public_id is not None:
+        stmt = stmt.join(Agency, Agency.id == Vehicle.agency_id).where(Agency.public_id == agency_public_id)
+    if status is not None:
+        stmt = stmt.where(Vehicle.status == status)
+    if city is not None:
+        stmt = stmt.where(Vehicle.city == city)
+    if after_id is not None:
+        stmt = stmt.where(Vehicle.id > after_id)
+    return list(db.session.execute(stmt.order_by(Vehicle.id).limit(limit)).scalars())
+
+
+def get_for_agency(actor: Actor, public_id: str) -> Vehicle:
+    """One of the actor's agencies' cars; another agency's car (or a deleted one) is simply not found."""
+    require(actor, Permission.AGENCY_VEHICLE_READ)
+    vehicle = db.session.execute(
+        select(Vehicle).where(Vehicle.public_id == public_id, Vehicle.agency_id.in_(actor.agency_ids or {-1}),
+                              Vehicle.deleted_at.is_(None))
+    ).scalar_one_or_none()
+    if vehicle is None:
+        raise NotFound()
+    return vehicle
+
+
+def _target_agency(actor: Actor, agency_public_id: str | None) -> Agency:
+    agencies = agencies_of(actor)
+    if agency_public_id is None:
+        if len(agencies) != 1:
+            raise Unprocessable(details={"fields": {"agency": ["You work for several agencies: name one."]}})
+        return agencies[0]
+    for agency in agencies:
+        if agency.public_id == agency_public_id:
+            return agency
+    raise NotFound()
+
+
+# ---- writing the fleet -----------------------------------------------------------------------------------
+
+_EDITABLE = ("make", "model", "year", "category", "plate", "seats", "transmission", "fuel_type", "city", "latitude",
+             "longitude", "pickup_address", "daily_price_fils", "deposit_fils", "mileage_limit_km_per_day",
+             "extra_km_fils", "fuel_policy", "turnaround_minutes", "status")
+
+
+def _check_listing(agency: Agency, status: str) -> None:
+    if status == VehicleStatus.LISTED and agency.status != AgencyStatus.ACTIVE:
+        raise AgencyNotActive(details={"agency_status": agency.status})
+
+
+def _check_plate_free(plate: str, *, exclude_id: int | None = None) -> None:
+    stmt = select(Vehicle.id).where(Vehicle.plate == plate, Vehicle.deleted_at.is_(None))
+    if exclude_id is not None:
+        stmt = stmt.where(Vehicle.id != exclude_id)
+    if db.session.execute(stmt.limit(1)).first() is not None:
+        raise DuplicatePlate()
+
+
+def _coordinate(value: Any) -> Decimal:
+    return Decimal(str(value)).quantize(Decimal("0.000001"))
+
+
+def create_vehicle(actor: Actor, *, agency: str | None = None, **fields: Any) -> Vehicle:
+    """Add a car to one of the actor's agencies (unlisted unless asked; listing needs an active agency)."""
+    require(actor, Permission.AGENCY_VEHICLE_WRITE)
+    target = _target_agency(actor, agency)
+    _require_in_agency(actor, target.id, Permission.AGENCY_VEHICLE_WRITE)
+    unknown = set(fields) - set(_EDITABLE)
+    if unknown:
+        raise Unprocessable(details={"fields": {name: ["Unknown field."] for name in sorted(unknown)}})
+    values = dict(fields)
+    values["plate"] = normalise_plate(values["plate"])
+    values["latitude"] = _coordinate(values["latitude"])
+    values["longitude"] = _coordinate(values["longitude"])
+    values["status"] = values.get("status") or VehicleStatus.UNLISTED
+    if values.get("turnaround_minutes") is None:
+        values["turnaround_minutes"] = target.turnaround_minutes
+    _check_listing(target, values["status"])
+    _check_plate_free(values["plate"])
+    vehicle = Vehicle(agency_id=target.id, currency="AED", **values)
+    db.session.add(vehicle)
+    db.session.flush()
+    audit.record(actor, "vehicle:create", vehicle, agency=target.public_id, status=vehicle.status)
+    return vehicle
+
+
+def update_vehicle(actor: Actor, vehicle: Vehicle, changes: dict[str, Any]) -> Vehicle:
+    """Change a car's details, price, rules or status. Bookings already made keep their price and buffer."""
+    _require_in_agency(actor, vehicle.agency_id, Permission.AGENCY_VEHICLE_WRITE)
+    unknown = set(changes) - set(_EDITABLE)
+    if unknown:
+        raise Unprocessable(details={"fields": {name: ["Unknown field."] for name in sorted(unknown)}})
+    values = dict(changes)
+    if "plate" in values:
+        values["plate"] = normalise_plate(values["plate"])
+        _check_plate_free(values["plate"], exclude_id=vehicle.id)
+    for key in ("latitude", "longitude"):
+        if key in values:
+            values[key] = _coordinate(values[key])
+    if values.get("status") == VehicleStatus.LISTED:
+        agency = db.session.get(Agency, vehicle.agency_id)
+        assert agency is not None
+        _check_listing(agency, VehicleStatus.LISTED)
+    changed = sorted(k for k, v in values.items() if getattr(vehicle, k) != v)
+    for key in changed:
+        setattr(vehicle, key, values[key])
+    db.session.flush()
+    if changed:
+        audit.record(actor, "vehicle:update", vehicle, fields=changed, status=vehicle.status)
+    return vehicle
+
+
+def delete_vehicle(actor: Actor, vehicle: Vehicle) -> None:
+    """Soft delete: the car leaves the fleet and search; refused while it has unfinished bookings."""
+    _require_in_agency(actor, vehicle.agency_id, Permission.AGENCY_VEHICLE_WRITE)
+    live = db.session.execute(
+        select(Booking.id).where(Booking.vehicle_id == vehicle.id, Booking.status.in_(list(LIVE_BOOKING_STATUSES)))
+        .limit(1)
+    ).first()
+    if live is not None:
+        raise VehicleHasBookings()
+    vehicle.deleted_at = utcnow()
+    vehicle.status = VehicleStatus.UNLISTED
+    db.session.flush()
+    audit.record(actor, "vehicle:delete", vehicle)
+
+
+# ---- photos (public listing pictures: re-encoded, no metadata, not personal data) -------------------------
+
+_PENDING_BLOB_DELETES = "fleet_blob_deletes"
+
+
+def photos_of(vehicle: Vehicle) -> list[VehiclePhoto]:
+    return list(db.session.execute(
+        select(VehiclePhoto).where(VehiclePhoto.vehicle_id == vehicle.id)
+        .order_by(VehiclePhoto.position, VehiclePhoto.id)
+    ).scalars())
+
+
+def photos_by_vehicle(vehicles: list[Vehicle]) -> dict[int, list[VehiclePhoto]]:
+    """The photos of several cars in one query (list pages)."""
+    if not vehicles:
+        return {}
+    result: dict[int, list[VehiclePhoto]] = {}
+    for photo in db.session.execute(
+        select(VehiclePhoto).where(VehiclePhoto.vehicle_id.in_([v.id for v in vehicles]))
+        .order_by(VehiclePhoto.vehicle_id, VehiclePhoto.position, VehiclePhoto.id)
+    ).scalars():
+        result.setdefault(photo.vehicle_id, []).append(photo)
+    return result
+
+
+def add_photo(actor: Actor, vehicle: Vehicle, stream: IO[bytes], declared_type: str | None) -> VehiclePhoto:
+    """Run an upload through the image pipeline (metadata stripped, pixels re-encoded) and store it."""
+    _require_in_agency(actor, vehicle.agency_id, Permission.AGENCY_VEHICLE_WRITE)
+    count = db.session.execute(select(func.count()).where(VehiclePhoto.vehicle_id == vehicle.id)).scalar_one()
+    if count >= MAX_PHOTOS:
+        raise PhotoLimit()
+    image = process_image(stream, policy=VEHICLE_PHOTO_POLICY, declared_type=declared_type)
+    key = blob_store().put(image.data)
+    last = db.session.execute(
+        select(func.max(VehiclePhoto.position)).where(VehiclePhoto.vehicle_id == vehicle.id)
+    ).scalar()
+    photo = VehiclePhoto(vehicle_id=vehicle.id, storage_key=key, width=image.width, height=image.height,
+                         position=(last + 1) if last is not None else 0, created_at=utcnow())
+    db.session.add(photo)
+    db.session.flush()
+    audit.record(actor, "vehicle:photo:add", vehicle, photo=photo.public_id)
+    return photo
+
+
+def get_photo(vehicle: Vehicle, photo_public_id: str) -> VehiclePhoto:
+    photo = db.session.execute(
+        select(VehiclePhoto).where(VehiclePhoto.vehicle_id == vehicle.id, VehiclePhoto.public_id == photo_public_id)
+    ).scalar_one_or_none()
+    if photo is None:
+        raise NotFound()
+    return photo
+
+
+def photo_bytes(photo: VehiclePhoto) -> bytes:
+    from marketplace.storage.base import BlobNotFound
+
+    try:
+        return blob_store().get(photo.storage_key)
+    except BlobNotFound as exc:
+        raise NotFound() from exc
+
+
+def public_photo(vehicle_public_id: str, photo_public_id: str) -> bytes:
+    """A listing photo of a car anyone can see (listed, active agency); anything else is not found."""
+    return photo_bytes(get_photo(bookable_vehicle(vehicle_public_id), photo_public_id))
+
+
+def delete_photo(actor: Actor, vehicle: Vehicle, photo_public_id: str) -> None:
+    """Remove a photo; its file goes once the removal is committed."""
+    _require_in_agency(actor, vehicle.agency_id, Permission.AGENCY_VEHICLE_WRITE)
+    photo = get_photo(vehicle, photo_public_id)
+    db.session.delete(photo)
+    db.session.flush()
+    db.session.info.setdefault(_PENDING_BLOB_DELETES, []).append(photo.storage_key)
+    audit.record(actor, "vehicle:photo:delete", vehicle, photo=photo_public_id)
+
+
+def _after_commit(session: Session) -> None:
+    keys = session.info.pop(_PENDING_BLOB_DELETES, None)
+    if keys:
+        store = blob_store()
+        for key in keys:
+            store.delete(key)
+
+
+def _after_rollback(session: Session, previous_transaction: Any) -> None:
+    if previous_transaction.parent is None:
+        session.info.pop(_PENDING_BLOB_DELETES, None)
+
+
+def _install_session_hooks() -> None:
+    from sqlalchemy import event
+
+    if not event.contains(Session, "after_commit", _after_commit):
+        event.listen(Session, "after_commit", _after_commit)
+        event.listen(Session, "after_soft_rollback", _after_rollback)
+
+
+_install_session_hooks()
+
+
+# ---- availability blocks ----------------------------------------------------------------------------------
+
+
+def list_blocks(actor: Actor, vehicle: Vehicle, *, include_past: bool = False) -> list[AvailabilityBlock]:
+    require(actor, Permission.AGENCY_VEHICLE_READ)
+    stmt = select(AvailabilityBlock).where(AvailabilityBlock.vehicle_id == vehicle.id)
+    if not include_past:
+        stmt = stmt.where(AvailabilityBlock.ends_at > utcnow())
+    return list(db.session.execute(stmt.order_by(AvailabilityBlock.starts_at).limit(500)).scalars())
+
+
+def check_block_period(starts_at: datetime, ends_at: datetime) -> None:
+    errors: dict[str, list[str]] = {}
+    if starts_at.tzinfo is None or ends_at.tzinfo is None:
+        errors["starts_at"] = ["Times need a time zone (ISO 8601 with an offset or Z)."]
+    elif ends_at <= starts_at:
+        errors["ends_at"] = ["The end must be after the start."]
+    elif ends_at - starts_at > MAX_BLOCK:
+        errors["ends_at"] = [f"A block lasts at most {MAX_BLOCK.days} days."]
+    elif ends_at <= utcnow():
+        errors["ends_at"] = ["The block is already over."]
+    if errors:
+        raise Unprocessable(details={"fields": errors})
+
+
+def _period_taken(vehicle_id: int, starts_at: datetime, ends_at: datetime) -> bool:
+    """Any occupancy overlapping ``[starts_at, ends_at)`` (the check SQLite relies on; PostgreSQL's exclusion
+    constraint repeats it atomically)."""
+    return db.session.execute(
+        select(VehicleOccupancy.id).where(
+            VehicleOccupancy.vehicle_id == vehicle_id, VehicleOccupancy.starts_at < ends_at,
+            VehicleOccupancy.ends_at > starts_at, VehicleOccupancy.starts_at > starts_at - MAX_OCCUPANCY,
+        ).limit(1)
+    ).first() is not None
+
+
+def create_block(actor: Actor, vehicle: Vehicle, *, starts_at: datetime, ends_at: datetime,
+                 reason: str | None = None) -> AvailabilityBlock:
+    """Take a car off the market for a period. Races with bookings are decided by the database (P-16):
+    one wins, the other gets 409 ``vehicle_unavailable``. Commits itself."""
+    _require_in_agency(actor, vehicle.agency_id, Permission.AGENCY_VEHICLE_WRITE)
+    check_block_period(starts_at, ends_at)
+    vehicle_id, user_id = vehicle.id, actor.user.id
+    start, end = starts_at.astimezone(UTC), ends_at.astimezone(UTC)
+
+    def work() -> AvailabilityBlock:
+        current = db.session.get(Vehicle, vehicle_id)
+        if current is None or current.deleted_at is not None:
+            raise NotFound()
+        if _period_taken(vehicle_id, start, end):
+            raise VehicleUnavailable()
+        block = AvailabilityBlock(vehicle_id=vehicle_id, starts_at=start, ends_at=end, reason=reason,
+                                  created_by_id=user_id, created_at=utcnow())
+        db.session.add(block)
+        db.session.flush()
+        db.session.add(VehicleOccupancy(vehicle_id=vehicle_id, starts_at=start, ends_at=end, block_id=block.id))
+        db.session.flush()  # the exclusion constraint speaks here
+        audit.record(actor, "vehicle:block:create", current, block=block.public_id, starts_at=start, ends_at=end)
+        return block
+
+    def on_conflict(state: str | None) -> AvailabilityBlock | None:
+        if state in (EXCLUSION_VIOLATION, None):
+            raise VehicleUnavailable()
+        if state == UNIQUE_VIOLATION:
+            raise Retry()
+        return None
+
+    return run_serialised(work, on_conflict=on_conflict)
+
+
+def delete_block(actor: Actor, vehicle: Vehicle, block_public_id: str) -> None:
+    """Put the car back on the market for a blocked period."""
+    _require_in_agency(actor, vehicle.agency_id, Permission.AGENCY_VEHICLE_WRITE)
+    block = db.session.execute(
+        select(AvailabilityBlock).where(AvailabilityBlock.vehicle_id == vehicle.id,
+                                        AvailabilityBlock.public_id == block_public_id)
+    ).scalar_one_or_none()
+    if block is None:
+        raise NotFound()
+    db.session.execute(delete(VehicleOccupancy).where(VehicleOccupancy.block_id == block.id))
+    db.session.delete(block)
+    db.session.flush()
+    audit.record(actor, "vehicle:block:delete", vehicle, block=block_public_id)
+
+
+# ---- public search (P-14) --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GeoPoint:
+    """A position sent with one search request; used for that request only, never stored or logged."""
+
+    latitude: float
+    longitude: float
+
+    def __repr__(self) -> str:  # keep the numbers out of tracebacks and debug output
+        return "GeoPoint(<redacted>)"
+
+
+@dataclass(frozen=True)
+class SearchQuery:
+    city: str | None = None
+    point: GeoPoint | None = None
+    radius_km: float = DEFAULT_RADIUS_KM
+    starts_at: datetime | None = None
+    ends_at: datetime | None = None
+    category: str | None = None
+    min_price: int | None = None
+    max_price: int | None = None
+    sort: str = "price"
+    after: tuple[float | int, int] | None = None  # the last (sort key, id) of the previous page
+    limit: int = 20
+
+    def __repr__(self) -> str:
+        return f"SearchQuery(city={self.city!r}, sort={self.sort!r}, point={'set' if self.point else None})"
+
+    def fingerprint(self) -> list[Any]:
+        """What a cursor is bound to (coordinates excluded: they never leave the request)."""
+        return [self.city, self.category, self.min_price, self.max_price, self.sort,
+                self.starts_at.isoformat() if self.starts_at else None,
+                self.ends_at.isoformat() if self.ends_at else None, self.radius_km if self.point else None]
+
+
+@dataclass(frozen=True)
+class SearchHit:
+    vehicle: Vehicle
+    agency_name: str
+    distance_km: float | None
+    sort_key: float | int
+    cover_photo: str | None
+
+
+def _sqlite_text(when: datetime) -> str:
+    """A UTC time exactly as SQLAlchemy stores it in SQLite (text that sorts chronologically)."""
+    return when.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+
+
+def _free_for(starts_at: datetime, ends_at: datetime, dialect: str) -> ColumnElement[bool]:
+    """``NOT EXISTS`` an occupancy overlapping ``[starts_at, ends_at + the car's turnaround)``: is_free in SQL.
+
+    The predicate is ``bookings.service.is_free``'s. The ``starts_at > start - MAX_OCCUPANCY`` bound (every
+    occupancy is shorter than that) and an upper bound from the longest possible turnaround keep each probe
+    to a few index entries. On PostgreSQL the overlap is written as the exclusion constraint's own
+    ``tstzrange(starts_at, ends_at, '[)') && ...``, so the planner may probe its GiST index too.
+    """
+    occ = VehicleOccupancy
+    start = starts_at.astimezone(UTC)
+    end = ends_at.astimezone(UTC)
+    bounds = [occ.vehicle_id == Vehicle.id, occ.starts_at > start - MAX_OCCUPANCY,
+              occ.starts_at < end + timedelta(minutes=MAX_TURNAROUND_MINUTES), occ.ends_at > start]
+    overlap: ColumnElement[bool]
+    if dialect == "postgresql":
+        until = literal(end, UTCDateTime()) + type_coerce(
+            func.make_interval(0, 0, 0, 0, 0, Vehicle.turnaround_minutes), Interval())
+        overlap = func.tstzrange(occ.starts_at, occ.ends_at, _HALF_OPEN).op("&&")(
+            func.tstzrange(literal(start, UTCDateTime()), until, _HALF_OPEN))
+    else:
+        # SQLite keeps UTC times as text ("YYYY-MM-DD HH:MM:SS.ffffff"): add the minutes with strftime and
+        # put the fraction back, so the comparison stays exact (a back-to-back period is free)
+        text_end = _sqlite_text(end)
+        modifier = "+" + cast(Vehicle.turnaround_minutes, String) + " minutes"
+        until_text = func.strftime("%Y-%m-%d %H:%M:%S", text_end, modifier, type_=String) + text_end[19:]
+        overlap = occ.starts_at < until_text
+    return ~select(occ.id).where(*bounds, overlap).exists()
+
+
+def search(query: SearchQuery, *, extra_filters: Iterable[ColumnElement[bool]] = ()) -> list[SearchHit]:
+    """Cars anyone can book, free for the whole period; ``limit + 1`` rows so the caller knows if more follow.
+
+    No totals: counting every free car in a big city costs more than the page itself (PERFORMANCE.md).
+    """
+    dialect = db.engine.dialect.name
+    conditions: list[ColumnElement[bool]] = [
+        Vehicle.status == VehicleStatus.LISTED, Vehicle.deleted_at.is_(None), Agency.status == AgencyStatus.ACTIVE,
+        *extra_filters,
+    ]
+    if query.city is not None:
+        conditions.append(Vehicle.city == query.city)
+    if query.category is not None:
+        conditions.append(Vehicle.category == query.category)
+    if query.min_price is not None:
+        conditions.append(Vehicle.daily_price_fils >= query.min_price)
+    if query.max_price is not None:
+        conditions.append(Vehicle.daily_price_fils <= query.max_price)
+    distance2: ColumnElement[Any] | None = None
+    if query.point is not None:
+        distance2, box = _distance(query.point, query.radius_km)
+        conditions.extend(box)
+    if query.starts_at is not None and query.ends_at is not None:
+        conditions.append(_free_for(query.starts_at, query.ends_at, dialect))
+    if query.sort == "distance":
+        assert distance2 is not None
+        key: ColumnElement[Any] = distance2
+    else:
+        key = Vehicle.daily_price_fils.expression
+    if query.after is not None:
+        conditions.append(tuple_(key, Vehicle.id) > tuple_(query.after[0], query.after[1]))
+    columns: list[Any] = [Vehicle, Agency.business_name]
+    columns.append(distance2 if distance2 is not None else literal_column("NULL"))
+    stmt = (select(*columns).join(Agency, Agency.id == Vehicle.agency_id).where(*conditions)
+            .order_by(key, Vehicle.id).limit(query.limit + 1))
+    rows = db.session.execute(stmt).all()
+    covers = _cover_photos([row[0].id for row in rows])
+    hits = []
+    for vehicle, agency_name, d2 in rows:
+        distance = round(math.sqrt(d2) * KM_PER_DEGREE, 1) if d2 is not None else None
+        sort_key = d2 if query.sort == "distance" else vehicle.daily_price_fils
+        hits.append(SearchHit(vehicle, agency_name, distance, sort_key, covers.get(vehicle.id)))
+    return hits
+
+
+def _distance(point: GeoPoint, radius_km: float) -> tuple[ColumnElement[Any], list[ColumnElement[bool]]]:
+    """Squared equirectangular distance in degrees² (plain arithmetic, both databases) and a bounding box.
+
+    Within 100 km the error against the great circle is far below the 0.1 km the answer is rounded to.
+    ``cos(latitude)`` is computed here, once, not per row.
+    """
+    kx = max(math.cos(math.radians(point.latitude)), 0.01)
+    dlat = radius_km / KM_PER_DEGREE
+    dlng = dlat / kx
+    lat = cast(Vehicle.latitude, Float)
+    lng = cast(Vehicle.longitude, Float)
+    dy = lat - point.latitude
+    dx = (lng - point.longitude) * kx
+    distance2 = dy * dy + dx * dx
+    box = [Vehicle.latitude >= point.latitude - dlat, Vehicle.latitude <= point.latitude + dlat,
+           Vehicle.longitude >= point.longitude - dlng, Vehicle.longitude <= point.longitude + dlng,
+           distance2 <= dlat * dlat]
+    return distance2, box
+
+
+def _cover_photos(vehicle_ids: list[int]) -> dict[int, str]:
+    if not vehicle_ids:
+        return {}
+    rows = db.session.execute(
+        select(VehiclePhoto.vehicle_id, VehiclePhoto.public_id).where(VehiclePhoto.vehicle_id.in_(vehicle_ids))
+        .order_by(VehiclePhoto.vehicle_id, VehiclePhoto.position, VehiclePhoto.id)
+    ).all()
+    covers: dict[int, str] = {}
+    for vehicle_id, public_id in rows:
+        covers.setdefault(vehicle_id, public_id)
+    return covers
+
+
+def public_vehicle(public_id: str) -> tuple[Vehicle, Agency, list[VehiclePhoto]]:
+    """A car anyone may see (listed, not deleted, active agency), with its agency and photos."""
+    vehicle = bookable_vehicle(public_id)
+    agency = db.session.get(Agency, vehicle.agency_id)
+    assert agency is not None
+    return vehicle, agency, photos_of(vehicle)

@@ -213,6 +213,9 @@ def upload(actor: Actor, kind: str, stream: IO[bytes], declared_type: str | None
 def submit(actor: Actor) -> KycCase:
     user = actor.user
     case = current_case(user)
+    # in_review -> submitted is the reviewer's "release"; the customer may only submit a case they can edit
+    if case.status not in states.EDITABLE:
+        raise states.IllegalTransition(details={"from": case.status, "to": str(CaseStatus.SUBMITTED)})
     states.check(case.status, CaseStatus.SUBMITTED)
     identity = identity_of(user)
     missing = [] if identity is not None else ["identity"]
@@ -453,7 +456,10 @@ def _case_blob(case: KycCase, kind: str) -> Blob:
 
 
 def grant_image_view(actor: Actor, blob: Blob, *, purpose: str, context: str, reason: str) -> str:
-    """The one policy decision for every image view; returns a single-use token valid ~1 minute."""
+    """The one policy decision for every image view; returns a single-use token valid ~1 minute.
+
+    A refusal is audited, ends the caller's transaction and raises ``NotFound``.
+    """
     allowed = False
     if purpose == "own_profile":
         allowed = blob.user_id == actor.user.id and not actor.is_staff
@@ -468,7 +474,24 @@ def grant_image_view(actor: Actor, blob: Blob, *, purpose: str, context: str, re
             and blob.id in {getattr(case, slot) for slot in SLOTS.values()}
             and (case.claimed_by_id == actor.user.id or case.status == CaseStatus.AWAITING_SECOND_REVIEW)
         )
+    elif purpose == "agency_verification":
+        # platform staff verifying an agency (P-12): one of that agency's current documents, never their own
+        from marketplace.agencies.models import Agency, AgencyDocument
+
+        agency = db.session.execute(select(Agency).where(Agency.public_id == context)).scalar_one_or_none()
+        allowed = (
+            agency is not None
+            and actor.can(Permission.AGENCY_VERIFY)
+            and agency.id not in actor.agency_ids
+            and blob.owner == f"agency:{agency.public_id}"
+            and blob.id in set(db.session.execute(
+                select(AgencyDocument.blob_id).where(AgencyDocument.agency_id == agency.id)).scalars())
+        )
     if not allowed:
+        # The refusal is written in a transaction of its own and the request fails anyway, so end the caller's
+        # transaction first: it may hold SQLite's write lock or (after an earlier grant) the audit chain's
+        # advisory lock, and the refusal's transaction would wait on it forever.
+        db.session.rollback()
         audit.record_now(actor, "image:view_denied", ("blobs", blob.public_id), purpose=purpose, context=context)
         raise NotFound()
     token, digest = sessions.new_token("img_")

@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 import hashlib
-from typing import Any
+from typing import Any, NoReturn
 
 from flask import Response, current_app, request
 from flask_smorest.fields import Upload
 
 from marketplace.api import ApiBlueprint
-from marketplace.errors import NotFound
+from marketplace.errors import NotFound, ServiceUnavailable
 from marketplace.extensions import db, limiter
 from marketplace.kyc import schemas as s
 from marketplace.kyc import service
 from marketplace.kyc.models import KycCase
 from marketplace.schemas import StrictSchema
 from marketplace.security import current_actor
+from marketplace.transactions import run_serialised
 
 kyc_bp = ApiBlueprint("kyc", __name__, url_prefix="/api/v1", description="Identity verification (KYC)")
 
@@ -140,9 +141,22 @@ def my_selfie() -> dict[str, Any]:
 @kyc_bp.response(200, description="The image (JPEG), never cached", content_type="image/jpeg")
 def image(token: str) -> Response:
     """Open a signed image link once (only by the person it was issued to)."""
-    data, blob = service.open_granted_image(current_actor(), token)
-    db.session.commit()
+    return spend_image_grant(token)
+
+
+def spend_image_grant(token: str) -> Response:
+    """Spend a grant in a transaction of its own and serve the image.
+
+    Every view writes (the grant is spent, an audit row appended) and a review page's images are fetched by
+    the browser all at once: on SQLite the transaction therefore begins IMMEDIATE, so those requests queue
+    for the write lock instead of failing with "database is locked".
+    """
+    data, blob = run_serialised(lambda: service.open_granted_image(current_actor(), token), on_conflict=_busy)
     return image_response(data, blob.mime)
+
+
+def _busy(_sqlstate: str | None) -> NoReturn:
+    raise ServiceUnavailable()
 
 
 def image_response(data: bytes, mime: str) -> Response:

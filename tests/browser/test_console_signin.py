@@ -18,6 +18,7 @@ from marketplace.extensions import db
 from marketplace.permissions import Role
 from tests.conftest import chromium_path
 from tests.factories import Person, make_staff, next_totp
+from tests.staff_web import unused_code
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -79,9 +80,20 @@ def _enter_code(tab: Any, live_server: str, code: str) -> None:
     tab.wait_for_url(f"{live_server}/console/")
 
 
+def _fresh() -> None:
+    """End the test's own read transaction: the live server writes from other threads, and on SQLite
+    a transaction keeps reading the snapshot it started with."""
+    db.session.rollback()
+
+
 def _full_name(person: Person) -> str:
-    db.session.expire_all()
+    _fresh()
     return person.user().full_name
+
+
+def _code(person: Person) -> str:
+    _fresh()
+    return next_totp(person)
 
 
 def test_staff_signs_in_with_password_and_totp(app: Flask, app_ctx: None, live_server: str,
@@ -92,7 +104,7 @@ def test_staff_signs_in_with_password_and_totp(app: Flask, app_ctx: None, live_s
     _sign_in_with_password(tab, live_server, admin)
     assert tab.locator("h1").inner_text() == "Two-step verification"
     assert tab.locator("#totp-secret").count() == 0
-    _enter_code(tab, live_server, next_totp(admin))
+    _enter_code(tab, live_server, _code(admin))
 
     assert tab.locator("h1").inner_text() == f"Welcome, {_full_name(admin).split()[0]}"
     assert _full_name(admin) in tab.locator("header").inner_text()
@@ -122,13 +134,13 @@ def test_first_sign_in_enrols_the_authenticator(app: Flask, app_ctx: None, live_
     assert tab.locator("#totp-secret").inner_text().strip() == secret
 
     reviewer.totp_secret = secret
-    code = next_totp(reviewer)
+    code = _code(reviewer)
     assert pyotp.TOTP(secret).verify(code, valid_window=1)
     _enter_code(tab, live_server, code)
     assert _full_name(reviewer) in tab.locator("header").inner_text()
     assert tab.locator("nav a", has_text="KYC queue").count() == 1
     assert tab.locator("nav a", has_text="Staff").count() == 0
-    db.session.expire_all()
+    _fresh()
     assert reviewer.user().totp_enrolled_at is not None
     assert journal.errors == []
 
@@ -138,13 +150,26 @@ def test_wrong_code_shows_an_error_without_console_errors(app: Flask, app_ctx: N
     tab, journal = page
     admin = make_staff(Role.ADMIN)
     _sign_in_with_password(tab, live_server, admin)
-    tab.fill("#code", "000000" if next_totp(admin) != "000000" else "111111")
+    tab.fill("#code", unused_code(admin.totp_secret or ""))
     with tab.expect_response(f"{live_server}/console/mfa") as answer:
         tab.click("form button[type=submit]:has-text('Verify')")
     assert answer.value.status == 401
     assert tab.locator("[role=alert]").count() == 1
     # the 401 document itself is expected; anything else in the console is not
     assert [e for e in journal.errors if "status of 401" not in e] == []
+
+
+def test_journal_sees_console_and_page_errors(live_server: str, page: tuple[Any, Journal]) -> None:
+    # negative control for the journeys above: a planted error is caught (TESTING.md section 6, rule 6)
+    tab, journal = page
+    tab.goto(f"{live_server}/console/login")
+    assert journal.errors == []
+    with tab.expect_console_message():
+        tab.evaluate("console.error('planted console error')")
+    with tab.expect_event("pageerror"):
+        tab.evaluate("setTimeout(() => { throw new Error('planted page error'); }, 0)")
+    assert any("planted console error" in e for e in journal.errors)
+    assert any("planted page error" in e for e in journal.errors)
 
 
 def test_api_docs_render_offline(app: Flask, live_server: str, page: tuple[Any, Journal]) -> None:

@@ -91,7 +91,8 @@ def submitted_case(client: FlaskClient, headers: dict[str, str]) -> dict[str, An
 
 
 def noisy_photo(width: int = 640, height: int = 480, seed: int = 7, fmt: str = "JPEG", **save: Any) -> bytes:
-    """A photo-like image with per-pixel noise, so every stretch of its encoded bytes is distinctive."""
+    """A photo-like image with random per-pixel noise (``seed`` only shifts the tint), so every stretch of
+    its encoded bytes is distinctive and two calls never give the same bytes."""
     noise = Image.effect_noise((width, height), 64)
     base = Image.merge("RGB", (noise, noise.rotate(90 if width == height else 180), noise.transpose(0)))
     image = Image.blend(base, Image.new("RGB", (width, height), (20 * seed % 255, 90, 140)), 0.3)
@@ -154,3 +155,19 @@ def png_bomb(width: int, height: int) -> bytes:
     header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
     return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", b"".join(parts))
             + chunk(b"IEND", b""))
+
+
+def upload_in_memory(client: FlaskClient, headers: dict[str, str], kind: str, data: bytes,
+                     content_type: str = "image/jpeg") -> Any:
+    """Like ``upload``, but the multipart body is built in memory: for bodies over 500 KB the test client
+    would otherwise spool it to a temporary file of its own (and leak the handle)."""
+    from werkzeug.datastructures import FileStorage
+    from werkzeug.test import encode_multipart
+
+    image = FileStorage(io.BytesIO(data), filename=f"{kind}.jpg", content_type=content_type)
+    if kind == "selfie":
+        path, values = "/api/v1/me/kyc/selfie", {"image": image}
+    else:
+        path, values = "/api/v1/me/kyc/documents", {"kind": kind, "image": image}
+    boundary, body = encode_multipart(values)
+    return client.post(path, headers=headers, data=body, content_type=f"multipart/form-data; boundary={boundary}")

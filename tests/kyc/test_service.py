@@ -42,7 +42,9 @@ from tests.staff_web import error_code, page_csrf
 
 
 def reviewer() -> Actor:
-    return actor_for(make_staff(Role.KYC_REVIEWER))
+    actor: Actor = actor_for(make_staff(Role.KYC_REVIEWER))
+    db.session.commit()  # the new session row must not hold SQLite's write lock during the test
+    return actor
 
 
 def submitted(client: Any) -> tuple[Any, dict[str, str], KycCase]:
@@ -77,7 +79,7 @@ def notices(user_id: int, kind: str) -> dict[str, list[OutboxMessage]]:
 # ---- the transition table ----------------------------------------------------------------------------
 
 ILLEGAL = [(a, b) for a in CaseStatus for b in CaseStatus if b not in TRANSITIONS[a]]
-LEGAL = [(a, b) for a in CaseStatus for b in TRANSITIONS[a]]
+LEGAL = [(a, b) for a in CaseStatus for b in sorted(TRANSITIONS[a])]  # sorted: stable test ids
 
 
 def test_every_state_has_a_row_and_final_states_lead_nowhere_else():
@@ -159,7 +161,7 @@ def test_claim_race_has_one_winner(app, client, app_ctx):  # CC: compare-and-set
     _, _, case = submitted(client)
     racers = [reviewer() for _ in range(5)]
     session_ids = [actor.session.id for actor in racers]
-    case_id = case.id
+    case_id, user_id = case.id, case.user_id
     db.session.commit()
     db.session.remove()
     barrier = threading.Barrier(len(racers))
@@ -191,9 +193,9 @@ def test_claim_race_has_one_winner(app, client, app_ctx):  # CC: compare-and-set
         thread.join(timeout=60)
     assert sorted(outcomes.values()) == ["conflict"] * (len(racers) - 1) + ["won"]
     winner = next(i for i, outcome in outcomes.items() if outcome == "won")
-    case = latest_case(case.user_id)
+    case = latest_case(user_id)
     assert case.status == CaseStatus.IN_REVIEW
-    assert case.claimed_by_id == racers[winner].user.id
+    assert case.claimed_by_id == db.session.get(AuthSession, session_ids[winner]).user_id
     assert len(audit_rows("kyc:claim")) == 1
 
 
@@ -358,6 +360,7 @@ def test_disputes_agent_and_dpo_cannot_decide(app, client, app_ctx, role):  # AZ
     _, _, case = submitted(client)
     outsider = make_staff(role)
     actor = actor_for(outsider)
+    db.session.commit()
     for call in (lambda: kyc.claim(actor, case), lambda: kyc.queue(actor),
                  lambda: kyc.get_case_for_review(actor, case.public_id),
                  lambda: kyc.decide(actor, case, decision="approve", reason_code="documents_match", note=None),
@@ -386,6 +389,7 @@ def test_reviewer_cannot_review_their_own_case(app, client, app_ctx):  # AZ-06
     case.user_id = self_reviewer.user_id  # the reviewer's own verification
     db.session.commit()
     actor = actor_for(self_reviewer)
+    db.session.commit()
     refused(lambda: kyc.claim(actor, case), 403, "self_review_forbidden")
     refused(lambda: kyc.decide(actor, case, decision="approve", reason_code="documents_match", note=None),
             403, "self_review_forbidden")

@@ -17,7 +17,6 @@ from typing import Any
 
 import pytest
 import time_machine
-from flask import Flask
 from flask.testing import FlaskClient
 from PIL import Image
 from sqlalchemy import select
@@ -42,6 +41,7 @@ from tests.kyc.helpers import (
     photo,
     submitted_case,
     upload,
+    upload_in_memory,
 )
 from tests.staff_web import db_snapshot
 
@@ -111,30 +111,31 @@ def _years_ago(years: int, days: int = 0) -> date:
 
 
 @pytest.mark.parametrize(
-    ("overrides", "expected_code", "field"),
+    ("overrides", "expected"),
     [
-        ({"licence_expiry": _past(1)}, "validation_error", "licence_expiry"),
-        ({"id_document_expiry": _past(30)}, "validation_error", "id_document_expiry"),
-        ({"id_document_type": "driving_permit"}, "validation_error", "id_document_type"),
-        ({"id_document_number": "784199012345671"}, "validation_error", "id_document_number"),  # no dashes
-        ({"id_document_number": "784-1990-123456-7"}, "validation_error", "id_document_number"),  # too short
+        ({"licence_expiry": _past(1)}, ("validation_error", "licence_expiry")),
+        ({"id_document_expiry": _past(30)}, ("validation_error", "id_document_expiry")),
+        ({"id_document_type": "driving_permit"}, ("validation_error", "id_document_type")),
+        ({"id_document_number": "784199012345671"}, ("validation_error", "id_document_number")),  # no dashes
+        ({"id_document_number": "784-1990-123456-7"}, ("validation_error", "id_document_number")),  # too short
         # right shape, wrong Luhn check digit
         ({"id_document_number": emirates_id(1990)[:-1] + str((int(emirates_id(1990)[-1]) + 1) % 10)},
-         "validation_error", "id_document_number"),
-        ({"id_document_number": emirates_id(1991)}, "validation_error", "id_document_number"),  # year != birth year
-        ({"id_document_type": "passport", "id_document_number": "AB12"}, "validation_error", "id_document_number"),
-        ({"id_document_type": "passport", "id_document_number": "AB-123456"}, "validation_error",
-         "id_document_number"),
-        ({"licence_issuer": "Dubai"}, "validation_error", "licence_issuer"),
-        ({"licence_number": "x"}, "validation_error", "licence_number"),
-        ({"nationality": "ARE"}, "validation_error", "nationality"),
-        ({"date_of_birth": "1990-02-30"}, "validation_error", "date_of_birth"),
-        ({"kyc_status": "approved"}, "unknown_field", "kyc_status"),  # AZ-08: no mass assignment
-        ({"status": "approved"}, "unknown_field", "status"),
+         ("validation_error", "id_document_number")),
+        ({"id_document_number": emirates_id(1991)}, ("validation_error", "id_document_number")),  # year != birth year
+        ({"id_document_type": "passport", "id_document_number": "AB12"}, ("validation_error", "id_document_number")),
+        ({"id_document_type": "passport", "id_document_number": "AB-123456"},
+         ("validation_error", "id_document_number")),
+        ({"licence_issuer": "Dubai"}, ("validation_error", "licence_issuer")),
+        ({"licence_number": "x"}, ("validation_error", "licence_number")),
+        ({"nationality": "ARE"}, ("validation_error", "nationality")),
+        ({"date_of_birth": "1990-02-30"}, ("validation_error", "date_of_birth")),
+        ({"kyc_status": "approved"}, ("unknown_field", "kyc_status")),  # AZ-08: no mass assignment
+        ({"status": "approved"}, ("unknown_field", "status")),
     ],
 )
-def test_invalid_identity_is_refused_and_nothing_is_stored(app, client, app_ctx, overrides, expected_code,
-                                                          field):  # enforces P-05, AZ-08
+def test_invalid_identity_is_refused_and_nothing_is_stored(app, client, app_ctx, overrides,
+                                                          expected):  # enforces P-05, AZ-08
+    expected_code, field = expected
     _, headers = customer_headers(client)
     before = db_snapshot(app)
     response = client.put(IDENTITY, headers=headers, json=identity_body(**overrides))
@@ -150,7 +151,8 @@ def test_invalid_identity_is_refused_and_nothing_is_stored(app, client, app_ctx,
 def test_under_21_is_refused_on_the_day(app, client, app_ctx):  # enforces P-01, P-05
     _, headers = customer_headers(client)
     young = _years_ago(21, days=1)  # 21 tomorrow
-    body = identity_body(date_of_birth=young.isoformat(), id_document_type="passport", id_document_number="P7654321")
+    body = identity_body(date_of_birth=young.isoformat(), id_document_type="passport",
+                         id_document_number="P7654321")
     response = client.put(IDENTITY, headers=headers, json=body)
     assert response.status_code == 422
     assert code(response) == "validation_error"
@@ -162,7 +164,8 @@ def test_under_21_is_refused_on_the_day(app, client, app_ctx):  # enforces P-01,
 
 def test_identity_must_be_json(app, client, app_ctx):  # IN-05
     _, headers = customer_headers(client)
-    response = client.put(IDENTITY, headers=headers, data="legal_name=x", content_type="application/x-www-form-urlencoded")
+    response = client.put(IDENTITY, headers=headers, data="legal_name=x",
+                          content_type="application/x-www-form-urlencoded")
     assert response.status_code == 415
     assert code(response) == "unsupported_media_type"
 
@@ -269,7 +272,7 @@ def test_hostile_document_is_refused_and_nothing_is_stored(app, client, app_ctx,
         assert payload != JPEG  # the frame header was found and rewritten
     _, headers = customer_headers(client)
     before, files_before = db_snapshot(app), blob_files(app)
-    response = upload(client, headers, "id_front", payload, content_type=declared)
+    response = upload_in_memory(client, headers, "id_front", payload, content_type=declared)
     assert response.status_code == status, response.get_json()
     assert code(response) == expected
     assert db_snapshot(app) == before  # no blob row, no data key, no case, no audit row
@@ -282,7 +285,7 @@ def test_hostile_selfie_is_refused_the_same_way(app, client, app_ctx, name):  # 
     _, headers = customer_headers(client)
     give_face_consent(client, headers)
     before, files_before = db_snapshot(app), blob_files(app)
-    response = upload(client, headers, "selfie", data_factory(), content_type=declared)
+    response = upload_in_memory(client, headers, "selfie", data_factory(), content_type=declared)
     assert (response.status_code, code(response)) == (status, expected)
     assert db_snapshot(app) == before
     assert blob_files(app) == files_before
@@ -294,7 +297,7 @@ def test_body_over_the_request_limit_is_refused_before_the_view(app, client, app
     monkeypatch.setattr(kyc, "upload", lambda *a, **k: calls.append("upload"))
     limit = app.config["MAX_CONTENT_LENGTH"]
     before, files_before = db_snapshot(app), blob_files(app)
-    response = upload(client, headers, "id_front", JPEG + b"\x00" * limit)
+    response = upload_in_memory(client, headers, "id_front", JPEG + b"\x00" * limit)
     assert response.status_code == 413
     assert code(response) == "payload_too_large"
     assert calls == []
@@ -454,7 +457,7 @@ def test_resubmission_request_names_exactly_what_to_send_and_empties_those_slots
 
 
 def test_own_selfie_link_is_single_use_short_lived_and_never_cached(app, client, app_ctx):  # enforces P-11
-    person, headers = customer_headers(client)
+    _, headers = customer_headers(client)
     give_face_consent(client, headers)
     uploaded = photo(colour=(200, 30, 30))
     assert upload(client, headers, "selfie", uploaded).status_code == 201
@@ -492,7 +495,7 @@ def test_selfie_link_before_any_selfie_is_not_found(app, client, app_ctx):
 
 
 def test_another_customer_cannot_use_the_link(app, client, app_ctx):  # AZ-03, enforces P-11
-    owner, owner_headers = customer_headers(client)
+    _, owner_headers = customer_headers(client)
     _, other_headers = customer_headers(client)
     give_face_consent(client, owner_headers)
     assert upload(client, owner_headers, "selfie").status_code == 201

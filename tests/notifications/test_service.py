@@ -215,16 +215,17 @@ def test_a_refused_recipient_keeps_the_address_out_of_the_logs(
 # ---- notify() and preferences ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("in_app", "email", "essential", "expected"), [
-    (True, True, False, {Channel.IN_APP, Channel.EMAIL}),
-    (False, True, False, {Channel.EMAIL}),
-    (True, False, False, {Channel.IN_APP}),
-    (False, False, False, set()),
-    (False, False, True, {Channel.IN_APP, Channel.EMAIL}),  # essential notices always go
-])
+@pytest.mark.parametrize(("prefs", "expected"), [
+    ((True, True, False), {Channel.IN_APP, Channel.EMAIL}),
+    ((False, True, False), {Channel.EMAIL}),
+    ((True, False, False), {Channel.IN_APP}),
+    ((False, False, False), set()),
+    ((False, False, True), {Channel.IN_APP, Channel.EMAIL}),  # essential notices always go
+], ids=["both", "email-only", "in-app-only", "none", "essential"])
 def test_notify_respects_preferences_but_essential_notices_always_go(
-    app: Flask, smtp_server: Any, in_app: bool, email: bool, essential: bool, expected: set[str],
+    app: Flask, smtp_server: Any, prefs: tuple[bool, bool, bool], expected: set[str],
 ) -> None:
+    in_app, email, essential = prefs
     person = _customer(app, notify_in_app=in_app, notify_email=email)
     with app.app_context():
         user = person.user()

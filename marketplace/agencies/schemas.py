@@ -1,0 +1,150 @@
+"""Agency schemas, split by direction: ``*In`` for requests, ``*Out`` for responses (allow-listed fields)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from marshmallow import ValidationError, fields, validate, validates_schema
+
+from marketplace.agencies.models import AgencyDocumentKind
+from marketplace.permissions import AGENCY_ROLES
+from marketplace.schemas import OutSchema, PageArgsSchema, PageInfoSchema, StrictInteger, StrictSchema, Text
+
+_COUNTRY = validate.Regexp(r"^[A-Za-z]{2}$", error="Use a two-letter ISO 3166-1 country code.")
+_PASSWORD = fields.String(required=True, load_only=True, validate=validate.Length(min=1, max=256))
+_AGENCY_PARAM = {"description": "Public id of one of your agencies; needed only if you work for several"}
+
+
+class AgencyAddressIn(StrictSchema):
+    line1 = Text(max_length=200, required=True)
+    city = Text(max_length=100, required=True)
+    country = fields.String(required=True, validate=_COUNTRY)
+
+
+class AgencyAddressPatchIn(AgencyAddressIn):
+    """Every field optional: a patch changes only the parts it names."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("partial", True)
+        super().__init__(**kwargs)
+
+
+class OwnerIn(StrictSchema):
+    full_name = Text(max_length=200, required=True)
+    email = Text(max_length=254, required=True, metadata={"description": "The owner's sign-in e-mail"})
+    password = _PASSWORD
+
+
+class AgencySignUpIn(StrictSchema):
+    business_name = Text(max_length=200, required=True)
+    trade_licence_number = Text(max_length=64, required=True)
+    trn = Text(max_length=24, required=True,
+               metadata={"description": "UAE tax registration number: 15 digits starting with 100"})
+    address = fields.Nested(AgencyAddressIn, required=True)
+    representative_name = Text(max_length=200, required=True, metadata={"description": "Authorised representative"})
+    contact_email = Text(max_length=254, required=True)
+    contact_phone = Text(max_length=20, required=True,
+                         metadata={"description": "International format, e.g. +97143001234"})
+    owner = fields.Nested(OwnerIn, required=True, metadata={"description": "The owner's staff account"})
+
+
+class AgencyQueryIn(StrictSchema):
+    agency = Text(max_length=64, metadata=_AGENCY_PARAM)
+
+
+class AgencyPatchIn(StrictSchema):
+    business_name = Text(max_length=200, metadata={"description": "Only before verification"})
+    trade_licence_number = Text(max_length=64, metadata={"description": "Only before verification"})
+    trn = Text(max_length=24, metadata={"description": "Only before verification"})
+    representative_name = Text(max_length=200, metadata={"description": "Only before verification"})
+    contact_email = Text(max_length=254)
+    contact_phone = Text(max_length=20)
+    address = fields.Nested(AgencyAddressPatchIn)
+    turnaround_minutes = StrictInteger(validate=validate.Range(min=0, max=1440),
+                                       metadata={"description": "Default gap between two rentals of one car"})
+
+    @validates_schema
+    def _not_empty(self, data: dict[str, Any], **kwargs: Any) -> None:
+        if not data:
+            raise ValidationError("Send at least one field to change.")
+
+
+def _missing_documents(agency: Any) -> list[str]:
+    from marketplace.agencies.service import missing_documents
+
+    return missing_documents(agency)
+
+
+class AgencyAddressOut(OutSchema):
+    line1 = fields.String(attribute="address_line1", required=True)
+    city = fields.String(attribute="address_city", required=True)
+    country = fields.String(attribute="address_country", required=True)
+
+
+class AgencyOut(OutSchema):
+    id = fields.String(attribute="public_id", required=True)
+    business_name = fields.String(required=True)
+    trade_licence_number = fields.String(required=True)
+    trn = fields.String(required=True)
+    address = fields.Function(lambda a: AgencyAddressOut().dump(a), required=True)
+    representative_name = fields.String(required=True)
+    contact_email = fields.String(required=True)
+    contact_phone = fields.String(required=True)
+    status = fields.String(required=True, metadata={
+        "description": "pending_verification, active, rejected, suspended or terminated"})
+    status_reason = fields.String(allow_none=True, required=True,
+                                  metadata={"description": "Why it was rejected or suspended"})
+    verified_at = fields.DateTime(allow_none=True, required=True)
+    turnaround_minutes = fields.Integer(required=True)
+    missing_documents = fields.Function(_missing_documents, required=True,
+                                        metadata={"description": "Verification documents still to upload"})
+    created_at = fields.DateTime(required=True)
+
+
+class AgencyDocumentFormIn(StrictSchema):
+    kind = fields.String(required=True, validate=validate.OneOf([k.value for k in AgencyDocumentKind]))
+
+
+class AgencyDocumentOut(OutSchema):
+    id = fields.String(attribute="public_id", required=True)
+    kind = fields.String(required=True)
+    uploaded_at = fields.DateTime(required=True)
+
+
+class AgencyDocumentListOut(OutSchema):
+    status = fields.String(required=True)
+    items = fields.List(fields.Nested(AgencyDocumentOut), required=True)
+    missing = fields.List(fields.String(), required=True)
+
+
+class StaffPageIn(PageArgsSchema):
+    agency = Text(max_length=64, metadata=_AGENCY_PARAM)
+
+
+class StaffMemberOut(OutSchema):
+    id = fields.Function(lambda m: m.user.public_id, required=True)
+    full_name = fields.Function(lambda m: m.user.full_name, required=True)
+    email = fields.Function(lambda m: m.user.email, required=True)
+    status = fields.Function(lambda m: m.user.status, required=True)
+    roles = fields.List(fields.String(), required=True, metadata={"description": "Roles in this agency"})
+    mfa_enrolled = fields.Function(lambda m: m.user.totp_enrolled_at is not None, required=True)
+
+
+class StaffPageOut(OutSchema):
+    items = fields.List(fields.Nested(StaffMemberOut), required=True)
+    page = fields.Nested(PageInfoSchema, required=True)
+
+
+class InvitationIn(StrictSchema):
+    email = Text(max_length=254, required=True)
+    full_name = Text(max_length=200, required=True)
+    role = fields.String(required=True, validate=validate.OneOf(sorted(str(r) for r in AGENCY_ROLES)),
+                         metadata={"description": "Only an owner may invite another owner"})
+
+
+class InvitationOut(OutSchema):
+    id = fields.String(attribute="public_id", required=True)
+    email = fields.String(required=True)
+    full_name = fields.String(required=True)
+    role = fields.String(required=True)
+    expires_at = fields.DateTime(required=True)
