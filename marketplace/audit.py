@@ -155,7 +155,13 @@ def record_now(
     outcome: str = "denied",
     **data: Any,
 ) -> None:
-    """Append and commit at once, outside the request's transaction (for refusals)."""
+    """Append and commit at once, outside the request's transaction (for refusals).
+
+    A refusal changes nothing, so whatever the request flushed so far is rolled back first: its
+    locks (SQLite's write lock, row locks, the chain's advisory lock) would otherwise make this
+    second transaction wait on the first.
+    """
+    db.session.rollback()
     engine = db.engine
     if engine.dialect.name == "sqlite":
         # take SQLite's write lock before reading the chain's tail: a deferred transaction whose tail

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -19,12 +18,13 @@ from typing import IO, Any
 from sqlalchemy import (
     ColumnElement,
     Float,
+    Integer,
     Interval,
     String,
+    bindparam,
     cast,
     delete,
     func,
-    literal,
     literal_column,
     select,
     tuple_,
@@ -502,11 +502,33 @@ class SearchQuery:
 
 @dataclass(frozen=True)
 class SearchHit:
-    vehicle: Vehicle
-    agency_name: str
+    """One car of a result page: the selected columns (not an ORM object), its distance and its sort key."""
+
+    row: Any  # id, public_id, make, model, year, category, seats, transmission, fuel_type, city, latitude,
+    #           longitude, pickup_address, daily_price_fils, deposit_fils, currency, agency_name, cover_photo
     distance_km: float | None
     sort_key: float | int
-    cover_photo: str | None
+
+
+@dataclass(frozen=True)
+class _Shape:
+    """What decides the statement's text; the values travel as bound parameters."""
+
+    dialect: str
+    city: bool
+    category: bool
+    min_price: bool
+    max_price: bool
+    point: bool
+    period: bool
+    sort: str
+    after: bool
+
+
+# Built search statements by shape (a few dozen at most). Immutable SQL expressions, no data: SQLAlchemy then
+# reuses their compiled form, and a request only binds values. Building the expression tree each time cost more
+# than running the query.
+_STATEMENTS: dict[_Shape, Any] = {}
 
 
 def _sqlite_text(when: datetime) -> str:
@@ -514,8 +536,8 @@ def _sqlite_text(when: datetime) -> str:
     return when.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
 
 
-def _free_for(starts_at: datetime, ends_at: datetime, dialect: str) -> ColumnElement[bool]:
-    """``NOT EXISTS`` an occupancy overlapping ``[starts_at, ends_at + the car's turnaround)``: is_free in SQL.
+def _free_for(dialect: str) -> ColumnElement[bool]:
+    """``NOT EXISTS`` an occupancy overlapping ``[:start, :end + the car's turnaround)``: is_free in SQL.
 
     The predicate is ``bookings.service.is_free``'s. The ``starts_at > start - MAX_OCCUPANCY`` bound (every
     occupancy is shorter than that) and an upper bound from the longest possible turnaround keep each probe
@@ -523,102 +545,114 @@ def _free_for(starts_at: datetime, ends_at: datetime, dialect: str) -> ColumnEle
     ``tstzrange(starts_at, ends_at, '[)') && ...``, so the planner may probe its GiST index too.
     """
     occ = VehicleOccupancy
-    start = starts_at.astimezone(UTC)
-    end = ends_at.astimezone(UTC)
-    bounds = [occ.vehicle_id == Vehicle.id, occ.starts_at > start - MAX_OCCUPANCY,
-              occ.starts_at < end + timedelta(minutes=MAX_TURNAROUND_MINUTES), occ.ends_at > start]
+    when = UTCDateTime()
+    bounds = [occ.vehicle_id == Vehicle.id, occ.starts_at > bindparam("occ_low", type_=when),
+              occ.starts_at < bindparam("occ_high", type_=when), occ.ends_at > bindparam("start", type_=when)]
     overlap: ColumnElement[bool]
     if dialect == "postgresql":
-        until = literal(end, UTCDateTime()) + type_coerce(
+        until = bindparam("end", type_=when) + type_coerce(
             func.make_interval(0, 0, 0, 0, 0, Vehicle.turnaround_minutes), Interval())
         overlap = func.tstzrange(occ.starts_at, occ.ends_at, _HALF_OPEN).op("&&")(
-            func.tstzrange(literal(start, UTCDateTime()), until, _HALF_OPEN))
+            func.tstzrange(bindparam("start", type_=when), until, _HALF_OPEN))
     else:
         # SQLite keeps UTC times as text ("YYYY-MM-DD HH:MM:SS.ffffff"): add the minutes with strftime and
         # put the fraction back, so the comparison stays exact (a back-to-back period is free)
-        text_end = _sqlite_text(end)
         modifier = "+" + cast(Vehicle.turnaround_minutes, String) + " minutes"
-        until_text = func.strftime("%Y-%m-%d %H:%M:%S", text_end, modifier, type_=String) + text_end[19:]
+        until_text = (func.strftime("%Y-%m-%d %H:%M:%S", bindparam("end_text", type_=String), modifier,
+                                    type_=String) + bindparam("end_fraction", type_=String))
         overlap = occ.starts_at < until_text
     return ~select(occ.id).where(*bounds, overlap).exists()
 
 
-def search(query: SearchQuery, *, extra_filters: Iterable[ColumnElement[bool]] = ()) -> list[SearchHit]:
+def _distance2() -> ColumnElement[Any]:
+    """Squared equirectangular distance in degrees² from (:lat, :lng), with ``:kx = cos(lat)`` computed in
+    Python: plain arithmetic that both databases run per row. Within 100 km its error against the great circle
+    is far below the 0.1 km the answer is rounded to."""
+    dy = cast(Vehicle.latitude, Float) - bindparam("lat", type_=Float())
+    dx = (cast(Vehicle.longitude, Float) - bindparam("lng", type_=Float())) * bindparam("kx", type_=Float())
+    return dy * dy + dx * dx
+
+
+def _build(shape: _Shape) -> Any:
+    distance2 = _distance2() if shape.point else None
+    conditions: list[ColumnElement[bool]] = [
+        Vehicle.status == VehicleStatus.LISTED.value, Vehicle.deleted_at.is_(None),
+        Agency.status == AgencyStatus.ACTIVE.value,
+    ]
+    if shape.city:
+        conditions.append(Vehicle.city == bindparam("city", type_=String))
+    if shape.category:
+        conditions.append(Vehicle.category == bindparam("category", type_=String))
+    if shape.min_price:
+        conditions.append(Vehicle.daily_price_fils >= bindparam("min_price", type_=Integer))
+    if shape.max_price:
+        conditions.append(Vehicle.daily_price_fils <= bindparam("max_price", type_=Integer))
+    if distance2 is not None:
+        conditions += [Vehicle.latitude >= bindparam("lat_min", type_=Float()),
+                       Vehicle.latitude <= bindparam("lat_max", type_=Float()),
+                       Vehicle.longitude >= bindparam("lng_min", type_=Float()),
+                       Vehicle.longitude <= bindparam("lng_max", type_=Float()),
+                       distance2 <= bindparam("radius2", type_=Float())]
+    if shape.period:
+        conditions.append(_free_for(shape.dialect))
+    key: ColumnElement[Any]
+    if shape.sort == "distance":
+        assert distance2 is not None
+        key = distance2
+    else:
+        key = Vehicle.daily_price_fils.expression
+    if shape.after:
+        conditions.append(tuple_(key, Vehicle.id) > tuple_(bindparam("after_key", type_=key.type),
+                                                            bindparam("after_id", type_=Integer)))
+    cover = (select(VehiclePhoto.public_id).where(VehiclePhoto.vehicle_id == Vehicle.id)
+             .order_by(VehiclePhoto.position, VehiclePhoto.id).limit(1).scalar_subquery())
+    columns = [Vehicle.id, Vehicle.public_id, Vehicle.make, Vehicle.model, Vehicle.year, Vehicle.category,
+               Vehicle.seats, Vehicle.transmission, Vehicle.fuel_type, Vehicle.city,
+               cast(Vehicle.latitude, Float).label("latitude"), cast(Vehicle.longitude, Float).label("longitude"),
+               Vehicle.pickup_address, Vehicle.daily_price_fils, Vehicle.deposit_fils, Vehicle.currency,
+               Agency.business_name.label("agency_name"), cover.label("cover_photo"),
+               (distance2 if distance2 is not None else literal_column("NULL")).label("distance2")]
+    return (select(*columns).join(Agency, Agency.id == Vehicle.agency_id).where(*conditions)
+            .order_by(key, Vehicle.id).limit(bindparam("limit", type_=Integer)))
+
+
+def _parameters(query: SearchQuery, dialect: str) -> dict[str, Any]:
+    params: dict[str, Any] = {"city": query.city, "category": query.category, "min_price": query.min_price,
+                              "max_price": query.max_price, "limit": query.limit + 1}
+    if query.point is not None:
+        kx = max(math.cos(math.radians(query.point.latitude)), 0.01)
+        dlat = query.radius_km / KM_PER_DEGREE
+        params.update(lat=query.point.latitude, lng=query.point.longitude, kx=kx, radius2=dlat * dlat,
+                      lat_min=query.point.latitude - dlat, lat_max=query.point.latitude + dlat,
+                      lng_min=query.point.longitude - dlat / kx, lng_max=query.point.longitude + dlat / kx)
+    if query.starts_at is not None and query.ends_at is not None:
+        start, end = query.starts_at.astimezone(UTC), query.ends_at.astimezone(UTC)
+        params.update(start=start, end=end, occ_low=start - MAX_OCCUPANCY,
+                      occ_high=end + timedelta(minutes=MAX_TURNAROUND_MINUTES))
+        if dialect != "postgresql":
+            text_end = _sqlite_text(end)
+            params.update(end_text=text_end[:19], end_fraction=text_end[19:])
+    if query.after is not None:
+        params.update(after_key=query.after[0], after_id=query.after[1])
+    return {k: v for k, v in params.items() if v is not None}
+
+
+def search(query: SearchQuery) -> list[SearchHit]:
     """Cars anyone can book, free for the whole period; ``limit + 1`` rows so the caller knows if more follow.
 
     No totals: counting every free car in a big city costs more than the page itself (PERFORMANCE.md).
     """
     dialect = db.engine.dialect.name
-    conditions: list[ColumnElement[bool]] = [
-        Vehicle.status == VehicleStatus.LISTED, Vehicle.deleted_at.is_(None), Agency.status == AgencyStatus.ACTIVE,
-        *extra_filters,
-    ]
-    if query.city is not None:
-        conditions.append(Vehicle.city == query.city)
-    if query.category is not None:
-        conditions.append(Vehicle.category == query.category)
-    if query.min_price is not None:
-        conditions.append(Vehicle.daily_price_fils >= query.min_price)
-    if query.max_price is not None:
-        conditions.append(Vehicle.daily_price_fils <= query.max_price)
-    distance2: ColumnElement[Any] | None = None
-    if query.point is not None:
-        distance2, box = _distance(query.point, query.radius_km)
-        conditions.extend(box)
-    if query.starts_at is not None and query.ends_at is not None:
-        conditions.append(_free_for(query.starts_at, query.ends_at, dialect))
-    if query.sort == "distance":
-        assert distance2 is not None
-        key: ColumnElement[Any] = distance2
-    else:
-        key = Vehicle.daily_price_fils.expression
-    if query.after is not None:
-        conditions.append(tuple_(key, Vehicle.id) > tuple_(query.after[0], query.after[1]))
-    columns: list[Any] = [Vehicle, Agency.business_name]
-    columns.append(distance2 if distance2 is not None else literal_column("NULL"))
-    stmt = (select(*columns).join(Agency, Agency.id == Vehicle.agency_id).where(*conditions)
-            .order_by(key, Vehicle.id).limit(query.limit + 1))
-    rows = db.session.execute(stmt).all()
-    covers = _cover_photos([row[0].id for row in rows])
-    hits = []
-    for vehicle, agency_name, d2 in rows:
-        distance = round(math.sqrt(d2) * KM_PER_DEGREE, 1) if d2 is not None else None
-        sort_key = d2 if query.sort == "distance" else vehicle.daily_price_fils
-        hits.append(SearchHit(vehicle, agency_name, distance, sort_key, covers.get(vehicle.id)))
-    return hits
-
-
-def _distance(point: GeoPoint, radius_km: float) -> tuple[ColumnElement[Any], list[ColumnElement[bool]]]:
-    """Squared equirectangular distance in degrees² (plain arithmetic, both databases) and a bounding box.
-
-    Within 100 km the error against the great circle is far below the 0.1 km the answer is rounded to.
-    ``cos(latitude)`` is computed here, once, not per row.
-    """
-    kx = max(math.cos(math.radians(point.latitude)), 0.01)
-    dlat = radius_km / KM_PER_DEGREE
-    dlng = dlat / kx
-    lat = cast(Vehicle.latitude, Float)
-    lng = cast(Vehicle.longitude, Float)
-    dy = lat - point.latitude
-    dx = (lng - point.longitude) * kx
-    distance2 = dy * dy + dx * dx
-    box = [Vehicle.latitude >= point.latitude - dlat, Vehicle.latitude <= point.latitude + dlat,
-           Vehicle.longitude >= point.longitude - dlng, Vehicle.longitude <= point.longitude + dlng,
-           distance2 <= dlat * dlat]
-    return distance2, box
-
-
-def _cover_photos(vehicle_ids: list[int]) -> dict[int, str]:
-    if not vehicle_ids:
-        return {}
-    rows = db.session.execute(
-        select(VehiclePhoto.vehicle_id, VehiclePhoto.public_id).where(VehiclePhoto.vehicle_id.in_(vehicle_ids))
-        .order_by(VehiclePhoto.vehicle_id, VehiclePhoto.position, VehiclePhoto.id)
-    ).all()
-    covers: dict[int, str] = {}
-    for vehicle_id, public_id in rows:
-        covers.setdefault(vehicle_id, public_id)
-    return covers
+    shape = _Shape(dialect, query.city is not None, query.category is not None, query.min_price is not None,
+                   query.max_price is not None, query.point is not None,
+                   query.starts_at is not None and query.ends_at is not None, query.sort, query.after is not None)
+    stmt = _STATEMENTS.get(shape)
+    if stmt is None:
+        stmt = _STATEMENTS[shape] = _build(shape)
+    rows = db.session.execute(stmt, _parameters(query, dialect)).all()
+    by_distance = query.sort == "distance"
+    return [SearchHit(row, round(math.sqrt(row.distance2) * KM_PER_DEGREE, 1) if row.distance2 is not None else None,
+                      row.distance2 if by_distance else row.daily_price_fils) for row in rows]
 
 
 def public_vehicle(public_id: str) -> tuple[Vehicle, Agency, list[VehiclePhoto]]:

@@ -6,7 +6,7 @@ import hashlib
 import json
 from typing import Any
 
-from flask import Response, current_app, request
+from flask import Response, current_app, jsonify, request
 from flask.views import MethodView
 
 from marketplace.api import ApiBlueprint
@@ -50,13 +50,15 @@ def _photos(v: Vehicle, photos: list[VehiclePhoto]) -> list[dict[str, Any]]:
 
 
 def summary_out(hit: fleet.SearchHit) -> dict[str, Any]:
-    v = hit.vehicle
+    r = hit.row
     return {
-        "id": v.public_id, "make": v.make, "model": v.model, "year": v.year, "category": v.category,
-        "seats": v.seats, "transmission": v.transmission, "fuel_type": v.fuel_type, "location": _location(v),
-        "daily_price_fils": v.daily_price_fils, "deposit_fils": v.deposit_fils, "currency": v.currency,
-        "agency": {"name": hit.agency_name},
-        "photo_url": _photo_url(v.public_id, hit.cover_photo) if hit.cover_photo else None,
+        "id": r.public_id, "make": r.make, "model": r.model, "year": r.year, "category": r.category,
+        "seats": r.seats, "transmission": r.transmission, "fuel_type": r.fuel_type,
+        "location": {"city": r.city, "latitude": r.latitude, "longitude": r.longitude,
+                     "pickup_address": r.pickup_address},
+        "daily_price_fils": r.daily_price_fils, "deposit_fils": r.deposit_fils, "currency": r.currency,
+        "agency": {"name": r.agency_name},
+        "photo_url": _photo_url(r.public_id, r.cover_photo) if r.cover_photo else None,
         "distance_km": hit.distance_km,
     }
 
@@ -111,7 +113,7 @@ def _search_query(args: dict[str, Any]) -> fleet.SearchQuery:
 @vehicles_bp.arguments(s.SearchArgs, location="query")
 @vehicles_bp.response(200, s.SearchPageOut)
 @public
-def search(args: dict[str, Any]) -> dict[str, Any]:
+def search(args: dict[str, Any]) -> Response:
     """Cars free for the whole period, by city or by position and radius (your position is never stored)."""
     query = _search_query(args)
     hits = fleet.search(query)
@@ -119,8 +121,10 @@ def search(args: dict[str, Any]) -> dict[str, Any]:
     hits = hits[: query.limit]
     cursor = None
     if more and hits:
-        cursor = encode_cursor("vehicles", [hits[-1].sort_key, hits[-1].vehicle.id, _fingerprint(query)])
-    return {"items": [summary_out(h) for h in hits], "page": {"next_cursor": cursor}}
+        cursor = encode_cursor("vehicles", [hits[-1].sort_key, hits[-1].row.id, _fingerprint(query)])
+    # the hottest public route: summary_out already builds exactly SearchPageOut's fields (tests validate every
+    # answer against it), so the page skips marshmallow's per-field dump, a quarter of the request's CPU
+    return jsonify({"items": [summary_out(h) for h in hits], "page": {"next_cursor": cursor}})
 
 
 @vehicles_bp.route("/<string:vehicle_id>")

@@ -192,6 +192,7 @@ def upload(actor: Actor, kind: str, stream: IO[bytes], declared_type: str | None
     case = current_case(user, create=True)
     if case.status not in states.EDITABLE:
         raise ReverificationRequired()
+    _check_upload_quota(user)
     policy = images.SELFIE_POLICY if kind == "selfie" else images.DOCUMENT_POLICY
     processed = images.process_image(stream, policy=policy, declared_type=declared_type)
     blob = vault.store(_owner(user), kind, processed.data, mime=processed.mime, width=processed.width,
@@ -208,6 +209,30 @@ def upload(actor: Actor, kind: str, stream: IO[bytes], declared_type: str | None
     db.session.flush()
     audit.record(actor, "kyc:upload", case, kind=kind, blob=blob.public_id)
     return blob
+
+
+UPLOADS_PER_MINUTE = 20
+STORED_BYTES_PER_USER = 200 * 1024 * 1024
+
+
+def _check_upload_quota(user: User) -> None:
+    """Per person, whatever the session (UP-07): a rate of uploads and a cap on what is kept."""
+    from sqlalchemy import func
+
+    from marketplace.errors import PayloadTooLarge, RateLimited
+
+    recent = db.session.execute(
+        select(func.count()).select_from(Blob).where(Blob.user_id == user.id,
+                                                     Blob.created_at > utcnow() - timedelta(minutes=1))
+    ).scalar_one()
+    if recent >= UPLOADS_PER_MINUTE:
+        raise RateLimited(headers={"Retry-After": "60"}, details={"limit": f"{UPLOADS_PER_MINUTE} per minute"})
+    stored = db.session.execute(
+        select(func.coalesce(func.sum(Blob.size), 0)).where(Blob.user_id == user.id, Blob.deleted_at.is_(None))
+    ).scalar_one()
+    if stored >= STORED_BYTES_PER_USER:
+        raise PayloadTooLarge("You have stored as much as an account may; replace an image instead.",
+                              details={"quota_bytes": STORED_BYTES_PER_USER})
 
 
 def submit(actor: Actor) -> KycCase:
@@ -488,10 +513,7 @@ def grant_image_view(actor: Actor, blob: Blob, *, purpose: str, context: str, re
                 select(AgencyDocument.blob_id).where(AgencyDocument.agency_id == agency.id)).scalars())
         )
     if not allowed:
-        # The refusal is written in a transaction of its own and the request fails anyway, so end the caller's
-        # transaction first: it may hold SQLite's write lock or (after an earlier grant) the audit chain's
-        # advisory lock, and the refusal's transaction would wait on it forever.
-        db.session.rollback()
+        # record_now ends the request's transaction first (its locks would block the refusal's row)
         audit.record_now(actor, "image:view_denied", ("blobs", blob.public_id), purpose=purpose, context=context)
         raise NotFound()
     token, digest = sessions.new_token("img_")

@@ -82,7 +82,7 @@ ILLEGAL = [(a, b) for a in CaseStatus for b in CaseStatus if b not in TRANSITION
 LEGAL = [(a, b) for a in CaseStatus for b in sorted(TRANSITIONS[a])]  # sorted: stable test ids
 
 
-def test_every_state_has_a_row_and_final_states_lead_nowhere_else():
+def test_every_state_has_a_row_and_final_states_lead_nowhere_else():  # enforces P-09
     assert set(TRANSITIONS) == set(CaseStatus)
     assert TRANSITIONS[CaseStatus.SUPERSEDED] == frozenset()
     assert CaseStatus.DRAFT not in {target for targets in TRANSITIONS.values() for target in targets}
@@ -97,7 +97,7 @@ def test_every_illegal_move_is_refused(current, target):  # enforces P-09
 
 
 @pytest.mark.parametrize(("current", "target"), LEGAL)
-def test_every_legal_move_is_allowed(current, target):
+def test_every_legal_move_is_allowed(current, target):  # enforces P-09
     states.check(current, target)
 
 

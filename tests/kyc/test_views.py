@@ -326,7 +326,7 @@ def test_json_body_to_an_upload_route_is_refused(app, client, app_ctx, route):  
     assert code(response) == "unsupported_media_type"
 
 
-def test_upload_needs_a_file_and_a_known_kind(app, client, app_ctx):
+def test_upload_needs_a_file_and_a_known_kind(app, client, app_ctx):  # IN-02, enforces P-07
     _, headers = customer_headers(client)
     no_file = client.post("/api/v1/me/kyc/documents", headers=headers, data={"kind": "id_front"},
                           content_type="multipart/form-data")
@@ -354,7 +354,7 @@ def test_submit_incomplete_lists_exactly_what_is_missing(app, client, app_ctx): 
     assert latest_case(person.user_id).status == "draft"
 
 
-def test_submit_needs_a_case(app, client, app_ctx):
+def test_submit_needs_a_case(app, client, app_ctx):  # enforces P-09
     _, headers = customer_headers(client)
     response = client.post(SUBMIT, headers=headers)
     assert response.status_code == 404
@@ -488,7 +488,7 @@ def test_own_selfie_link_is_single_use_short_lived_and_never_cached(app, client,
     assert expired.status_code == 404 and code(expired) == "not_found"
 
 
-def test_selfie_link_before_any_selfie_is_not_found(app, client, app_ctx):
+def test_selfie_link_before_any_selfie_is_not_found(app, client, app_ctx):  # enforces P-11
     _, headers = customer_headers(client)
     response = client.get(SELFIE_LINK, headers=headers)
     assert response.status_code == 404 and code(response) == "not_found"
@@ -533,3 +533,30 @@ def test_uploads_are_rate_limited_per_session(app, client, app_ctx):  # UP-07
     assert len(live) == 1
     uploads = db.session.execute(select(AuditEvent).where(AuditEvent.action == "kyc:upload")).all()
     assert len(uploads) == limit
+
+
+def test_upload_rate_is_per_person_not_per_session(app, client, app_ctx, monkeypatch):  # UP-07
+    """Signing in again does not buy a fresh quota: the limit counts the person's uploads."""
+    from marketplace.extensions import limiter
+
+    person, first = customer_headers(client)
+    monkeypatch.setattr(kyc, "UPLOADS_PER_MINUTE", 3)
+    small = photo(64, 48)
+    for _ in range(2):
+        assert upload(client, first, "id_front", small).status_code == 201
+    second = auth_headers(client, person)  # a new session
+    assert upload(client, second, "id_back", small).status_code == 201
+    limiter.reset()  # only the per-person rule is left to stop the next one
+    blocked = upload(client, second, "licence_front", small)
+    assert blocked.status_code == 429 and code(blocked) == "rate_limited"
+
+
+def test_stored_bytes_are_capped_per_person(app, client, app_ctx, monkeypatch):  # UP-07
+    person, headers = customer_headers(client)
+    assert upload(client, headers, "id_front", photo(640, 480)).status_code == 201
+    stored = db.session.execute(select(Blob.size).where(Blob.user_id == person.user_id)).scalar_one()
+    monkeypatch.setattr(kyc, "STORED_BYTES_PER_USER", stored)
+    files_before = blob_files(app)
+    refused = upload(client, headers, "id_back", photo(640, 480))
+    assert refused.status_code == 413 and code(refused) == "payload_too_large"
+    assert blob_files(app) == files_before
