@@ -152,9 +152,12 @@ def migrate(app: Any) -> None:
 
     from flask_migrate import upgrade
 
-    logging.getLogger("alembic").setLevel(logging.WARNING)
-    with app.app_context():
-        upgrade()
+    logging.disable(logging.INFO)  # the migrations' own progress lines (alembic.ini re-enables them)
+    try:
+        with app.app_context():
+            upgrade()
+    finally:
+        logging.disable(logging.NOTSET)
 
 
 # ---- data ------------------------------------------------------------------------------------------------

@@ -197,6 +197,15 @@ def _wants_html() -> bool:
 _LOCATIONS = {"json", "query", "querystring", "form", "files", "multipart", "headers"}
 
 
+def _unknown_paths(path: str, errors: Any) -> list[str]:
+    """Dotted paths of unknown fields, nested objects included (``address.price``)."""
+    if errors in (["Unknown field."], "Unknown field."):
+        return [path]
+    if isinstance(errors, dict):
+        return [p for key, value in errors.items() for p in _unknown_paths(f"{path}.{key}", value)]
+    return []
+
+
 def validation_details(messages: Any) -> tuple[str, dict[str, Any]]:
     """Split marshmallow messages into a code (unknown_field wins) and field details."""
     if not isinstance(messages, dict):
@@ -211,8 +220,7 @@ def validation_details(messages: Any) -> tuple[str, dict[str, Any]]:
             continue
         for field, errors in inner.items():
             flat[field] = errors
-            if errors in (["Unknown field."], "Unknown field."):
-                unknown.append(field)
+            unknown += _unknown_paths(field, errors)
     if unknown:
         return "unknown_field", {"fields": flat, "unknown": sorted(unknown)}
     return "validation_error", {"fields": flat}

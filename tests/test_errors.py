@@ -412,3 +412,22 @@ def test_security_headers_on_success_error_and_authenticated_responses(app, clie
     ]
     for response in responses:
         _check_headers(response)
+
+
+def test_unknown_nested_field_is_named_with_its_path(client):  # AZ-08
+    from tests.factories import registration_body
+
+    body = registration_body()
+    body["address"]["price"] = 1
+    response = client.post("/api/v1/auth/register", json=body)
+    assert response.status_code == 422
+    error = response.get_json()["error"]
+    assert error["code"] == "unknown_field"
+    assert error["details"]["unknown"] == ["address.price"]
+
+
+def test_phone_numbers_take_ascii_digits_only(client):
+    from tests.factories import registration_body
+
+    response = client.post("/api/v1/auth/register", json=registration_body(phone="+٩٧١٥٠١٢٣٤٥٦٧"))
+    assert response.status_code == 422

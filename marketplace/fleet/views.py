@@ -50,15 +50,14 @@ def _photos(v: Vehicle, photos: list[VehiclePhoto]) -> list[dict[str, Any]]:
 
 
 def summary_out(hit: fleet.SearchHit) -> dict[str, Any]:
-    r = hit.row
+    (_, public_id, make, model, year, category, seats, transmission, fuel_type, city, latitude, longitude,
+     pickup_address, daily_price, deposit, currency, agency_name, cover_photo, _) = hit.row
     return {
-        "id": r.public_id, "make": r.make, "model": r.model, "year": r.year, "category": r.category,
-        "seats": r.seats, "transmission": r.transmission, "fuel_type": r.fuel_type,
-        "location": {"city": r.city, "latitude": r.latitude, "longitude": r.longitude,
-                     "pickup_address": r.pickup_address},
-        "daily_price_fils": r.daily_price_fils, "deposit_fils": r.deposit_fils, "currency": r.currency,
-        "agency": {"name": r.agency_name},
-        "photo_url": _photo_url(r.public_id, r.cover_photo) if r.cover_photo else None,
+        "id": public_id, "make": make, "model": model, "year": year, "category": category, "seats": seats,
+        "transmission": transmission, "fuel_type": fuel_type,
+        "location": {"city": city, "latitude": latitude, "longitude": longitude, "pickup_address": pickup_address},
+        "daily_price_fils": daily_price, "deposit_fils": deposit, "currency": currency, "agency": {"name": agency_name},
+        "photo_url": f"/api/v1/vehicles/{public_id}/photos/{cover_photo}" if cover_photo else None,
         "distance_km": hit.distance_km,
     }
 

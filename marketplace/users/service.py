@@ -87,7 +87,7 @@ class PhoneInvalid(Unprocessable):
 
 # ---- normalisation -------------------------------------------------------------------------------
 
-_PHONE = re.compile(r"^\+[1-9]\d{7,14}$")
+_PHONE = re.compile(r"^\+[1-9][0-9]{7,14}$")  # ASCII digits only (\d would take Arabic-Indic digits too)
 
 
 def normalise_email(raw: str) -> str:
@@ -650,15 +650,16 @@ def invite_staff(actor: Actor, *, email: str, full_name: str, role: Role, agency
 
 
 def _check_may_grant(actor: Actor, role: Role, agency_id: int | None) -> None:
-    from marketplace.permissions import Permission
+    from marketplace.permissions import Permission, permissions_for
 
     if role in AGENCY_ROLES:
         if agency_id is None:
             raise Unprocessable(details={"fields": {"agency": ["Agency roles need an agency."]}})
         if actor.can(Permission.STAFF_MANAGE):
             return
-        if agency_id in actor.agency_ids and actor.can(Permission.AGENCY_STAFF_MANAGE):
-            if role == Role.AGENCY_OWNER and Role.AGENCY_OWNER not in actor.agency_roles(agency_id):
+        here = actor.agency_roles(agency_id)  # the rights held in THIS agency, not in any agency
+        if Permission.AGENCY_STAFF_MANAGE in permissions_for(here):
+            if role == Role.AGENCY_OWNER and Role.AGENCY_OWNER not in here:
                 raise Forbidden()
             return
         raise Forbidden()

@@ -24,6 +24,7 @@ from marketplace.audit import AuditEvent
 from marketplace.bookings.models import Booking
 from marketplace.extensions import db, utcnow
 from marketplace.fleet.models import AvailabilityBlock, Vehicle, VehicleOccupancy, VehiclePhoto
+from marketplace.fleet.schemas import SearchPageOut
 from marketplace.images import metadata_blocks
 from marketplace.permissions import Role
 from marketplace.vault.service import blob_store
@@ -363,8 +364,9 @@ def test_photos_are_stripped_public_and_removable(app: Flask, client: FlaskClien
     assert public.headers["X-Content-Type-Options"] == "nosniff"
     detail = client.get(f"/api/v1/vehicles/{car['id']}").get_json()
     assert [p["url"] for p in detail["photos"]] == [photo["url"]]
-    listing = client.get("/api/v1/vehicles?city=Dubai").get_json()["items"][0]
-    assert listing["photo_url"] == photo["url"]
+    page = client.get("/api/v1/vehicles?city=Dubai").get_json()
+    assert SearchPageOut().validate(page) == {}
+    assert page["items"][0]["photo_url"] == photo["url"]
 
     key = db.session.execute(select(VehiclePhoto.storage_key)).scalar_one()
     assert blob_store().exists(key)

@@ -23,6 +23,7 @@ from marketplace.audit import AuditEvent
 from marketplace.bookings import service as bookings
 from marketplace.extensions import db, utcnow
 from marketplace.fleet.models import Vehicle, VehicleStatus
+from marketplace.fleet.schemas import SearchPageOut
 from marketplace.schemas import encode_cursor
 from tests.factories import make_agency, make_vehicle, make_verified_customer
 from tests.fleet.helpers import base_time, book, iso, occupy, vehicle_at
@@ -35,7 +36,10 @@ def search(client: FlaskClient, **params: Any) -> Any:
 
 def ids(response: Any) -> list[str]:
     assert response.status_code == 200, response.get_json()
-    return [item["id"] for item in response.get_json()["items"]]
+    body = response.get_json()
+    # the page is built without marshmallow's dump (the hot path): it must still be exactly SearchPageOut
+    assert SearchPageOut().validate(body) == {}
+    return [item["id"] for item in body["items"]]
 
 
 def period(start: Any, end: Any) -> dict[str, str]:
