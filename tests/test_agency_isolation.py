@@ -169,10 +169,7 @@ def test_agency_pages_as_another_agency(app, client, app_ctx):  # AZ-04: the web
         if rule in public:
             continue
         path = _fill(rule, world.params)
-        if method == "GET":
-            response = client.get(path)
-        else:
-            response = client.post(path, data={"csrf_token": csrf})
+        response = client.get(path) if method == "GET" else client.post(path, data={"csrf_token": csrf})
         text = response.get_data(as_text=True)
         if PARAM.search(rule):
             assert response.status_code in (403, 404), (method, rule, response.status_code)
