@@ -50,6 +50,7 @@ lint: setup-dev
 bench: setup-dev  ## benchmarks: figures and ratios against a baseline measured in the same run
 	$(BIN)/python bench/bench_images.py
 	$(BIN)/python bench/bench_crypto.py
+	$(BIN)/python bench/bench_search.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

@@ -22,6 +22,7 @@ _CURSOR = "agency-app-bookings"
 
 
 def _filters() -> tuple[date | None, str | None, int | None]:
+    """The list's day, status and cursor from the query string (422 for anything malformed)."""
     raw_day = request.args.get("day", "").strip()[:10]
     raw_status = request.args.get("status", "").strip()[:20]
     try:
@@ -39,6 +40,7 @@ def _filters() -> tuple[date | None, str | None, int | None]:
 @agency_bp.get("/bookings")
 @requires(Permission.AGENCY_BOOKING_READ)
 def bookings_list() -> Any:
+    """The agency's bookings, newest first, by Dubai day and status, paged."""
     day, status, before = _filters()
     items = bookings.list_for_agency(current_actor(), day=day, status=status, before_id=before, limit=PAGE + 1)
     more = len(items) > PAGE

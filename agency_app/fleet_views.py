@@ -113,12 +113,14 @@ def _attempt(action: Callable[[], Any], on_error: Callable[[int, AppError], Any]
 @agency_bp.get("/fleet")
 @requires(Permission.AGENCY_VEHICLE_READ)
 def fleet_list() -> Any:
+    """The agencies' cars, with the add form for those who may write."""
     return _fleet_page()
 
 
 @agency_bp.post("/fleet")
 @requires(Permission.AGENCY_VEHICLE_WRITE)
 def fleet_add() -> Any:
+    """Add a car from the form (prices in AED); errors come back on the same page with the form kept."""
     actor = current_actor()
     form = request.form
 
@@ -152,12 +154,14 @@ def _back(vehicle_id: str, anchor: str, **flags: Any) -> Callable[[Any], str]:
 @agency_bp.get("/fleet/<string:vehicle_id>")
 @requires(Permission.AGENCY_VEHICLE_READ)
 def fleet_vehicle(vehicle_id: str) -> Any:
+    """One car: blocks, photos and details (write forms only for those who may write)."""
     return _vehicle_page(vehicle_id[:64])
 
 
 @agency_bp.post("/fleet/<string:vehicle_id>")
 @requires(Permission.AGENCY_VEHICLE_WRITE)
 def fleet_update(vehicle_id: str) -> Any:
+    """Save the details form."""
     actor = current_actor()
     vehicle = fleet.get_for_agency(actor, vehicle_id[:64])
     values = _form_values(request.form, partial=True)
@@ -169,6 +173,7 @@ def fleet_update(vehicle_id: str) -> Any:
 @agency_bp.post("/fleet/<string:vehicle_id>/delete")
 @requires(Permission.AGENCY_VEHICLE_WRITE)
 def fleet_delete(vehicle_id: str) -> Any:
+    """Remove the car from the fleet (refused while it has unfinished bookings)."""
     actor = current_actor()
     vehicle = fleet.get_for_agency(actor, vehicle_id[:64])
     return _attempt(lambda: fleet.delete_vehicle(actor, vehicle),
@@ -179,6 +184,7 @@ def fleet_delete(vehicle_id: str) -> Any:
 @agency_bp.post("/fleet/<string:vehicle_id>/photos")
 @requires(Permission.AGENCY_VEHICLE_WRITE)
 def fleet_photo_add(vehicle_id: str) -> Any:
+    """Upload a listing photo through the image pipeline."""
     actor = current_actor()
     vehicle = fleet.get_for_agency(actor, vehicle_id[:64])
     image = request.files.get("image")
@@ -193,6 +199,7 @@ def fleet_photo_add(vehicle_id: str) -> Any:
 @agency_bp.post("/fleet/<string:vehicle_id>/photos/<string:photo_id>/delete")
 @requires(Permission.AGENCY_VEHICLE_WRITE)
 def fleet_photo_delete(vehicle_id: str, photo_id: str) -> Any:
+    """Remove a listing photo."""
     actor = current_actor()
     vehicle = fleet.get_for_agency(actor, vehicle_id[:64])
     return _attempt(lambda: fleet.delete_photo(actor, vehicle, photo_id[:64]),
@@ -246,6 +253,7 @@ def fleet_block_add(vehicle_id: str) -> Any:
 @agency_bp.post("/fleet/<string:vehicle_id>/blocks/<string:block_id>/delete")
 @requires(Permission.AGENCY_VEHICLE_WRITE)
 def fleet_block_delete(vehicle_id: str, block_id: str) -> Any:
+    """Put the car back on the market for a blocked period."""
     actor = current_actor()
     vehicle = fleet.get_for_agency(actor, vehicle_id[:64])
     return _attempt(lambda: fleet.delete_block(actor, vehicle, block_id[:64]),
@@ -261,5 +269,6 @@ def _dubai(value: datetime | None) -> str:
 
 @agency_bp.app_template_filter("aed")
 def _aed(fils: int | None) -> str:
+    """Fils as ``AED 1,234.50``."""
     return "" if fils is None else f"AED {Decimal(fils) / 100:,.2f}"
 

@@ -35,7 +35,7 @@ from sqlalchemy.orm import Session
 from marketplace import audit
 from marketplace.agencies.models import Agency, AgencyStatus
 from marketplace.bookings.models import Booking
-from marketplace.bookings.service import MAX_OCCUPANCY, VehicleUnavailable, bookable_vehicle
+from marketplace.bookings.service import MAX_OCCUPANCY, VehicleUnavailable, bookable_vehicle, check_period
 from marketplace.bookings.states import ACTIVE as LIVE_BOOKING_STATUSES
 from marketplace.errors import Conflict, Forbidden, NotFound, Unprocessable
 from marketplace.extensions import UTCDateTime, db, utcnow
@@ -44,6 +44,8 @@ from marketplace.images import VEHICLE_PHOTO_POLICY, process_image
 from marketplace.permissions import Permission, permissions_for
 from marketplace.security import Actor, require
 from marketplace.transactions import EXCLUSION_VIOLATION, UNIQUE_VIOLATION, Retry, run_serialised
+from marketplace.vault import service as vault
+from marketplace.vault.models import Blob
 from marketplace.vault.service import blob_store
 
 # ---- the fixed vocabularies ---------------------------------------------------------------------------
@@ -99,6 +101,7 @@ def normalise_plate(raw: str) -> str:
 
 
 def next_model_year() -> int:
+    """Cars of next year's model are sold from mid-year: the newest year a listing may give."""
     return utcnow().year + 1
 
 
@@ -106,6 +109,7 @@ def next_model_year() -> int:
 
 
 def agencies_of(actor: Actor) -> list[Agency]:
+    """The agencies the actor holds an agency role in."""
     ids = actor.agency_ids
     if not ids:
         return []
@@ -276,12 +280,18 @@ def delete_vehicle(actor: Actor, vehicle: Vehicle) -> None:
     audit.record(actor, "vehicle:delete", vehicle)
 
 
-# ---- photos (public listing pictures: re-encoded, no metadata, not personal data) -------------------------
+# ---- photos (public listing pictures: re-encoded, no metadata) --------------------------------------------
+#
+# Listing photos are not personal data, but they go through the vault like every other image: the blob store
+# only ever holds ciphertext (P-08; the store's contract, checked by the CR-03 scans), here under the agency's
+# own data key, so terminating an agency can crypto-shred its photos with its documents (P-29).
 
 _PENDING_BLOB_DELETES = "fleet_blob_deletes"
+PHOTO_KIND = "vehicle_photo"
 
 
 def photos_of(vehicle: Vehicle) -> list[VehiclePhoto]:
+    """A car's photos in display order."""
     return list(db.session.execute(
         select(VehiclePhoto).where(VehiclePhoto.vehicle_id == vehicle.id)
         .order_by(VehiclePhoto.position, VehiclePhoto.id)
@@ -302,18 +312,24 @@ def photos_by_vehicle(vehicles: list[Vehicle]) -> dict[int, list[VehiclePhoto]]:
 
 
 def add_photo(actor: Actor, vehicle: Vehicle, stream: IO[bytes], declared_type: str | None) -> VehiclePhoto:
-    """Run an upload through the image pipeline (metadata stripped, pixels re-encoded) and store it."""
+    """Run an upload through the image pipeline (metadata stripped, pixels re-encoded) and store it encrypted."""
+    from marketplace.agencies.service import vault_owner
+
     _require_in_agency(actor, vehicle.agency_id, Permission.AGENCY_VEHICLE_WRITE)
     count = db.session.execute(select(func.count()).where(VehiclePhoto.vehicle_id == vehicle.id)).scalar_one()
     if count >= MAX_PHOTOS:
         raise PhotoLimit()
     image = process_image(stream, policy=VEHICLE_PHOTO_POLICY, declared_type=declared_type)
-    key = blob_store().put(image.data)
+    agency = db.session.get(Agency, vehicle.agency_id)
+    assert agency is not None
+    blob = vault.store(vault_owner(agency), PHOTO_KIND, image.data, mime=image.mime, width=image.width,
+                       height=image.height)
+    blob.attached_at = utcnow()  # claimed by the photo at once (never swept as an orphan upload)
     last = db.session.execute(
         select(func.max(VehiclePhoto.position)).where(VehiclePhoto.vehicle_id == vehicle.id)
     ).scalar()
-    photo = VehiclePhoto(vehicle_id=vehicle.id, storage_key=key, width=image.width, height=image.height,
-                         position=(last + 1) if last is not None else 0, created_at=utcnow())
+    photo = VehiclePhoto(vehicle_id=vehicle.id, storage_key=blob.storage_key, width=image.width,
+                         height=image.height, position=(last + 1) if last is not None else 0, created_at=utcnow())
     db.session.add(photo)
     db.session.flush()
     audit.record(actor, "vehicle:photo:add", vehicle, photo=photo.public_id)
@@ -321,6 +337,7 @@ def add_photo(actor: Actor, vehicle: Vehicle, stream: IO[bytes], declared_type: 
 
 
 def get_photo(vehicle: Vehicle, photo_public_id: str) -> VehiclePhoto:
+    """One photo of this car (a photo id of another car is not found)."""
     photo = db.session.execute(
         select(VehiclePhoto).where(VehiclePhoto.vehicle_id == vehicle.id, VehiclePhoto.public_id == photo_public_id)
     ).scalar_one_or_none()
@@ -329,13 +346,16 @@ def get_photo(vehicle: Vehicle, photo_public_id: str) -> VehiclePhoto:
     return photo
 
 
-def photo_bytes(photo: VehiclePhoto) -> bytes:
-    from marketplace.storage.base import BlobNotFound
+def _photo_blob(photo: VehiclePhoto) -> Blob | None:
+    return db.session.execute(select(Blob).where(Blob.storage_key == photo.storage_key)).scalar_one_or_none()
 
-    try:
-        return blob_store().get(photo.storage_key)
-    except BlobNotFound as exc:
-        raise NotFound() from exc
+
+def photo_bytes(photo: VehiclePhoto) -> bytes:
+    """The photo's JPEG, decrypted (public content: no audit row, unlike KYC images)."""
+    blob = _photo_blob(photo)
+    if blob is None or blob.deleted_at is not None or blob.kind != PHOTO_KIND:
+        raise NotFound()
+    return vault.read(blob)
 
 
 def public_photo(vehicle_public_id: str, photo_public_id: str) -> bytes:
@@ -344,9 +364,12 @@ def public_photo(vehicle_public_id: str, photo_public_id: str) -> bytes:
 
 
 def delete_photo(actor: Actor, vehicle: Vehicle, photo_public_id: str) -> None:
-    """Remove a photo; its file goes once the removal is committed."""
+    """Remove a photo; its ciphertext file goes once the removal is committed."""
     _require_in_agency(actor, vehicle.agency_id, Permission.AGENCY_VEHICLE_WRITE)
     photo = get_photo(vehicle, photo_public_id)
+    blob = _photo_blob(photo)
+    if blob is not None:
+        blob.deleted_at = utcnow()
     db.session.delete(photo)
     db.session.flush()
     db.session.info.setdefault(_PENDING_BLOB_DELETES, []).append(photo.storage_key)
@@ -354,6 +377,7 @@ def delete_photo(actor: Actor, vehicle: Vehicle, photo_public_id: str) -> None:
 
 
 def _after_commit(session: Session) -> None:
+    """Delete the files of removed photos only once their removal is committed."""
     keys = session.info.pop(_PENDING_BLOB_DELETES, None)
     if keys:
         store = blob_store()
@@ -381,6 +405,7 @@ _install_session_hooks()
 
 
 def list_blocks(actor: Actor, vehicle: Vehicle, *, include_past: bool = False) -> list[AvailabilityBlock]:
+    """A car's current and future blocks (and past ones if asked), earliest first."""
     require(actor, Permission.AGENCY_VEHICLE_READ)
     stmt = select(AvailabilityBlock).where(AvailabilityBlock.vehicle_id == vehicle.id)
     if not include_past:
@@ -389,6 +414,7 @@ def list_blocks(actor: Actor, vehicle: Vehicle, *, include_past: bool = False) -
 
 
 def check_block_period(starts_at: datetime, ends_at: datetime) -> None:
+    """422 unless the block has a time zone, ends after it starts, lasts at most 90 days and is not over."""
     errors: dict[str, list[str]] = {}
     if starts_at.tzinfo is None or ends_at.tzinfo is None:
         errors["starts_at"] = ["Times need a time zone (ISO 8601 with an offset or Z)."]
@@ -640,8 +666,11 @@ def _parameters(query: SearchQuery, dialect: str) -> dict[str, Any]:
 def search(query: SearchQuery) -> list[SearchHit]:
     """Cars anyone can book, free for the whole period; ``limit + 1`` rows so the caller knows if more follow.
 
-    No totals: counting every free car in a big city costs more than the page itself (PERFORMANCE.md).
+    No totals: counting every free car in a big city costs more than the page itself (PERFORMANCE.md). A period
+    follows the booking rules (lead time, horizon, longest rental): what search shows can be booked.
     """
+    if query.starts_at is not None and query.ends_at is not None:
+        check_period(query.starts_at, query.ends_at)
     dialect = db.engine.dialect.name
     shape = _Shape(dialect, query.city is not None, query.category is not None, query.min_price is not None,
                    query.max_price is not None, query.point is not None,

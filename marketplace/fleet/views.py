@@ -10,7 +10,6 @@ from flask import Response, current_app, jsonify, request
 from flask.views import MethodView
 
 from marketplace.api import ApiBlueprint
-from marketplace.bookings.service import check_period
 from marketplace.errors import Unprocessable
 from marketplace.extensions import db, limiter
 from marketplace.fleet import schemas as s
@@ -93,8 +92,6 @@ def _search_query(args: dict[str, Any]) -> fleet.SearchQuery:
         radius_km=args["radius_km"] if args["radius_km"] is not None else fleet.DEFAULT_RADIUS_KM,
         starts_at=args["starts_at"], ends_at=args["ends_at"], category=args["category"],
         min_price=args["min_price"], max_price=args["max_price"], sort=args["sort"], limit=args["limit"])
-    if query.starts_at is not None and query.ends_at is not None:
-        check_period(query.starts_at, query.ends_at)  # the same rules as booking: searchable = bookable
     raw = decode_cursor("vehicles", args["cursor"])
     if raw is None:
         return query

@@ -4,11 +4,9 @@ data (P-17), and fleet and availability editing (P-13), each only for the staff 
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
 from datetime import date, datetime, time, timedelta
 from typing import Any
 
-import pytest
 import time_machine
 from flask import Flask
 from flask.testing import FlaskClient
@@ -21,14 +19,8 @@ from marketplace.extensions import db
 from marketplace.fleet.models import AvailabilityBlock, Vehicle, VehiclePhoto
 from marketplace.permissions import Role
 from tests.factories import make_agency, make_staff, make_vehicle, make_verified_customer, web_login
-from tests.fleet.helpers import base_time, book, remove_photo_files
+from tests.fleet.helpers import base_time, book
 from tests.staff_web import db_snapshot, error_code, location, page_csrf
-
-
-@pytest.fixture(autouse=True)
-def _no_photo_files_left(app: Flask) -> Iterator[None]:
-    yield
-    remove_photo_files(app)
 
 
 def _dubai(day: date, hour: int) -> datetime:

@@ -25,7 +25,7 @@ from tests.browser import test_console_signin as signin
 from tests.browser.test_console_signin import CHROMIUM, Journal
 from tests.conftest import chromium_path
 from tests.factories import Person, auth_headers, make_agency, make_customer, make_staff
-from tests.fleet.helpers import iso, remove_photo_files
+from tests.fleet.helpers import iso
 from tests.kyc.helpers import approve_case, submitted_case
 
 pytestmark = [
@@ -135,4 +135,3 @@ def test_manager_adds_a_car_blocks_days_and_sees_the_booking(app: Flask, app_ctx
 
     # the 409 document is expected; anything else in the console is not
     assert [e for e in journal.errors if "status of 409" not in e] == []
-    remove_photo_files(app)

@@ -5,11 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from flask import Flask
-from sqlalchemy import select
-
 from marketplace.extensions import db, utcnow
-from marketplace.fleet.models import AvailabilityBlock, Vehicle, VehicleOccupancy, VehiclePhoto
+from marketplace.fleet.models import AvailabilityBlock, Vehicle, VehicleOccupancy
 from marketplace.users.consent_texts import CURRENT
 from marketplace.users.models import ConsentKind
 from tests.factories import Person, actor_for
@@ -46,19 +43,6 @@ def occupy(vehicle: Vehicle, starts_at: datetime, ends_at: datetime) -> VehicleO
 
 def iso(when: datetime) -> str:
     return when.astimezone(UTC).isoformat().replace("+00:00", "Z")
-
-
-def remove_photo_files(app: Flask) -> None:
-    """Listing photos are public JPEGs in the blob store; delete the test's files so scans of the store made
-    by other tests (CR-03 looks for plaintext images there) only see their own uploads."""
-    from marketplace.vault.service import blob_store
-
-    with app.app_context():
-        db.session.remove()
-        store = blob_store()
-        for key in db.session.execute(select(VehiclePhoto.storage_key)).scalars():
-            store.delete(key)
-        db.session.remove()
 
 
 def vehicle_at(agency: Any, lat: str, lng: str, **fields: Any) -> Vehicle:

@@ -369,7 +369,8 @@ def test_photos_are_stripped_public_and_removable(app: Flask, client: FlaskClien
     assert page["items"][0]["photo_url"] == photo["url"]
 
     key = db.session.execute(select(VehiclePhoto.storage_key)).scalar_one()
-    assert blob_store().exists(key)
+    stored = blob_store().get(key)  # P-08: the blob store only ever holds ciphertext, listing photos included
+    assert b"\xff\xd8\xff" not in stored[:64] and public.data[100:164] not in stored
     response = client.delete(f"{API}/{car['id']}/photos/{photo['id']}", headers=world["m1"])
     assert response.status_code == 204
     assert client.get(photo["url"]).status_code == 404
