@@ -142,7 +142,7 @@ def _after_rollback(session: Session, previous_transaction: Any) -> None:
 
 def run_work_item(item_id: int) -> str:
     """The rq job: reload the row, skip finished work, run the handler, record the outcome."""
-    return _in_app_context(lambda: _run(item_id))
+    return in_app_context(lambda: _run(item_id))
 
 
 def _run(item_id: int) -> str:
@@ -243,7 +243,7 @@ def sweep(limit: int = 500) -> int:
 # ---- backends ----------------------------------------------------------------------------------
 
 
-def _in_app_context(func: Callable[[], str]) -> str:
+def in_app_context(func: Callable[[], str]) -> str:
     from flask import has_app_context
 
     if has_app_context():

@@ -30,7 +30,6 @@ from sqlalchemy import (
     tuple_,
     type_coerce,
 )
-from sqlalchemy.orm import Session
 
 from marketplace import audit
 from marketplace.agencies.models import Agency, AgencyStatus
@@ -46,7 +45,6 @@ from marketplace.security import Actor, require
 from marketplace.transactions import EXCLUSION_VIOLATION, UNIQUE_VIOLATION, Retry, run_serialised
 from marketplace.vault import service as vault
 from marketplace.vault.models import Blob
-from marketplace.vault.service import blob_store
 
 # ---- the fixed vocabularies ---------------------------------------------------------------------------
 
@@ -286,7 +284,6 @@ def delete_vehicle(actor: Actor, vehicle: Vehicle) -> None:
 # only ever holds ciphertext (P-08; the store's contract, checked by the CR-03 scans), here under the agency's
 # own data key, so terminating an agency can crypto-shred its photos with its documents (P-29).
 
-_PENDING_BLOB_DELETES = "fleet_blob_deletes"
 PHOTO_KIND = "vehicle_photo"
 
 
@@ -368,37 +365,13 @@ def delete_photo(actor: Actor, vehicle: Vehicle, photo_public_id: str) -> None:
     _require_in_agency(actor, vehicle.agency_id, Permission.AGENCY_VEHICLE_WRITE)
     photo = get_photo(vehicle, photo_public_id)
     blob = _photo_blob(photo)
-    if blob is not None:
-        blob.deleted_at = utcnow()
     db.session.delete(photo)
+    if blob is not None:
+        vault.delete(blob)  # the file goes once this is committed
     db.session.flush()
-    db.session.info.setdefault(_PENDING_BLOB_DELETES, []).append(photo.storage_key)
     audit.record(actor, "vehicle:photo:delete", vehicle, photo=photo_public_id)
 
 
-def _after_commit(session: Session) -> None:
-    """Delete the files of removed photos only once their removal is committed."""
-    keys = session.info.pop(_PENDING_BLOB_DELETES, None)
-    if keys:
-        store = blob_store()
-        for key in keys:
-            store.delete(key)
-
-
-def _after_rollback(session: Session, previous_transaction: Any) -> None:
-    if previous_transaction.parent is None:
-        session.info.pop(_PENDING_BLOB_DELETES, None)
-
-
-def _install_session_hooks() -> None:
-    from sqlalchemy import event
-
-    if not event.contains(Session, "after_commit", _after_commit):
-        event.listen(Session, "after_commit", _after_commit)
-        event.listen(Session, "after_soft_rollback", _after_rollback)
-
-
-_install_session_hooks()
 
 
 # ---- availability blocks ----------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from flask import current_app
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 
 from marketplace.crypto import (
     BlobContext,
@@ -56,15 +57,18 @@ def destroyed_key_log() -> DestroyedKeyLog:
 
 
 def _data_key(owner: str, *, create: bool) -> bytes:
-    row = db.session.execute(select(DataKey).where(DataKey.owner == owner).with_for_update()).scalar_one_or_none()
+    row = db.session.execute(select(DataKey).where(DataKey.owner == owner)).scalar_one_or_none()
     if row is None:
         if not create:
             raise DecryptionFailed()
         key = new_data_key()
         wrapped = wrap_data_key(ring(), key, owner=owner)
-        db.session.add(DataKey(owner=owner, master_key_id=wrapped.key_id, wrapped=wrapped.blob,
-                               created_at=utcnow()))
-        db.session.flush()
+        try:
+            with db.session.begin_nested():  # two first uploads at once: one key wins, the other reads it
+                db.session.add(DataKey(owner=owner, master_key_id=wrapped.key_id, wrapped=wrapped.blob,
+                                       created_at=utcnow()))
+        except IntegrityError:
+            return _data_key(owner, create=False)
         return key
     if row.wrapped is None or row.master_key_id is None:
         raise DecryptionFailed()  # shredded
@@ -99,9 +103,24 @@ def read(blob: Blob) -> bytes:
 
 
 def delete(blob: Blob) -> None:
-    blob_store().delete(blob.storage_key)
+    """Mark the blob deleted; its ciphertext file goes once that is committed (never before: a rolled-back
+    request must not leave a row pointing at a missing file)."""
+    from marketplace import jobs
+
     blob.deleted_at = utcnow()
     db.session.flush()
+    jobs.enqueue_after_commit(delete_stored_file, blob.storage_key)
+
+
+def delete_stored_file(storage_key: str) -> str:
+    """Job: remove one ciphertext file (idempotent: a missing file is fine)."""
+    from marketplace import jobs
+
+    def work() -> str:
+        blob_store().delete(storage_key)
+        return "deleted"
+
+    return jobs.in_app_context(work)
 
 
 def shred_owner(owner: str) -> None:
