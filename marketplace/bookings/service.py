@@ -189,6 +189,15 @@ def _by_key(customer_id: int, key: str) -> Booking | None:
     ).scalar_one_or_none()
 
 
+def occupancy_conflict(state: str | None) -> None:
+    """The conflict rule of every write that takes a car's time (bookings, date changes, blocks):
+    an overlap, or retries run out, is 409 ``vehicle_unavailable``; a unique clash is retried."""
+    if state in (EXCLUSION_VIOLATION, None):
+        raise VehicleUnavailable()
+    if state == UNIQUE_VIOLATION:
+        raise Retry()
+
+
 def create_booking(
     actor: Actor,
     *,
@@ -307,14 +316,7 @@ def change_dates(actor: Actor, reference: str, *, starts_at: datetime, ends_at: 
         audit.record(actor, "booking:modify", booking)
         return booking
 
-    def on_conflict(state: str | None) -> Booking | None:
-        if state in (EXCLUSION_VIOLATION, None):
-            raise VehicleUnavailable()
-        if state == UNIQUE_VIOLATION:
-            raise Retry()
-        return None
-
-    return run_serialised(work, on_conflict=on_conflict)
+    return run_serialised(work, on_conflict=occupancy_conflict)
 
 
 def cancellation_fee(booking: Booking, *, now: datetime | None = None) -> int:

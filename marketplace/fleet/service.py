@@ -34,7 +34,13 @@ from sqlalchemy import (
 from marketplace import audit
 from marketplace.agencies.models import Agency, AgencyStatus
 from marketplace.bookings.models import Booking
-from marketplace.bookings.service import MAX_OCCUPANCY, VehicleUnavailable, bookable_vehicle, check_period
+from marketplace.bookings.service import (
+    MAX_OCCUPANCY,
+    VehicleUnavailable,
+    bookable_vehicle,
+    check_period,
+    occupancy_conflict,
+)
 from marketplace.bookings.states import ACTIVE as LIVE_BOOKING_STATUSES
 from marketplace.errors import Conflict, Forbidden, NotFound, Unprocessable
 from marketplace.extensions import UTCDateTime, db, utcnow
@@ -42,7 +48,7 @@ from marketplace.fleet.models import AvailabilityBlock, Vehicle, VehicleOccupanc
 from marketplace.images import VEHICLE_PHOTO_POLICY, process_image
 from marketplace.permissions import Permission, permissions_for
 from marketplace.security import Actor, require
-from marketplace.transactions import EXCLUSION_VIOLATION, UNIQUE_VIOLATION, Retry, run_serialised
+from marketplace.transactions import run_serialised
 from marketplace.vault import service as vault
 from marketplace.vault.models import Blob
 
@@ -436,14 +442,7 @@ def create_block(actor: Actor, vehicle: Vehicle, *, starts_at: datetime, ends_at
         audit.record(actor, "vehicle:block:create", current, block=block.public_id, starts_at=start, ends_at=end)
         return block
 
-    def on_conflict(state: str | None) -> AvailabilityBlock | None:
-        if state in (EXCLUSION_VIOLATION, None):
-            raise VehicleUnavailable()
-        if state == UNIQUE_VIOLATION:
-            raise Retry()
-        return None
-
-    return run_serialised(work, on_conflict=on_conflict)
+    return run_serialised(work, on_conflict=occupancy_conflict)
 
 
 def delete_block(actor: Actor, vehicle: Vehicle, block_public_id: str) -> None:
