@@ -119,8 +119,24 @@ def enqueue_after_commit(func: Callable[..., Any], *args: Any) -> None:
     pending.append((func, args))
 
 
+_INLINE_KEY = "run_after_commit"
+
+
+def run_after_commit(func: Callable[..., Any], *args: Any) -> None:
+    """Call ``func(*args)`` in this process right after the current transaction commits (never after a
+    rollback). For quick, idempotent side effects such as removing a file whose row is gone; anything
+    slow or that must survive a crash is durable work (``schedule``) instead."""
+    pending: list[tuple[Callable[..., Any], tuple[Any, ...]]] = db.session.info.setdefault(_INLINE_KEY, [])
+    pending.append((func, args))
+
+
 @event.listens_for(Session, "after_commit")
 def _after_commit(session: Session) -> None:
+    for func, args in session.info.pop(_INLINE_KEY, None) or []:
+        try:
+            func(*args)
+        except Exception:  # the commit stands; a leftover file is ciphertext and is logged
+            log.exception("after-commit action failed", extra={"event": {"action": getattr(func, "__name__", "")}})
     pending = session.info.pop(_PENDING_KEY, None)
     if not pending:
         return
@@ -135,6 +151,7 @@ def _after_commit(session: Session) -> None:
 def _after_rollback(session: Session, previous_transaction: Any) -> None:
     if previous_transaction.parent is None:  # the outermost transaction rolled back
         session.info.pop(_PENDING_KEY, None)
+        session.info.pop(_INLINE_KEY, None)
 
 
 # ---- running one work item ---------------------------------------------------------------------

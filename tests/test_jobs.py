@@ -485,3 +485,31 @@ def test_stored_job_errors_hide_addresses_and_numbers():  # PV-03: personal data
     text = _redact("550 <layla@example.com> refused; call +971 50 123 4567 or ID 784-1990-1234567-1")
     assert "layla@example.com" not in text and "4567" not in text
     assert text.count("<email>") == 1 and text.count("<number>") == 2
+
+
+def test_run_after_commit_runs_inline_once_and_never_after_rollback(app):
+    from marketplace.extensions import db
+
+    calls: list[str] = []
+    with app.app_context():
+        jobs.run_after_commit(calls.append, "kept")
+        db.session.commit()
+        jobs.run_after_commit(calls.append, "dropped")
+        db.session.rollback()
+        db.session.commit()
+    assert calls == ["kept"]
+
+
+def test_a_blob_file_outlives_a_rolled_back_delete(app):  # nothing half-written: row and file agree
+    from marketplace.extensions import db
+    from marketplace.vault import service as vault
+
+    with app.app_context():
+        blob = vault.store("user:test-owner", "id_front", b"\x00" * 32, mime="image/jpeg", width=1, height=1)
+        db.session.commit()
+        vault.delete(blob)
+        db.session.rollback()
+        assert vault.blob_store().exists(blob.storage_key)
+        vault.delete(db.session.get(type(blob), blob.id))
+        db.session.commit()
+        assert not vault.blob_store().exists(blob.storage_key)

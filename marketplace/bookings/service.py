@@ -243,6 +243,10 @@ def create_booking(
         ensure_cleared_to_drive(user, until=ends_at)  # KYC, licence through the return, 21+, consent
         vehicle = bookable_vehicle(vehicle_id)
         if not is_free(vehicle, starts_at, ends_at):
+            # taken by a twin request with this key that committed meanwhile? then answer as it did
+            replayed = replay()
+            if replayed is not None:
+                return replayed
             raise VehicleUnavailable()
         days = rental_days(starts_at, ends_at)
         rental, fee, vat, total = price(vehicle.daily_price_fils, days)

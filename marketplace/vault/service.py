@@ -109,18 +109,7 @@ def delete(blob: Blob) -> None:
 
     blob.deleted_at = utcnow()
     db.session.flush()
-    jobs.enqueue_after_commit(delete_stored_file, blob.storage_key)
-
-
-def delete_stored_file(storage_key: str) -> str:
-    """Job: remove one ciphertext file (idempotent: a missing file is fine)."""
-    from marketplace import jobs
-
-    def work() -> str:
-        blob_store().delete(storage_key)
-        return "deleted"
-
-    return jobs.in_app_context(work)
+    jobs.run_after_commit(blob_store().delete, blob.storage_key)
 
 
 def shred_owner(owner: str) -> None:
