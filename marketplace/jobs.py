@@ -115,6 +115,7 @@ _PENDING_KEY = "jobs_after_commit"
 
 def enqueue_after_commit(func: Callable[..., Any], *args: Any) -> None:
     """Queue ``func(*args)`` only if and when the current transaction commits."""
+    db.session.connection()  # tie it to a transaction, so a rollback is seen and drops it
     pending: list[tuple[Callable[..., Any], tuple[Any, ...]]] = db.session.info.setdefault(_PENDING_KEY, [])
     pending.append((func, args))
 
@@ -126,6 +127,7 @@ def run_after_commit(func: Callable[..., Any], *args: Any) -> None:
     """Call ``func(*args)`` in this process right after the current transaction commits (never after a
     rollback). For quick, idempotent side effects such as removing a file whose row is gone; anything
     slow or that must survive a crash is durable work (``schedule``) instead."""
+    db.session.connection()  # tie it to a transaction, so a rollback is seen and drops it
     pending: list[tuple[Callable[..., Any], tuple[Any, ...]]] = db.session.info.setdefault(_INLINE_KEY, [])
     pending.append((func, args))
 
