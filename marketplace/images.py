@@ -29,9 +29,10 @@ watermarking and encryption simple, KYC and vehicle pictures are photographs, an
 2000 px photo would be several times larger and slower. Colour profiles are dropped, not converted: a
 Display P3 phone photo is shown slightly desaturated, which is acceptable for review and handover.
 
-WebP: the decoder is wired in and tested, but the shipped policies accept only JPEG and PNG, because
-TESTING.md UP-02 lists WebP among the formats that must get 415 (and libwebp is a large attack surface).
-To accept WebP, add ``"WEBP"`` to a policy's ``allowed_formats``.
+WebP is accepted, as the KYC issue asks ("only JPEG/PNG/WebP"): Android cameras and share sheets produce it.
+TESTING.md UP-02 lists WebP among the refused formats; the issue's explicit list wins, and a WebP upload
+goes through the same header checks (pixel flood from the VP8/VP8L header), restricted decoder and re-encode.
+Animated WebP is refused like animated PNG.
 
 Threads: ``warnings.catch_warnings`` swaps the process-wide filter list, so two threads that overlap here
 can leave the "DecompressionBombWarning is an error" filter installed after both exit. That leftover is
@@ -71,7 +72,7 @@ OUTPUT_FORMAT: Final = "JPEG"
 OUTPUT_MIME: Final = "image/jpeg"
 # Formats this module can decode. The policies choose from these.
 SUPPORTED_FORMATS: Final = ("JPEG", "PNG", "WEBP")
-DEFAULT_ALLOWED_FORMATS: Final = ("JPEG", "PNG")
+DEFAULT_ALLOWED_FORMATS: Final = ("JPEG", "PNG", "WEBP")
 # Pixel modes accepted from a decoder; 16-bit (I;16*, I) and float (F) modes are refused.
 ALLOWED_MODES: Final = frozenset({"1", "L", "LA", "P", "PA", "RGB", "RGBA", "CMYK", "YCbCr"})
 _RESAMPLE: Final = Image.Resampling.BICUBIC  # Lanczos is sharper but ~20% slower on a 12 MP resize

@@ -560,3 +560,23 @@ def test_stored_bytes_are_capped_per_person(app, client, app_ctx, monkeypatch): 
     refused = upload(client, headers, "id_back", photo(640, 480))
     assert refused.status_code == 413 and code(refused) == "payload_too_large"
     assert blob_files(app) == files_before
+
+
+def test_webp_selfie_is_accepted_and_stored_as_a_clean_jpeg(app, client, app_ctx):  # enforces P-08
+    person, headers = customer_headers(client)
+    give_face_consent(client, headers)
+    response = upload(client, headers, "selfie", photo(1080, 1440, fmt="WEBP"), content_type="image/webp")
+    assert response.status_code == 201, response.get_json()
+    blob = db.session.execute(select(Blob).where(Blob.user_id == person.user_id)).scalar_one()
+    stored = vault.read(blob)
+    assert stored[:3] == b"\xff\xd8\xff"
+
+
+def test_animated_webp_is_refused(app, client, app_ctx):
+    _, headers = customer_headers(client)
+    frames = [Image.new("RGB", (64, 64), c) for c in ((255, 0, 0), (0, 255, 0))]
+    out = io.BytesIO()
+    frames[0].save(out, "WEBP", save_all=True, append_images=frames[1:], duration=100)
+    response = upload(client, headers, "id_front", out.getvalue(), content_type="image/webp")
+    assert response.status_code == 422
+    assert code(response) == "image_invalid"
