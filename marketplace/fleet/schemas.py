@@ -212,7 +212,9 @@ class PhotoOut(OutSchema):
     height = fields.Integer(required=True)
 
 
-class VehicleSummaryOut(OutSchema):
+class _VehicleCardOut(OutSchema):
+    """What every public view of a car shows."""
+
     id = fields.String(required=True)
     make = fields.String(required=True)
     model = fields.String(required=True)
@@ -225,6 +227,9 @@ class VehicleSummaryOut(OutSchema):
     daily_price_fils = fields.Integer(required=True, metadata={"description": _FILS})
     deposit_fils = fields.Integer(required=True, metadata={"description": _FILS})
     currency = fields.String(required=True)
+
+
+class VehicleSummaryOut(_VehicleCardOut):
     agency = fields.Nested(AgencyNameOut, required=True)
     photo_url = fields.String(allow_none=True, required=True, metadata={"description": "Cover photo"})
     distance_km = fields.Float(allow_none=True, required=True,
@@ -236,19 +241,7 @@ class SearchPageOut(OutSchema):
     page = fields.Nested(PageInfoSchema, required=True)
 
 
-class VehiclePublicOut(OutSchema):
-    id = fields.String(required=True)
-    make = fields.String(required=True)
-    model = fields.String(required=True)
-    year = fields.Integer(required=True)
-    category = fields.String(required=True)
-    seats = fields.Integer(required=True)
-    transmission = fields.String(required=True)
-    fuel_type = fields.String(required=True)
-    location = fields.Nested(LocationOut, required=True)
-    daily_price_fils = fields.Integer(required=True, metadata={"description": _FILS})
-    deposit_fils = fields.Integer(required=True, metadata={"description": _FILS})
-    currency = fields.String(required=True)
+class VehiclePublicOut(_VehicleCardOut):
     rules = fields.Nested(RulesOut, required=True)
     agency = fields.Nested(AgencyNameOut, required=True)
     photos = fields.List(fields.Nested(PhotoOut), required=True)
