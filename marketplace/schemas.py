@@ -72,6 +72,22 @@ def _no_control_chars(value: str) -> None:
         raise ValidationError("Control characters are not allowed.")
 
 
+COUNTRY_CODE = validate.Regexp(r"^[A-Za-z]{2}$", error="Use a two-letter ISO 3166-1 country code.")
+
+
+def Password() -> fields.String:  # noqa: N802 - reads like the other field factories
+    """A password in a request: never dumped; the policy itself is checked by the service."""
+    return fields.String(required=True, load_only=True, validate=validate.Length(min=1, max=256))
+
+
+class PatchSchema(StrictSchema):
+    """Every field optional: a patch changes only the parts it names (marshmallow has no ``Meta.partial``)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("partial", True)
+        super().__init__(**kwargs)
+
+
 class ErrorDetailSchema(Schema):
     code = fields.String(required=True, metadata={"description": "Stable machine-readable error code"})
     message = fields.String(required=True, metadata={"description": "Human-readable, may change"})

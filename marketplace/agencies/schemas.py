@@ -8,31 +8,35 @@ from marshmallow import ValidationError, fields, validate, validates_schema
 
 from marketplace.agencies.models import AgencyDocumentKind
 from marketplace.permissions import AGENCY_ROLES
-from marketplace.schemas import OutSchema, PageArgsSchema, PageInfoSchema, StrictInteger, StrictSchema, Text
+from marketplace.schemas import (
+    COUNTRY_CODE,
+    OutSchema,
+    PageArgsSchema,
+    PageInfoSchema,
+    Password,
+    PatchSchema,
+    StrictInteger,
+    StrictSchema,
+    Text,
+)
 
-_COUNTRY = validate.Regexp(r"^[A-Za-z]{2}$", error="Use a two-letter ISO 3166-1 country code.")
-_PASSWORD = fields.String(required=True, load_only=True, validate=validate.Length(min=1, max=256))
 _AGENCY_PARAM = {"description": "Public id of one of your agencies; needed only if you work for several"}
 
 
 class AgencyAddressIn(StrictSchema):
     line1 = Text(max_length=200, required=True)
     city = Text(max_length=100, required=True)
-    country = fields.String(required=True, validate=_COUNTRY)
+    country = fields.String(required=True, validate=COUNTRY_CODE)
 
 
-class AgencyAddressPatchIn(AgencyAddressIn):
+class AgencyAddressPatchIn(PatchSchema, AgencyAddressIn):
     """Every field optional: a patch changes only the parts it names."""
-
-    def __init__(self, **kwargs: Any) -> None:
-        kwargs.setdefault("partial", True)
-        super().__init__(**kwargs)
 
 
 class OwnerIn(StrictSchema):
     full_name = Text(max_length=200, required=True)
     email = Text(max_length=254, required=True, metadata={"description": "The owner's sign-in e-mail"})
-    password = _PASSWORD
+    password = Password()
 
 
 class AgencySignUpIn(StrictSchema):

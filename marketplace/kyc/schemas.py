@@ -4,15 +4,13 @@ from __future__ import annotations
 
 from marshmallow import fields, validate
 
-from marketplace.schemas import OutSchema, StrictSchema, Text
-
-_COUNTRY = validate.Regexp(r"^[A-Za-z]{2}$", error="Use a two-letter ISO 3166-1 country code.")
+from marketplace.schemas import COUNTRY_CODE, OutSchema, StrictSchema, Text
 
 
 class IdentityIn(StrictSchema):
     legal_name = Text(max_length=200, required=True, metadata={"description": "As printed on the ID document"})
     date_of_birth = fields.Date(required=True)
-    nationality = fields.String(required=True, validate=_COUNTRY)
+    nationality = fields.String(required=True, validate=COUNTRY_CODE)
     id_document_type = fields.String(required=True, validate=validate.OneOf(["passport", "emirates_id"]))
     id_document_number = Text(max_length=32, required=True,
                               metadata={"description": "Emirates ID as 784-YYYY-NNNNNNN-N (check digit verified)"})

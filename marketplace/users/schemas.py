@@ -4,13 +4,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from marshmallow import ValidationError, fields, validate, validates_schema
+from marshmallow import ValidationError, fields, validates_schema
 
-from marketplace.schemas import OutSchema, PageInfoSchema, StrictBoolean, StrictSchema, Text
+from marketplace.schemas import (
+    COUNTRY_CODE,
+    OutSchema,
+    PageInfoSchema,
+    Password,
+    PatchSchema,
+    StrictBoolean,
+    StrictSchema,
+    Text,
+)
 from marketplace.users.models import ConsentKind
-
-_COUNTRY = validate.Regexp(r"^[A-Za-z]{2}$", error="Use a two-letter ISO 3166-1 country code.")
-_PASSWORD = fields.String(required=True, load_only=True, validate=validate.Length(min=1, max=256))
 
 
 class AddressIn(StrictSchema):
@@ -19,15 +25,11 @@ class AddressIn(StrictSchema):
     city = Text(max_length=100, required=True)
     region = Text(max_length=100, allow_none=True)
     postal_code = Text(max_length=20, allow_none=True)
-    country = fields.String(required=True, validate=_COUNTRY)
+    country = fields.String(required=True, validate=COUNTRY_CODE)
 
 
-class AddressPatchIn(AddressIn):
-    """Every field optional: a patch changes only the parts it names (marshmallow has no ``Meta.partial``)."""
-
-    def __init__(self, **kwargs: Any) -> None:
-        kwargs.setdefault("partial", True)
-        super().__init__(**kwargs)
+class AddressPatchIn(PatchSchema, AddressIn):
+    """Every field optional: a patch changes only the parts it names."""
 
 
 class EmergencyContactIn(StrictSchema):
@@ -38,11 +40,11 @@ class EmergencyContactIn(StrictSchema):
 class RegisterIn(StrictSchema):
     full_name = Text(max_length=200, required=True, metadata={"description": "Full legal name, as on the ID"})
     date_of_birth = fields.Date(required=True)
-    nationality = fields.String(required=True, validate=_COUNTRY)
+    nationality = fields.String(required=True, validate=COUNTRY_CODE)
     email = Text(max_length=254, required=True)
     phone = Text(max_length=20, required=True, metadata={"description": "International format, e.g. +971501234567"})
     address = fields.Nested(AddressIn, required=True)
-    password = _PASSWORD
+    password = Password()
     accepted_terms_version = Text(max_length=32, required=True)
     accepted_privacy_version = Text(max_length=32, required=True)
     marketing_opt_in = StrictBoolean(load_default=False)
@@ -52,7 +54,7 @@ class RegisterIn(StrictSchema):
 
 class LoginIn(StrictSchema):
     email = Text(max_length=254, required=True)
-    password = _PASSWORD
+    password = Password()
 
 
 class TokenOut(OutSchema):
@@ -80,7 +82,7 @@ class MfaIn(StrictSchema):
 
 
 class ReauthIn(StrictSchema):
-    password = _PASSWORD
+    password = Password()
     code = Text(max_length=12, allow_none=True, metadata={"description": "Staff only: a TOTP code"})
 
 
@@ -94,12 +96,12 @@ class ResetRequestIn(StrictSchema):
 
 class ResetConfirmIn(StrictSchema):
     token = Text(max_length=200, required=True)
-    new_password = _PASSWORD
+    new_password = Password()
 
 
 class PasswordChangeIn(StrictSchema):
-    current_password = _PASSWORD
-    new_password = _PASSWORD
+    current_password = Password()
+    new_password = Password()
 
 
 class AddressOut(OutSchema):
@@ -136,7 +138,7 @@ class MeOut(OutSchema):
 class MePatchIn(StrictSchema):
     full_name = Text(max_length=200)
     date_of_birth = fields.Date()
-    nationality = fields.String(validate=_COUNTRY)
+    nationality = fields.String(validate=COUNTRY_CODE)
     email = Text(max_length=254, metadata={"description": "Needs a recent sign-in; confirmed by e-mail first"})
     phone = Text(max_length=20, metadata={"description": "Needs a recent sign-in"})
     address = fields.Nested(AddressPatchIn)
