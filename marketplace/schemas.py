@@ -147,3 +147,11 @@ def decode_cursor(scope: str, cursor: str | None) -> Any:
     ):
         raise Unprocessable(details={"fields": {"cursor": ["Invalid cursor."]}})
     return data[1]
+
+
+def decode_id_cursor(scope: str, cursor: str | None) -> int | None:
+    """The row id inside a keyset cursor we issued for this list (``None`` for the first page)."""
+    after = decode_cursor(scope, cursor)
+    if after is not None and (isinstance(after, bool) or not isinstance(after, int)):
+        raise Unprocessable(details={"fields": {"cursor": ["Invalid cursor."]}})
+    return after if after is None else int(after)

@@ -11,10 +11,9 @@ from flask.views import MethodView
 from marketplace.agencies import schemas as s
 from marketplace.agencies import service
 from marketplace.api import ApiBlueprint
-from marketplace.errors import Unprocessable
 from marketplace.extensions import db, limiter
 from marketplace.kyc.views import ImageFileIn, multipart
-from marketplace.schemas import StatusSchema, decode_cursor, encode_cursor
+from marketplace.schemas import StatusSchema, decode_id_cursor, encode_cursor
 from marketplace.security import current_actor, public
 
 # POST /api/v1/agencies (public sign-up)
@@ -104,9 +103,7 @@ class AgencyStaff(MethodView):
     @agency_api_bp.response(200, s.StaffPageOut)
     def get(self, args: dict[str, Any]) -> dict[str, Any]:
         """Your agency's staff and their roles (cursor pagination)."""
-        after = decode_cursor("agency-staff", args["cursor"])
-        if after is not None and (isinstance(after, bool) or not isinstance(after, int)):
-            raise Unprocessable(details={"fields": {"cursor": ["Invalid cursor."]}})
+        after = decode_id_cursor("agency-staff", args["cursor"])
         items = service.list_staff(current_actor(), args.get("agency"), after_id=after, limit=args["limit"] + 1)
         more = len(items) > args["limit"]
         items = items[: args["limit"]]

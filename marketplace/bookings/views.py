@@ -17,7 +17,7 @@ from marketplace.extensions import db
 from marketplace.fleet.models import Vehicle
 from marketplace.kyc.service import identity_of
 from marketplace.permissions import Permission
-from marketplace.schemas import PageArgsSchema, decode_cursor, encode_cursor
+from marketplace.schemas import PageArgsSchema, decode_id_cursor, encode_cursor
 from marketplace.security import current_actor, requires
 from marketplace.users.models import User
 
@@ -70,12 +70,6 @@ def agency_booking_out(b: Booking) -> dict[str, Any]:
     }
 
 
-def _cursor(scope: str, value: Any) -> int | None:
-    after = decode_cursor(scope, value)
-    if after is not None and (isinstance(after, bool) or not isinstance(after, int)):
-        raise Unprocessable(details={"fields": {"cursor": ["Invalid cursor."]}})
-    return after
-
 
 @bookings_bp.route("/quote", methods=["POST"])
 @bookings_bp.arguments(s.QuoteIn)
@@ -114,7 +108,7 @@ class Bookings(MethodView):
     @bookings_bp.response(200, s.BookingPageOut)
     def get(self, args: dict[str, Any]) -> dict[str, Any]:
         """Your bookings, newest first."""
-        items = service.list_for_customer(current_actor(), before_id=_cursor("bookings", args["cursor"]),
+        items = service.list_for_customer(current_actor(), before_id=decode_id_cursor("bookings", args["cursor"]),
                                           limit=args["limit"] + 1)
         more = len(items) > args["limit"]
         items = items[: args["limit"]]
@@ -159,7 +153,8 @@ def cancel(args: dict[str, Any], reference: str) -> dict[str, Any]:
 def agency_list(args: dict[str, Any]) -> dict[str, Any]:
     """Your agency's bookings, newest first; `day` gives that day's pick-ups and returns (Asia/Dubai)."""
     items = service.list_for_agency(current_actor(), day=args["day"], status=args["status"],
-                                    before_id=_cursor("agency-bookings", args["cursor"]), limit=args["limit"] + 1)
+                                    before_id=decode_id_cursor("agency-bookings", args["cursor"]),
+                                    limit=args["limit"] + 1)
     more = len(items) > args["limit"]
     items = items[: args["limit"]]
     return {"items": [agency_booking_out(b) for b in items],

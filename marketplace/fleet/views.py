@@ -17,7 +17,7 @@ from marketplace.fleet import service as fleet
 from marketplace.fleet.models import AvailabilityBlock, Vehicle, VehiclePhoto
 from marketplace.kyc.views import multipart
 from marketplace.permissions import Permission
-from marketplace.schemas import decode_cursor, encode_cursor
+from marketplace.schemas import decode_cursor, decode_id_cursor, encode_cursor
 from marketplace.security import Actor, current_actor, public, requires
 
 # GET /api/v1/vehicles, GET /api/v1/vehicles/{id} (public)
@@ -162,10 +162,7 @@ def _out(actor: Actor, v: Vehicle) -> dict[str, Any]:
 
 
 def _after_id(value: str | None) -> int | None:
-    after = decode_cursor("agency-vehicles", value)
-    if after is not None and (isinstance(after, bool) or not isinstance(after, int)):
-        raise _invalid_cursor()
-    return after
+    return decode_id_cursor("agency-vehicles", value)
 
 
 @agency_fleet_bp.route("")

@@ -11,7 +11,7 @@ from marketplace.api import ApiBlueprint as Blueprint
 from marketplace.errors import AppError, Unprocessable
 from marketplace.extensions import db, limiter
 from marketplace.notifications import service as notifications
-from marketplace.schemas import PageArgsSchema, StatusSchema, decode_cursor, encode_cursor
+from marketplace.schemas import PageArgsSchema, StatusSchema, decode_id_cursor, encode_cursor
 from marketplace.security import current_actor, pre_mfa, public
 from marketplace.users import schemas as s
 from marketplace.users import service
@@ -247,9 +247,7 @@ class Preferences(MethodView):
 @me_bp.response(200, s.NotificationPageOut)
 def list_notifications(args: dict[str, Any]) -> dict[str, Any]:
     """Your in-app notices, newest first (cursor pagination)."""
-    after = decode_cursor("notifications", args["cursor"])
-    if after is not None and (isinstance(after, bool) or not isinstance(after, int)):
-        raise Unprocessable(details={"fields": {"cursor": ["Invalid cursor."]}})
+    after = decode_id_cursor("notifications", args["cursor"])
     items = notifications.list_in_app(current_actor().user, after_id=after, limit=args["limit"] + 1)
     more = len(items) > args["limit"]
     items = items[: args["limit"]]
