@@ -43,8 +43,9 @@ browser-deps:  ## Debian's Chromium for the browser tests (installed when missin
 test: setup-dev browser-deps  ## install test needs and run the suite (SQLite, in-process jobs)
 	$(BIN)/pytest -q -p no:cacheprovider
 
-lint: setup-dev
+lint: setup-dev  ## ruff, the import contracts between areas (docs/architecture.md), mypy
 	$(BIN)/ruff check marketplace agency_app tests bench migrations
+	$(BIN)/lint-imports --no-logo --no-cache
 	$(BIN)/mypy
 
 bench: setup-dev  ## benchmarks: figures and ratios against a baseline measured in the same run

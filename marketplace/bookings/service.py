@@ -18,7 +18,7 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy import delete, or_, select
 
-from marketplace import audit, jobs
+from marketplace import audit, jobs, money
 from marketplace.agencies.models import Agency, AgencyStatus
 from marketplace.bookings import states
 from marketplace.bookings.models import Booking, BookingEvent
@@ -36,8 +36,6 @@ from marketplace.users.models import ConsentKind, User
 from marketplace.users.service import grant_consent
 
 BUSINESS_TZ = ZoneInfo("Asia/Dubai")
-PLATFORM_FEE_PERCENT = 10  # of the rental, the same for everyone (P-13: never personalised)
-VAT_PERCENT = 5
 MAX_RENTAL_DAYS = 30
 MIN_LEAD = timedelta(hours=1)
 BOOKING_HORIZON = timedelta(days=365)
@@ -83,17 +81,11 @@ class Quote:
     free_cancellation_until: datetime
 
 
-def _percent(amount: int, percent: int) -> int:
-    """Round half up to the fil."""
-    return (amount * percent + 50) // 100
-
-
 def price(daily_rate_fils: int, days: int) -> tuple[int, int, int, int]:
-    """(rental, platform fee, VAT, total) in fils."""
-    rental = daily_rate_fils * days
-    fee = _percent(rental, PLATFORM_FEE_PERCENT)
-    vat = _percent(rental + fee, VAT_PERCENT)
-    return rental, fee, vat, rental + fee + vat
+    """(rental, platform fee, VAT, total) in fils: the fee, VAT and rounding rules are ``marketplace.money``'s."""
+    breakdown = money.rental_price(money.Money(daily_rate_fils), days)
+    return (breakdown.line("rental").net.fils, breakdown.line("platform_fee").net.fils, breakdown.vat.fils,
+            breakdown.total.fils)
 
 
 def rental_days(starts_at: datetime, ends_at: datetime) -> int:
