@@ -40,7 +40,7 @@ class LocalStripe:
 
     def reset(self) -> None:
         """Empty the store (and, with the extension, the idempotency keys and webhooks)."""
-        request = urllib.request.Request(f"{self.base_url}/_config/data", method="DELETE")
+        request = urllib.request.Request(f"{self.base_url}/_config/data", method="DELETE")  # noqa: S310
         with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 - our loopback server
             assert response.status == 200
 
@@ -58,7 +58,8 @@ def _free_port() -> int:
 
 
 def _ready(base_url: str) -> bool:
-    request = urllib.request.Request(f"{base_url}/v1/customers", headers={"Authorization": f"Bearer {SECRET_KEY}"})
+    request = urllib.request.Request(  # noqa: S310 - our loopback server
+        f"{base_url}/v1/customers", headers={"Authorization": f"Bearer {SECRET_KEY}"})
     try:
         with urllib.request.urlopen(request, timeout=2) as response:  # noqa: S310 - our loopback server
             return bool(response.status == 200)

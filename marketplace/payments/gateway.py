@@ -16,7 +16,10 @@ ids and return the small frozen dataclasses below, never a Stripe object. The ru
 - **Both shapes** of what Stripe and localstripe return are read (§3.4): ``latest_charge`` as an id or an
   embedded object, missing ``amount_capturable``/``amount_received``, a 3-D Secure card off-session as a 402
   error or as an intent left in ``requires_action``, a decline with or without ``decline_code``.
-- Amounts are whole fils in AED, sent as ``currency="aed"``; every intent is ``payment_method_types=["card"]``.
+- Amounts are whole fils in AED, sent as ``currency="aed"``; every intent is for cards only. stripe-python 16
+  speaks API version 2026-10-28.endive, where the writable ``payment_method_types`` is gone (400
+  ``payment_method_types_no_longer_supported`` since 2026-09-30.endive, Stripe changelog) and
+  ``allowed_payment_method_types=["card"]`` takes its place; never ``automatic_payment_methods``.
 
 Card numbers never pass through here: the mobile SDK confirms the SetupIntent with Stripe directly, and
 ``card_details`` returns brand, last four digits and expiry only.
@@ -32,7 +35,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
 
 import stripe
@@ -50,13 +53,21 @@ from marketplace.payments.errors import (
     PaymentProviderUnavailable,
 )
 
+if TYPE_CHECKING:  # stripe's own TypedDicts: mypy checks every parameter we send
+    from stripe.params import (
+        PaymentIntentCreateParams,
+        RefundCreateParams,
+        SetupIntentCreateParams,
+        TransferCreateParams,
+    )
+
 log = logging.getLogger(__name__)
 
 STRIPE_CURRENCY = CURRENCY.lower()
 MAX_KEY_LENGTH = 255  # Stripe "Idempotent requests"
 WEBHOOK_TOLERANCE_SECONDS = 300  # Stripe's default: older signed timestamps are refused
-CARD_ONLY = ["card"]  # never automatic_payment_methods (STRIPE.md, top)
-_KEY = re.compile(r"^[\x21-\x7e]{1,%d}$" % MAX_KEY_LENGTH)  # printable ASCII: it travels in a header
+CARD_ONLY = ["card"]  # as allowed_payment_method_types; never automatic_payment_methods (STRIPE.md, top)
+_KEY = re.compile(rf"^[\x21-\x7e]{{1,{MAX_KEY_LENGTH}}}$")  # printable ASCII: it travels in a header
 _LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
 
 
@@ -207,11 +218,10 @@ class Gateway:
                          metadata: Mapping[str, str] | None = None) -> CardSetup:
         """A SetupIntent for off-session use; the customer's SDK confirms it with Stripe (STRIPE.md §1.1)."""
         key = _checked_key(key)
+        params: SetupIntentCreateParams = {"customer": customer_id, "usage": "off_session",
+                                           "allowed_payment_method_types": CARD_ONLY, "metadata": _metadata(metadata)}
         with _stripe_errors("start_card_setup", key):
-            intent = self._client.v1.setup_intents.create(
-                params={"customer": customer_id, "usage": "off_session", "payment_method_types": CARD_ONLY,
-                        "metadata": _metadata(metadata)},
-                options={"idempotency_key": key})
+            intent = self._client.v1.setup_intents.create(params=params, options={"idempotency_key": key})
         data = _plain(intent)
         return CardSetup(setup_intent_id=data["id"], status=data["status"], client_secret=data["client_secret"])
 
@@ -264,7 +274,8 @@ class Gateway:
         """A customer-initiated payment with the saved card, captured at once. ``requires_action`` comes back
         as a status (the customer is present: their SDK completes 3-D Secure with ``client_secret``)."""
         params = self._intent_params(customer_id, payment_method_id, amount, metadata)
-        params.update({"capture_method": "automatic", "confirm": True})
+        params["capture_method"] = "automatic"
+        params["confirm"] = True
         if transfer_group:
             params["transfer_group"] = transfer_group
         return self._create_intent("pay_booking", params, _checked_key(key), off_session=False)
@@ -276,7 +287,9 @@ class Gateway:
         ``off_session=True`` for a re-hold placed by a job (an MIT): then 3-D Secure raises
         ``AuthenticationRequired`` instead of coming back as a status."""
         params = self._intent_params(customer_id, payment_method_id, amount, metadata)
-        params.update({"capture_method": "manual", "confirm": True, "expand": ["latest_charge"]})
+        params["capture_method"] = "manual"
+        params["confirm"] = True
+        params["expand"] = ["latest_charge"]
         if off_session:
             params["off_session"] = True
         return self._create_intent("hold_deposit", params, _checked_key(key), off_session=off_session)
@@ -325,12 +338,12 @@ class Gateway:
         return _intent(_plain(intent))
 
     def _intent_params(self, customer_id: str, payment_method_id: str, amount: Money,
-                       metadata: Mapping[str, str] | None) -> dict[str, Any]:
+                       metadata: Mapping[str, str] | None) -> PaymentIntentCreateParams:
         return {"amount": _fils(amount), "currency": STRIPE_CURRENCY, "customer": customer_id,
-                "payment_method": payment_method_id, "payment_method_types": CARD_ONLY,
+                "payment_method": payment_method_id, "allowed_payment_method_types": CARD_ONLY,
                 "metadata": _metadata(metadata)}
 
-    def _create_intent(self, action: str, params: dict[str, Any], key: str, *, off_session: bool) -> Intent:
+    def _create_intent(self, action: str, params: PaymentIntentCreateParams, key: str, *, off_session: bool) -> Intent:
         with _stripe_errors(action, key):
             intent = self._client.v1.payment_intents.create(params=params, options={"idempotency_key": key})
         result = _intent(_plain(intent))
@@ -342,16 +355,15 @@ class Gateway:
                metadata: Mapping[str, str] | None = None) -> RefundResult:
         """Refund ``amount`` (always explicit, from our ledger: captured - refunded) of a captured payment."""
         key = _checked_key(key)
+        params: RefundCreateParams = {"amount": _fils(amount), "metadata": _metadata(metadata)}
         if charge_or_intent.startswith("pi_"):
-            target = {"payment_intent": charge_or_intent}
+            params["payment_intent"] = charge_or_intent
         elif charge_or_intent.startswith("ch_"):
-            target = {"charge": charge_or_intent}
+            params["charge"] = charge_or_intent
         else:
             raise ValueError("refund a charge (ch_) or a payment intent (pi_)")
         with _stripe_errors("refund", key):
-            refund = self._client.v1.refunds.create(
-                params={**target, "amount": _fils(amount), "metadata": _metadata(metadata)},
-                options={"idempotency_key": key})
+            refund = self._client.v1.refunds.create(params=params, options={"idempotency_key": key})
         data = _plain(refund)
         return RefundResult(id=data["id"], status=data.get("status") or "pending",
                             amount=Money(int(data["amount"])), charge_id=_id(data.get("charge")),
@@ -364,8 +376,9 @@ class Gateway:
 
         ``source_charge_id`` ties the transfer to a charge, so it waits for that charge's funds."""
         key = _checked_key(key)
-        params: dict[str, Any] = {"amount": _fils(amount), "currency": STRIPE_CURRENCY, "destination": account_id,
-                                  "transfer_group": transfer_group, "metadata": _metadata(metadata)}
+        params: TransferCreateParams = {"amount": _fils(amount), "currency": STRIPE_CURRENCY,
+                                        "destination": account_id, "transfer_group": transfer_group,
+                                        "metadata": _metadata(metadata)}
         if source_charge_id:
             params["source_transaction"] = source_charge_id
         with _stripe_errors("transfer_to_agency", key):

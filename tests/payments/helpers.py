@@ -27,8 +27,9 @@ def sdk_confirm_setup(server: LocalStripe, setup: CardSetup, number: str = "4242
             "payment_method_data[type]": "card", "payment_method_data[card][number]": number,
             "payment_method_data[card][exp_month]": str(exp_month),
             "payment_method_data[card][exp_year]": str(exp_year), "payment_method_data[card][cvc]": "123"}
-    request = urllib.request.Request(f"{server.base_url}/v1/setup_intents/{setup.setup_intent_id}/confirm",
-                                     data=urllib.parse.urlencode(form).encode(), method="POST")
+    request = urllib.request.Request(  # noqa: S310 - loopback localstripe
+        f"{server.base_url}/v1/setup_intents/{setup.setup_intent_id}/confirm",
+        data=urllib.parse.urlencode(form).encode(), method="POST")
     try:
         with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 - loopback localstripe
             return response.status, json.loads(response.read())
@@ -45,8 +46,9 @@ def http(server: LocalStripe, method: str, path: str, form: dict[str, str] | Non
          headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], dict[str, Any]]:
     """One raw request with the secret key: status, headers and JSON body (for the extension's own tests)."""
     data = urllib.parse.urlencode(form).encode() if form is not None else None
-    request = urllib.request.Request(f"{server.base_url}{path}", data=data, method=method,
-                                     headers={"Authorization": f"Bearer {SECRET_KEY}", **(headers or {})})
+    request = urllib.request.Request(  # noqa: S310 - loopback localstripe
+        f"{server.base_url}{path}", data=data, method=method,
+        headers={"Authorization": f"Bearer {SECRET_KEY}", **(headers or {})})
     try:
         with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 - loopback localstripe
             return response.status, dict(response.headers), json.loads(response.read() or b"{}")

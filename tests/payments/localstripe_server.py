@@ -6,6 +6,10 @@ localstripe (GPL-3.0-or-later) is a dev dependency run as this separate process;
 The stock ``localstripe --port N`` binds every interface and pickles its whole store to a shared
 ``/tmp/localstripe.pickle`` after each write (STRIPE.md §3.2), so this launcher runs its app itself.
 
+Always (``--stock`` too) it accepts ``allowed_payment_method_types``, the name stripe-python 16's API version
+(2026-10-28.endive) sends where localstripe, which ignores ``Stripe-Version``, knows only the older
+``payment_method_types`` (removed as a request parameter in 2026-09-30.endive).
+
 Without ``--stock`` it also patches localstripe 1.15.10 *inside this process* so that it behaves like real
 Stripe where STRIPE.md §3.4 lists a difference our code depends on ("Closing the gaps"). Each patch names the
 Stripe behaviour it models; they touch localstripe's internals, so the version is pinned and asserted here
@@ -35,6 +39,8 @@ and ``tests/payments/test_localstripe_extension.py`` checks every patch against 
 10. More ``pm_card_*`` test ids (``pm_card_authenticationRequired``, ``pm_card_chargeDeclinedInsufficientFunds``,
     ...), the card brand from the number, and the PaymentIntent keeps the real ``pm_`` id behind a test id.
 11. ``DELETE /_config/data`` also forgets the idempotency keys and the registered webhooks.
+12. Creating a PaymentIntent or SetupIntent with ``payment_method_types`` is refused with 400
+    ``payment_method_types_no_longer_supported``, as Stripe does on stripe-python 16's API version.
 
 Hold expiry (``charge.expired``), key pruning after 24 h and disputes are not modelled here: those tests use
 ``tests/payments/fake_stripe.py``.
@@ -66,6 +72,23 @@ HOLD_WINDOW_SECONDS = 7 * 24 * 3600  # Stripe's card hold window for a customer-
 # ---- always: in memory, never a pickle (STRIPE.md §3.2) ---------------------------------------------------
 ls.Store.dump_to_disk = lambda self: None  # type: ignore[method-assign]
 ls.Store.try_load_from_disk = lambda self: None  # type: ignore[method-assign]
+
+
+def _accept_allowed_payment_method_types(cls: Any) -> None:
+    stock_init = cls.__init__
+
+    def init(self: Any, *args: Any, allowed_payment_method_types: Any = None, **kwargs: Any) -> None:
+        if allowed_payment_method_types is not None:
+            kwargs["payment_method_types"] = allowed_payment_method_types
+        stock_init(self, *args, **kwargs)
+        self.allowed_payment_method_types = allowed_payment_method_types
+        self.payment_method_types = kwargs.get("payment_method_types") or ["card"]  # stock drops it on a PI
+
+    cls.__init__ = init
+
+
+_accept_allowed_payment_method_types(ls.PaymentIntent)
+_accept_allowed_payment_method_types(ls.SetupIntent)
 
 
 class CardError(UserError):
@@ -143,14 +166,14 @@ def _brand(number: str) -> str:
     return "unknown"
 
 
-def _extend() -> None:  # noqa: PLR0915 - one list of small patches, each documented in the module docstring
+def _extend() -> None:
     PaymentIntent, PaymentMethod, Charge, Refund, SetupIntent = (  # noqa: N806 - localstripe's class names
         ls.PaymentIntent, ls.PaymentMethod, ls.Charge, ls.Refund, ls.SetupIntent)
 
     # -- 10. more pm_card_* ids, the brand from the number, and the PI keeps the real pm_ id ------------------
     stock_canonical = PaymentMethod._try_get_canonical_test_article.__func__
 
-    def canonical(cls: Any, id: str) -> Any:  # noqa: A002 - localstripe's name
+    def canonical(cls: Any, id: str) -> Any:
         found = stock_canonical(cls, id)
         if found is None and id in TEST_PAYMENT_METHODS:
             found = PaymentMethod(type="card", card={"number": TEST_PAYMENT_METHODS[id], "exp_month": "12",
@@ -180,7 +203,7 @@ def _extend() -> None:  # noqa: PLR0915 - one list of small patches, each docume
     # -- 4. declines on attach: card_error + decline_code --------------------------------------------------------
     stock_attach = PaymentMethod._api_attach.__func__
 
-    def attach(cls: Any, id: str, customer: Any = None, **kwargs: Any) -> Any:  # noqa: A002
+    def attach(cls: Any, id: str, customer: Any = None, **kwargs: Any) -> Any:
         try:
             return stock_attach(cls, id, customer=customer, **kwargs)
         except UserError as exc:
@@ -264,9 +287,24 @@ def _extend() -> None:  # noqa: PLR0915 - one list of small patches, each docume
             return PaymentMethod._api_retrieve(payment_method).id  # a fresh pm_ as on Stripe
         return payment_method
 
+    def refuse_payment_method_types(data: dict[str, Any]) -> None:
+        # 12. as Stripe on the API version stripe-python 16 sends (2026-09-30.endive and later)
+        if "payment_method_types" in data:
+            raise UserError(400, "payment_method_types is no longer supported; use allowed_payment_method_types",
+                            {"code": "payment_method_types_no_longer_supported", "param": "payment_method_types"})
+
+    stock_si_create = SetupIntent._api_create.__func__
+
+    def si_create(cls: Any, **data: Any) -> Any:
+        refuse_payment_method_types(data)
+        return stock_si_create(cls, **data)
+
+    SetupIntent._api_create = classmethod(si_create)
+
     accepted_pi_params = ("description", "statement_descriptor_suffix", "transfer_group", "receipt_email")
 
     def pi_create(cls: Any, confirm: Any = None, off_session: Any = None, **data: Any) -> Any:
+        refuse_payment_method_types(data)
         confirm = ls.try_convert_to_bool(confirm)
         off_session = ls.try_convert_to_bool(off_session)
         if off_session is not None and (type(off_session) is not bool or confirm is not True):
@@ -277,14 +315,13 @@ def _extend() -> None:  # noqa: PLR0915 - one list of small patches, each docume
         obj = cls(**data)
         for name in accepted_pi_params:
             setattr(obj, name, echoed.get(name))
-        obj.payment_method_types = data.get("payment_method_types") or ["card"]  # stock accepts, then drops it
         if confirm:
             obj._confirm(on_failure_now=obj._report_failure, off_session=bool(off_session))
         return obj
 
     PaymentIntent._api_create = classmethod(pi_create)
 
-    def pi_confirm(cls: Any, id: str, payment_method: Any = None, off_session: Any = None,  # noqa: A002
+    def pi_confirm(cls: Any, id: str, payment_method: Any = None, off_session: Any = None,
                    **kwargs: Any) -> Any:
         if kwargs:
             raise UserError(400, "Unexpected " + ", ".join(kwargs.keys()))
@@ -368,7 +405,7 @@ def _extend() -> None:  # noqa: PLR0915 - one list of small patches, each docume
     # -- 6. a SetupIntent that succeeds attaches its card --------------------------------------------------------
     stock_si_confirm = SetupIntent._api_confirm.__func__
 
-    def si_confirm(cls: Any, id: str, **kwargs: Any) -> Any:  # noqa: A002
+    def si_confirm(cls: Any, id: str, **kwargs: Any) -> Any:
         try:
             obj = stock_si_confirm(cls, id, **kwargs)
         except UserError as exc:
@@ -424,7 +461,7 @@ def _extend() -> None:  # noqa: PLR0915 - one list of small patches, each docume
         object = "account"
         _id_prefix = "acct_"
 
-        def __init__(self, type: Any = "express", country: Any = "AE", email: Any = None,  # noqa: A002
+        def __init__(self, *, type: Any = "express", country: Any = "AE", email: Any = None,
                      metadata: Any = None, capabilities: Any = None, business_type: Any = None,
                      **kwargs: Any) -> None:
             if kwargs:
@@ -452,7 +489,7 @@ def _extend() -> None:  # noqa: PLR0915 - one list of small patches, each docume
         object = "transfer"
         _id_prefix = "tr_"
 
-        def __init__(self, amount: Any = None, currency: Any = None, destination: Any = None,
+        def __init__(self, *, amount: Any = None, currency: Any = None, destination: Any = None,
                      transfer_group: Any = None, metadata: Any = None, description: Any = None,
                      source_transaction: Any = None, **kwargs: Any) -> None:
             if kwargs:
@@ -499,7 +536,7 @@ def _extend() -> None:  # noqa: PLR0915 - one list of small patches, each docume
                                          None if "*" in enabled_events else enabled_events)
 
         @classmethod
-        def _api_delete(cls, id: str) -> Any:  # noqa: A002
+        def _api_delete(cls, id: str) -> Any:
             ls_webhooks._webhooks.pop(id, None)
             return super()._api_delete(id)
 
@@ -552,7 +589,7 @@ async def idempotency_middleware(request: web.Request,
             response = await handler(request)
         except web.HTTPException:
             raise
-        except Exception:  # noqa: BLE001 - Stripe saves and replays its 500s too
+        except Exception:
             response = _stripe_error(500, "api_error", "An unexpected error occurred.")
         if isinstance(response, web.Response) and response.status not in _NOT_SAVED:
             _replies[scope] = (fingerprint, response.status, bytes(response.body or b""))  # type: ignore[arg-type]

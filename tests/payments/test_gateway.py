@@ -71,7 +71,7 @@ def test_a_card_is_saved_through_a_setup_intent_and_shown_by_brand_last4_and_exp
     assert gateway.card_details(outcome.payment_method_id) == details
     # the setup intent was for off-session use, card only
     seti = raw_client(localstripe).v1.setup_intents.retrieve(setup.setup_intent_id)
-    assert seti.usage == "off_session" and list(seti.payment_method_types) == ["card"]
+    assert seti.usage == "off_session" and list(seti.allowed_payment_method_types) == ["card"]
 
 
 def test_ensure_customer_finds_the_customer_it_made(localstripe):
@@ -124,7 +124,7 @@ def test_pay_a_booking_with_the_saved_card(localstripe):
     assert paid.amount_capturable == Money.zero()
     assert paid.charge_id is not None and paid.charge_id.startswith("ch_")
     sent = raw_client(localstripe).v1.payment_intents.retrieve(paid.id)
-    assert sent.currency == "aed" and list(sent.payment_method_types) == ["card"]
+    assert sent.currency == "aed" and list(sent.allowed_payment_method_types) == ["card"]
     assert sent.capture_method == "automatic" and sent.metadata["booking"] == "BK1"
 
 
@@ -397,7 +397,7 @@ def test_a_forged_missing_or_altered_signature_is_invalid_signature(case):  # PY
         header = "t=notanumber,v1=zz"
     elif case == "not_utf8":
         raw = b"\xff\xfe" + raw
-        header = "t=%d,v1=%s" % (int(time.time()), "0" * 64)
+        header = f"t={int(time.time())},v1={'0' * 64}"
     elif case == "no_v1":
         header = header.split(",")[0]
     with pytest.raises(InvalidSignature) as refused:
@@ -507,3 +507,15 @@ def test_stock_localstripe_has_no_transfers_which_is_unavailable_not_a_500(stock
     gateway = stock_localstripe.gateway()
     with pytest.raises(PaymentProviderUnavailable):  # a missing route: "Invalid response body from API: 404"
         gateway.transfer_to_agency("acct_x", Money(100), transfer_group="booking_1", key="transfer:1")
+
+
+def test_the_app_has_one_gateway_built_from_its_settings(app):
+    from marketplace.payments.gateway import current_gateway
+
+    try:
+        gateway = current_gateway(app)
+        assert isinstance(gateway, Gateway) and current_gateway(app) is gateway
+        with app.app_context():
+            assert current_gateway() is gateway
+    finally:
+        app.extensions.pop("payments_gateway", None)
