@@ -65,6 +65,7 @@ class Settings:
     stripe_api_base: str | None
     stripe_webhook_secret: str | None
     log_level: str
+    stripe_max_network_retries: int = 2
     limits: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -170,6 +171,9 @@ def load_settings(overrides: Mapping[str, Any] | None = None) -> Settings:  # no
     stripe_key = env.get("STRIPE_SECRET_KEY", "")
     if production and not stripe_key.startswith(("sk_live_", "rk_live_", "sk_test_")):
         raise ConfigError("STRIPE_SECRET_KEY is required in production")
+    stripe_retries = _int(env, "STRIPE_MAX_NETWORK_RETRIES", 2)
+    if not 0 <= stripe_retries <= 10:
+        raise ConfigError("STRIPE_MAX_NETWORK_RETRIES must be between 0 and 10")
 
     return Settings(
         env=app_env,
@@ -198,6 +202,7 @@ def load_settings(overrides: Mapping[str, Any] | None = None) -> Settings:  # no
         stripe_secret_key=stripe_key or "sk_test_localstripe",
         stripe_api_base=env.get("STRIPE_API_BASE") or (None if production else "http://127.0.0.1:8420"),
         stripe_webhook_secret=env.get("STRIPE_WEBHOOK_SECRET") or None,
+        stripe_max_network_retries=stripe_retries,
         log_level=env.get("LOG_LEVEL", "INFO").upper(),
         limits=limits,
     )

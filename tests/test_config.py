@@ -162,3 +162,10 @@ def test_cors_is_an_exact_allow_list(production_app, origin, allowed):  # IN-06
     else:
         assert "Access-Control-Allow-Origin" not in response.headers
     assert response.headers.get("Access-Control-Allow-Credentials") is None
+
+
+@pytest.mark.parametrize("value", ["-1", "11", "many"])
+def test_stripe_network_retries_must_be_a_small_whole_number(app_overrides, value):
+    with pytest.raises(ConfigError, match="STRIPE_MAX_NETWORK_RETRIES"):
+        load_settings({**app_overrides, "STRIPE_MAX_NETWORK_RETRIES": value})
+    assert load_settings({**app_overrides, "STRIPE_MAX_NETWORK_RETRIES": None}).stripe_max_network_retries == 2

@@ -54,6 +54,10 @@ def test_import_contracts_hold() -> None:  # issue 8 item 3
     # a library used outside the adapter that wraps it
     ("marketplace/bookings/service.py", "from cryptography.hazmat.primitives import hashes",
      "marketplace.bookings.service"),
+    # stripe outside the payments gateway (issue 9: the gateway is the only module that imports it)
+    ("marketplace/bookings/service.py", "import stripe", "marketplace.bookings.service"),
+    # a front door reaching past the payments service into its gateway
+    ("agency_app/views.py", "from marketplace.payments.gateway import Gateway", "agency_app.views"),
 ])
 def test_a_planted_leak_breaks_the_contracts(tmp_path: Path, module: str, planted: str, broken: str) -> None:
     """Negative control: the same contracts on a copy of the code with one extra forbidden import fail."""
