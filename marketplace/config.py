@@ -65,6 +65,7 @@ class Settings:
     stripe_api_base: str | None
     stripe_webhook_secret: str | None
     log_level: str
+    dev_mailbox: bool = False
     limits: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -167,6 +168,11 @@ def load_settings(overrides: Mapping[str, Any] | None = None) -> Settings:  # no
         if value:
             limits[name] = value
 
+    # the local mail catcher shows one-time codes to anyone on this machine: development only
+    dev_mailbox = _bool(env.get("DEV_MAILBOX"), default=app_env == "development")
+    if production and dev_mailbox:
+        raise ConfigError("DEV_MAILBOX shows e-mailed one-time codes and is never enabled in production")
+
     stripe_key = env.get("STRIPE_SECRET_KEY", "")
     if production and not stripe_key.startswith(("sk_live_", "rk_live_", "sk_test_")):
         raise ConfigError("STRIPE_SECRET_KEY is required in production")
@@ -199,6 +205,7 @@ def load_settings(overrides: Mapping[str, Any] | None = None) -> Settings:  # no
         stripe_api_base=env.get("STRIPE_API_BASE") or (None if production else "http://127.0.0.1:8420"),
         stripe_webhook_secret=env.get("STRIPE_WEBHOOK_SECRET") or None,
         log_level=env.get("LOG_LEVEL", "INFO").upper(),
+        dev_mailbox=dev_mailbox,
         limits=limits,
     )
 
