@@ -30,6 +30,7 @@ serve:
 	@echo "  API docs:    http://$(HOST):$(PORT)/api/docs   (OpenAPI: /api/openapi.json)"
 	@echo "  Console:     http://$(HOST):$(PORT)/console"
 	@echo "  Agency app:  http://$(HOST):$(PORT)/agency"
+	@echo "  E-mail:      http://$(HOST):$(PORT)/dev/mail   (what the app sent: codes and links; development only)"
 	@echo ""
 	$(BIN)/gunicorn --bind $(HOST):$(PORT) --worker-class gthread --workers 2 --threads 4 \
 		--access-logfile - --access-logformat '%(h)s "%(m)s %(U)s" %(s)s %(b)s %(M)sms' 'wsgi:app'

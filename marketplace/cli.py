@@ -125,12 +125,12 @@ def seed_demo() -> None:
 
 
 def _seed() -> str:
+    from marketplace import demo
     from marketplace.agencies.models import Agency, AgencyStatus
     from marketplace.crypto import encrypt_field
     from marketplace.fleet.models import Vehicle, VehicleStatus
     from marketplace.users import passwords, service
-    from marketplace.users.consent_texts import CURRENT
-    from marketplace.users.models import AccountStatus, AccountType, ConsentKind, User
+    from marketplace.users.models import AccountStatus, AccountType, User
 
     now = utcnow()
     agency = Agency(
@@ -168,6 +168,7 @@ def _seed() -> str:
     out = ["CareJar demo sign-ins (also in var/demo-credentials.txt; local demo only)", ""]
     out.append(f"{'who':<34} {'password':<22} TOTP secret (add to an authenticator app)")
     ring = current_app.extensions["keyring"]
+    made: dict[str, User] = {}
     for email, name, roles in staff:
         password = "Demo-" + secrets.token_urlsafe(12)
         user = service.create_staff(email=email, full_name=name, password=password, roles=roles)
@@ -175,18 +176,20 @@ def _seed() -> str:
         user.totp_secret_enc = encrypt_field(ring, secret.encode(), aad=f"totp:{user.public_id}".encode())
         user.totp_enrolled_at = now
         out.append(f"{email:<34} {password:<22} {secret}")
+        made[email] = user
     password = "Demo-" + secrets.token_urlsafe(12)
     customer = User(
         account_type=AccountType.CUSTOMER, status=AccountStatus.ACTIVE, email="layla@demo.carejar.example",
         email_verified_at=now, phone="+971501234567", password_hash=passwords.hash_password(password),
-        password_changed_at=now, full_name="Layla Haddad", date_of_birth=now.date().replace(year=now.year - 30),
+        password_changed_at=now, full_name="Layla Haddad",
+        date_of_birth=demo.years_before(service.business_today(), 30),
         nationality="AE", address_line1="Marina Gate 1, Apt 1204", address_city="Dubai", address_country="AE",
         emergency_contact_name="Karim Haddad", emergency_contact_phone="+971509876543",
     )
     db.session.add(customer)
     db.session.flush()
-    for kind in (ConsentKind.TERMS, ConsentKind.PRIVACY):
-        service._grant(customer, kind, CURRENT[kind].version, device="demo seed")
+    # cleared the way a real customer is: consents, identity, uploads, and a demo reviewer's approval
+    demo.clear_customer(customer, made["reviewer@demo.carejar.example"])
     audit.record(None, "demo:seed", agency)
     out.append(f"{customer.email:<34} {password:<22} (customer: API sign-in, no MFA)")
     out += ["", "Console: /console   Agency app: /agency   API docs: /api/docs",

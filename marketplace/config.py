@@ -66,6 +66,7 @@ class Settings:
     stripe_webhook_secret: str | None
     log_level: str
     stripe_max_network_retries: int = 2
+    dev_mailbox: bool = False
     limits: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -168,6 +169,11 @@ def load_settings(overrides: Mapping[str, Any] | None = None) -> Settings:  # no
         if value:
             limits[name] = value
 
+    # the local mail catcher shows one-time codes to anyone on this machine: development only
+    dev_mailbox = _bool(env.get("DEV_MAILBOX"), default=app_env == "development")
+    if production and dev_mailbox:
+        raise ConfigError("DEV_MAILBOX shows e-mailed one-time codes and is never enabled in production")
+
     stripe_key = env.get("STRIPE_SECRET_KEY", "")
     if production and not stripe_key.startswith(("sk_live_", "rk_live_", "sk_test_")):
         raise ConfigError("STRIPE_SECRET_KEY is required in production")
@@ -204,6 +210,7 @@ def load_settings(overrides: Mapping[str, Any] | None = None) -> Settings:  # no
         stripe_webhook_secret=env.get("STRIPE_WEBHOOK_SECRET") or None,
         stripe_max_network_retries=stripe_retries,
         log_level=env.get("LOG_LEVEL", "INFO").upper(),
+        dev_mailbox=dev_mailbox,
         limits=limits,
     )
 

@@ -1,4 +1,4 @@
-"""Liveness and readiness probes (public), and the bare endpoint benchmarks compare against."""
+"""The API index, liveness and readiness probes (public), and the bare endpoint benchmarks compare against."""
 
 from __future__ import annotations
 
@@ -23,6 +23,30 @@ class HealthOut(OutSchema):
 
 class PingOut(OutSchema):
     pong = fields.Boolean(required=True)
+
+
+class ApiLinksOut(OutSchema):
+    docs = fields.String(required=True, metadata={"description": "Interactive API docs (work offline)"})
+    openapi = fields.String(required=True, metadata={"description": "This API's OpenAPI 3 document"})
+    health = fields.String(required=True, metadata={"description": "Readiness probe"})
+    ping = fields.String(required=True, metadata={"description": "Liveness probe"})
+    consent_texts = fields.String(required=True, metadata={"description": "The consent texts and their versions"})
+
+
+class ApiIndexOut(OutSchema):
+    name = fields.String(required=True)
+    version = fields.String(required=True)
+    links = fields.Nested(ApiLinksOut, required=True)
+
+
+@health_bp.route("")
+@health_bp.response(200, ApiIndexOut)
+@public
+def index() -> dict[str, Any]:
+    """Where to start: links to the API docs, the OpenAPI document and the health probes."""
+    return {"name": "CareJar marketplace API", "version": "v1", "links": {
+        "docs": "/api/docs", "openapi": "/api/openapi.json", "health": "/api/v1/health", "ping": "/api/v1/ping",
+        "consent_texts": "/api/v1/legal/consent-texts"}}
 
 
 @health_bp.route("/health")

@@ -23,6 +23,7 @@ PUBLIC_ROUTES: frozenset[tuple[str, str]] = frozenset({
     ("/api/openapi.json", "GET"),
     ("/api/docs", "GET"),
     ("/api/docs/assets/<path:name>", "GET"),
+    ("/api/v1", "GET"),  # the API index: links to the docs (issue 7 item 10)
     ("/api/v1/health", "GET"),
     ("/api/v1/ping", "GET"),
     ("/api/v1/legal/consent-texts", "GET"),
@@ -45,6 +46,11 @@ PUBLIC_ROUTES: frozenset[tuple[str, str]] = frozenset({
     ("/agency/login", "POST"),
     ("/agency/invitations/accept", "GET"),
     ("/agency/invitations/accept", "POST"),
+    # the pages the customer e-mails link to: static HTML whose script calls the public API (issue 7 item 10)
+    ("/confirm-email", "GET"),
+    ("/reset-password", "GET"),
+    # the development mail catcher: 404 unless enabled outside production and asked from loopback (item 11)
+    ("/dev/mail", "GET"),
 })
 
 # (rule, method) that a staff member may call after the password step but before MFA (AZ-07).
@@ -121,9 +127,13 @@ def _openapi_path(rule: str) -> str:
     return re.sub(r"<(?:[^:<>]+:)?([^<>]+)>", r"{\1}", rule)
 
 
+def in_api(path: str) -> bool:
+    """``/api/v1`` itself (the index) and everything under it."""
+    return path == "/api/v1" or path.startswith("/api/v1/")
+
+
 def api_routes(app: Flask) -> set[tuple[str, str]]:
-    return {(_openapi_path(rule.rule), method.lower()) for rule, method in _routes(app)
-            if rule.rule.startswith("/api/v1/")}
+    return {(_openapi_path(rule.rule), method.lower()) for rule, method in _routes(app) if in_api(rule.rule)}
 
 
 def spec_operations(spec: dict[str, Any]) -> set[tuple[str, str]]:
@@ -166,14 +176,14 @@ def test_gate_markers_are_known(app: Flask) -> None:
 def test_api_routes_match_the_openapi_document(app: Flask) -> None:
     # AZ-02 (API9 inventory): every /api/v1 rule and method is documented, and nothing else is
     routes = api_routes(app)
-    operations = {op for op in spec_operations(_spec(app)) if op[0].startswith("/api/v1/")}
+    operations = {op for op in spec_operations(_spec(app)) if in_api(op[0])}
     assert routes - operations == set(), "routes missing from the OpenAPI document"
     assert operations - routes == set(), "OpenAPI operations with no route"
     assert len(routes) > 10
 
 
 def test_spec_has_no_paths_outside_the_api(app: Flask) -> None:
-    assert {path for path, _ in spec_operations(_spec(app)) if not path.startswith("/api/v1/")} == set()
+    assert {path for path, _ in spec_operations(_spec(app)) if not in_api(path)} == set()
 
 
 def _placeholder_path(rule: str) -> str:
@@ -185,7 +195,7 @@ def test_every_non_public_api_route_needs_a_token(app: Flask, client: FlaskClien
     checked = 0
     surface = public_surface(app)
     for rule, method in _routes(app):
-        if not rule.rule.startswith("/api/v1/") or (rule.rule, method) in surface:
+        if not in_api(rule.rule) or (rule.rule, method) in surface:
             continue
         path = _placeholder_path(rule.rule)
         for headers in ({}, {"Authorization": "Bearer"}, {"Authorization": "Bearer cja_not-a-real-token"},

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from flask import Response, redirect, request, url_for
@@ -16,6 +17,29 @@ from marketplace.permissions import Permission, Role
 from marketplace.security import current_actor, requires
 from marketplace.users.models import User
 from marketplace.users.service import list_staff
+from marketplace.vault.models import Blob
+
+
+@dataclass(frozen=True)
+class ReviewImage:
+    src: str
+    width: int
+    height: int
+
+    @property
+    def shape(self) -> str:
+        """The frame to show it in, so a landscape ID card is not shrunk into a portrait box."""
+        if self.width > self.height * 1.1:
+            return "landscape"
+        if self.height > self.width * 1.1:
+            return "portrait"
+        return "square"
+
+
+# the comparison the reviewer makes (P-09) comes first and largest; the other sides follow
+PRIMARY = ("selfie", "id_front")
+LABELS = {"selfie": "Selfie", "id_front": "ID front", "id_back": "ID back", "licence_front": "Licence front",
+          "licence_back": "Licence back"}
 
 
 @console_bp.get("/kyc")
@@ -33,17 +57,22 @@ def _case_page(public_id: str, *, status: int = 200, error: str | None = None) -
         case.status == CaseStatus.AWAITING_SECOND_REVIEW and pending is not None
         and pending.reviewer_id != actor.user.id
     )
-    images: dict[str, str] = {}
+    images: dict[str, ReviewImage] = {}
     if may_view and actor.can(Permission.KYC_IMAGE_VIEW):
         for kind, slot in kyc.SLOTS.items():
-            if getattr(case, slot) is not None:
-                images[kind] = url_for("console.kyc_image", token=kyc.review_image_grant(actor, case, kind))
+            blob_id = getattr(case, slot)
+            if blob_id is not None:
+                token = kyc.review_image_grant(actor, case, kind)
+                blob = db.session.get(Blob, blob_id)
+                assert blob is not None  # the grant above found it
+                images[kind] = ReviewImage(url_for("console.kyc_image", token=token), blob.width, blob.height)
     db.session.commit()
     reviewers = [u for u in list_staff() if Role.KYC_REVIEWER in u.role_set() and u.id != actor.user.id]
     people = {u.id: u for u in list_staff()}
     return _render(
         "console/kyc_case.html", status=status, error=error, case=case, customer=customer,
-        identity=kyc.identity_of(customer) if customer else None, images=images, pending=pending,
+        identity=kyc.identity_of(customer) if customer else None, images=images, pending=pending, primary=PRIMARY,
+        labels=LABELS,
         decisions=kyc.decisions(case), people=people, reviewers=reviewers, reasons={
             "approve": kyc.APPROVE_REASONS, "reject": kyc.REJECT_REASONS,
             "request_resubmission": kyc.RESUBMIT_REASONS},

@@ -575,7 +575,11 @@ def review_image_grant(actor: Actor, case: KycCase, kind: str) -> str:
 
 
 def ensure_cleared_to_drive(user: User, until: datetime | date) -> None:
-    """Approved KYC, licence valid through ``until``, 21 or older, face-data consent not withdrawn."""
+    """Approved KYC, licence valid through ``until``, 21 or older, face-data consent given and not withdrawn.
+
+    Refusals name every reason: ``kyc_not_approved``, ``licence_not_valid_for_period``, ``underage``,
+    ``face_data_consent_missing`` (never given) or ``face_data_consent_withdrawn``.
+    """
     last_day = until.date() if isinstance(until, datetime) else until
     reasons: list[str] = []
     case = db.session.execute(
@@ -591,9 +595,16 @@ def ensure_cleared_to_drive(user: User, until: datetime | date) -> None:
     if dob is None or age_on(dob, business_today()) < 21:
         reasons.append("underage")
     if face_consent(user) is None:
-        reasons.append("face_data_consent_withdrawn")
+        # never given and withdrawn are different facts, and the customer's next step differs too
+        reasons.append("face_data_consent_withdrawn" if _ever_gave_face_consent(user) else "face_data_consent_missing")
     if reasons:
         raise KycRequired(details={"reasons": reasons})
+
+
+def _ever_gave_face_consent(user: User) -> bool:
+    return db.session.execute(
+        select(Consent.id).where(Consent.user_id == user.id, Consent.kind == ConsentKind.FACE_DATA).limit(1)
+    ).first() is not None
 
 
 # ---- housekeeping ----------------------------------------------------------------------------------

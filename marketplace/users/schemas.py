@@ -86,8 +86,12 @@ class ReauthIn(StrictSchema):
     code = Text(max_length=12, allow_none=True, metadata={"description": "Staff only: a TOTP code"})
 
 
+EMAILED_CODE = ("The code from the e-mail, as printed in it (the e-mail's link carries it after `#code=`; the "
+                "page it opens sends it here)")
+
+
 class TokenIn(StrictSchema):
-    token = Text(max_length=200, required=True)
+    token = Text(max_length=200, required=True, metadata={"description": EMAILED_CODE})
 
 
 class ResetRequestIn(StrictSchema):
@@ -95,7 +99,7 @@ class ResetRequestIn(StrictSchema):
 
 
 class ResetConfirmIn(StrictSchema):
-    token = Text(max_length=200, required=True)
+    token = Text(max_length=200, required=True, metadata={"description": EMAILED_CODE})
     new_password = Password()
 
 

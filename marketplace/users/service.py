@@ -376,9 +376,10 @@ def request_password_reset(raw_email: str) -> None:
     user = _find_by_email(raw_email)
     if user is None or user.status not in (AccountStatus.ACTIVE, AccountStatus.PENDING):
         return
-    token = _issue_token(user, TokenPurpose.PASSWORD_RESET, int(_settings().password_reset_ttl.total_seconds() // 60))
-    notifications.send_email(to=user.email, kind="password_reset", context={"user": user, "token": token},
-                             user=user, sensitive=True)
+    ttl_minutes = int(_settings().password_reset_ttl.total_seconds() // 60)
+    token = _issue_token(user, TokenPurpose.PASSWORD_RESET, ttl_minutes)
+    notifications.send_email(to=user.email, kind="password_reset", user=user, sensitive=True,
+                             context={"user": user, "token": token, "ttl_minutes": ttl_minutes})
     audit.record(None, "auth:password_reset_requested", user)
 
 

@@ -67,11 +67,11 @@ def _tokens(issued: IssuedTokens) -> dict[str, Any]:
 @auth_bp.response(202, StatusSchema)
 @public
 def register(args: dict[str, Any]) -> dict[str, str]:
-    """Create a customer account (21+); a confirmation link is e-mailed."""
+    """Create a customer account (21+); a confirmation code is e-mailed (send it to /auth/verify-email)."""
     service.register(service.Registration(**args))
     db.session.commit()
     return {"status": "verification_sent",
-            "message": "If this e-mail can be used, a confirmation link is on its way."}
+            "message": "If this e-mail can be used, a confirmation code is on its way."}
 
 
 @auth_bp.route("/verify-email", methods=["POST"])
@@ -80,7 +80,7 @@ def register(args: dict[str, Any]) -> dict[str, str]:
 @auth_bp.response(200, StatusSchema)
 @public
 def verify_email(args: dict[str, Any]) -> dict[str, str]:
-    """Confirm an e-mail address with the code from the confirmation e-mail."""
+    """Confirm an e-mail address: send the code from the confirmation e-mail as ``token``."""
     service.verify_email(args["token"])
     db.session.commit()
     return {"status": "verified"}
@@ -162,7 +162,7 @@ def password_reset(args: dict[str, Any]) -> dict[str, str]:
 @auth_bp.response(200, StatusSchema)
 @public
 def password_reset_confirm(args: dict[str, Any]) -> dict[str, str]:
-    """Set a new password with the e-mailed single-use code; every session is signed out."""
+    """Set a new password with the e-mailed single-use code (as ``token``); every session is signed out."""
     service.confirm_password_reset(args["token"], args["new_password"])
     db.session.commit()
     return {"status": "password_changed"}

@@ -135,3 +135,22 @@ def test_manager_adds_a_car_blocks_days_and_sees_the_booking(app: Flask, app_ctx
 
     # the 409 document is expected; anything else in the console is not
     assert [e for e in journal.errors if "status of 409" not in e] == []
+
+
+def test_forms_below_tables_have_room(app: Flask, app_ctx: None, live_server: str, page: tuple[Any, Journal],
+                                      tmp_path: Any) -> None:
+    # issue 7 item 14: the "Add a car" and "Invite a staff member" forms touched the table above them
+    tab, journal = page
+    tab.set_viewport_size({"width": 1440, "height": 900})
+    agency = make_agency(name="Desert Wheels LLC")
+    owner = make_staff(Role.AGENCY_OWNER, agency=agency)
+    _sign_in(tab, live_server, owner)
+    for link, table, form in (("Fleet", "table#fleet", "#add"), ("Staff", "table", "div.card:has(h2)")):
+        tab.click(f"nav a:has-text('{link}')")
+        tab.wait_for_load_state()
+        tab.screenshot(path=str(tmp_path / f"{link.lower()}.png"), full_page=True)
+        above = tab.locator(table).first.bounding_box()
+        below = tab.locator(form).last.bounding_box()
+        assert above and below
+        assert below["y"] - (above["y"] + above["height"]) >= 16, link
+    assert journal.errors == []

@@ -96,3 +96,65 @@ def test_reviewer_claims_compares_and_approves(app: Flask, app_ctx: None, live_s
     signin._fresh()
     kyc.ensure_cleared_to_drive(customer.user(), utcnow() + timedelta(days=5))
     db.session.rollback()
+
+
+def _landscape_case(client: Any, customer: Any) -> Any:
+    """A submitted case with a portrait selfie and landscape (ID-1 card shaped) documents, as phones send them."""
+    from marketplace import demo
+    from tests.kyc.helpers import give_face_consent, identity_body, upload
+
+    headers = auth_headers(client, customer)
+    give_face_consent(client, headers)
+    assert client.put("/api/v1/me/kyc/identity", headers=headers, json=identity_body()).status_code == 200
+    card = demo.card_front("UNITED ARAB EMIRATES", "RESIDENT IDENTITY CARD", [("Name", "LAYLA HADDAD")])
+    for kind, data in (("selfie", demo.selfie()), ("id_front", card), ("id_back", demo.card_back("ID", "BACK")),
+                       ("licence_front", card), ("licence_back", demo.card_back("LICENCE", "BACK"))):
+        assert upload(client, headers, kind, data).status_code == 201
+    assert client.post("/api/v1/me/kyc/submit", headers=headers).status_code == 200
+    return latest_case(customer.user_id)
+
+
+def _box(tab: Any, selector: str) -> dict[str, float]:
+    box = tab.locator(selector).bounding_box()
+    assert box is not None, selector
+    return dict(box)
+
+
+def test_case_page_lays_out_selfie_and_id_photo_at_a_comparable_size(
+    app: Flask, app_ctx: None, live_server: str, page: tuple[Any, Journal], tmp_path: Any,
+) -> None:  # issue 7 item 14 (P-09: the reviewer compares the selfie with the ID photo)
+    client = app.test_client()
+    customer = make_customer(full_name="Layla Haddad")
+    case = _landscape_case(client, customer)
+    reviewer = make_staff(Role.KYC_REVIEWER)
+    signin._fresh()
+
+    tab, journal = page
+    tab.set_viewport_size({"width": 1440, "height": 900})
+    signin._sign_in_with_password(tab, live_server, reviewer)
+    signin._enter_code(tab, live_server, signin._code(reviewer))
+    tab.goto(f"{live_server}/console/kyc/{case.public_id}")
+    tab.click("#claim")
+    tab.wait_for_url(f"{live_server}/console/kyc/{case.public_id}")
+    tab.wait_for_function(ALL_LOADED)
+    tab.screenshot(path=str(tmp_path / "kyc_case.png"), full_page=True)
+
+    selfie, id_front = _box(tab, "img[data-kind=selfie]"), _box(tab, "img[data-kind=id_front]")
+    # the landscape ID card is shown landscape and large, not shrunk into a ~215 px portrait frame
+    assert id_front["width"] > id_front["height"] and id_front["width"] >= 480, id_front
+    assert selfie["height"] > selfie["width"] and selfie["height"] >= 400, selfie
+    # side by side on one row, at the same height, so the two faces can be compared
+    assert abs(selfie["y"] - id_front["y"]) < 0.1 * selfie["height"] and selfie["x"] + selfie["width"] <= id_front["x"]
+    assert abs(selfie["height"] - id_front["height"]) < 0.1 * selfie["height"]
+    # each image fills its frame's width or height: no frame of the wrong shape around it
+    for kind in ("selfie", "id_front", "id_back", "licence_front", "licence_back"):
+        img = _box(tab, f"img[data-kind={kind}]")
+        frame = _box(tab, f"figure.viewer:has(img[data-kind={kind}]) .frame")
+        assert img["width"] >= 0.9 * frame["width"] or img["height"] >= 0.9 * frame["height"], kind
+        assert img["width"] >= 0.75 * frame["width"] and img["height"] >= 0.75 * frame["height"], kind
+    # captions stay on one line and nothing on the page scrolls sideways
+    for label in tab.locator("figure.viewer figcaption").all():
+        box = label.bounding_box()
+        assert box is not None and box["height"] < 40, label.inner_text()
+    assert tab.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+    assert journal.errors == []

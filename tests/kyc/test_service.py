@@ -445,7 +445,7 @@ def reasons(user: Any, until: Any) -> list[str]:
 def test_clearance_needs_an_approved_case(app, client, app_ctx):  # enforces P-10
     nobody = make_customer()
     assert reasons(nobody.user(), utcnow()) == ["kyc_not_approved", "licence_not_valid_for_period",
-                                                "face_data_consent_withdrawn"]
+                                                "face_data_consent_missing"]
     person, _, _ = submitted(client)
     assert reasons(person.user(), utcnow() + timedelta(days=2)) == ["kyc_not_approved"]
     approve_case(person.user_id)
@@ -472,6 +472,20 @@ def test_withdrawing_face_consent_blocks_at_once(app, client, app_ctx):  # enfor
     assert reasons(person.user(), until) == ["face_data_consent_withdrawn"]
     give_face_consent(client, headers)  # consenting again lifts the block
     assert reasons(person.user(), until) == []
+
+
+def test_face_consent_never_given_is_not_reported_as_withdrawn(app, client, app_ctx):
+    # issue 7 item 9: a customer who never consented was told her consent was "withdrawn"
+    person = make_customer()
+    headers = auth_headers(client, person)
+    until = utcnow() + timedelta(days=3)
+    assert "face_data_consent_missing" in reasons(person.user(), until)
+    assert "face_data_consent_withdrawn" not in reasons(person.user(), until)
+    give_face_consent(client, headers)
+    assert not {"face_data_consent_missing", "face_data_consent_withdrawn"} & set(reasons(person.user(), until))
+    assert client.delete("/api/v1/me/consents/face_data", headers=headers).status_code == 204
+    assert "face_data_consent_withdrawn" in reasons(person.user(), until)
+    assert "face_data_consent_missing" not in reasons(person.user(), until)
 
 
 # ---- abandoned uploads are purged after 24 h ---------------------------------------------------------

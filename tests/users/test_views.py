@@ -147,7 +147,7 @@ def test_registration_creates_a_pending_account_with_a_strong_hash(app, client):
     response = client.post(REGISTER, json=body)
     assert response.status_code == 202
     assert response.get_json() == {"status": "verification_sent",
-                                   "message": "If this e-mail can be used, a confirmation link is on its way."}
+                                   "message": "If this e-mail can be used, a confirmation code is on its way."}
 
     user = user_by_email(app, body["email"])
     assert user is not None

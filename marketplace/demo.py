@@ -1,0 +1,158 @@
+"""The demo customer's identity verification, done the way a real customer's is (``flask demo seed``).
+
+The customer gives her consents, declares her identity data and uploads generated photos through the one
+upload pipeline and the vault; a demo reviewer claims and approves the case through the review workflow.
+So the seeded account is cleared by the same rules (P-10) and leaves the same audit rows as a real one,
+instead of rows written around the services.
+"""
+
+from __future__ import annotations
+
+import io
+from datetime import date
+
+from flask import current_app
+from PIL import Image, ImageDraw, ImageFont
+
+from marketplace.kyc import service as kyc
+from marketplace.security import Actor
+from marketplace.users import service as users
+from marketplace.users import sessions
+from marketplace.users.consent_texts import CURRENT
+from marketplace.users.models import ConsentKind, SessionChannel, User
+
+DEVICE = "demo seed"
+SKIN = (198, 150, 120)
+CARD = (236, 240, 232)
+INK = (30, 38, 52)
+
+
+def years_before(day: date, years: int) -> date:
+    """The same calendar day ``years`` earlier; 29 February becomes 28 February in a common year."""
+    try:
+        return day.replace(year=day.year - years)
+    except ValueError:
+        return day.replace(year=day.year - years, day=28)
+
+
+def emirates_id_number(birth_year: int, serial: str = "4519276") -> str:
+    """A well-formed Emirates ID (``784-YYYY-NNNNNNN-C``) whose last digit is the Luhn check digit."""
+    body = f"784{birth_year:04d}{serial}"
+    for check in "0123456789":
+        total = 0
+        for i, ch in enumerate(reversed(body + check)):
+            n = int(ch) * (2 if i % 2 else 1)
+            total += n - 9 if n > 9 else n
+        if total % 10 == 0:
+            return f"784-{birth_year:04d}-{serial}-{check}"
+    raise AssertionError("one of ten digits always completes a Luhn sum")
+
+
+def clear_customer(customer: User, reviewer: User) -> None:
+    """Consents, identity data, five photos and a submitted case, then the reviewer's approval."""
+    settings = current_app.config["SETTINGS"]
+    own = sessions.start_session(customer, SessionChannel.API, settings)
+    actor = Actor.for_session(own.session)
+    for kind in (ConsentKind.TERMS, ConsentKind.PRIVACY, ConsentKind.FACE_DATA):
+        users.give_consent(actor, kind, CURRENT[kind].version, device=DEVICE)
+    today = users.business_today()
+    assert customer.date_of_birth is not None
+    dob = customer.date_of_birth
+    number = emirates_id_number(dob.year)
+    kyc.put_identity(actor, {
+        "legal_name": customer.full_name, "date_of_birth": dob, "nationality": customer.nationality or "AE",
+        "id_document_type": "emirates_id", "id_document_number": number,
+        "id_document_expiry": years_before(today, -4), "licence_number": "DXB-4471902", "licence_issuer": "AE-DU",
+        "licence_expiry": years_before(today, -3), "licence_category": "B",
+    })
+    name = customer.full_name.upper()
+    photos = {
+        "selfie": selfie(),
+        "id_front": card_front("UNITED ARAB EMIRATES", "RESIDENT IDENTITY CARD", [
+            ("Name", name), ("ID number", number), ("Date of birth", dob.strftime("%d/%m/%Y")),
+            ("Nationality", customer.nationality or "AE"), ("Expiry", years_before(today, -4).strftime("%d/%m/%Y"))]),
+        "id_back": card_back(f"ILARE{number.replace('-', '')}<<<<<<<<<<<<<<<", name.replace(" ", "<") + "<<<<<<<<"),
+        "licence_front": card_front("GOVERNMENT OF DUBAI · RTA", "DRIVING LICENCE", [
+            ("Name", name), ("Licence no.", "DXB-4471902"), ("Category", "B  light vehicle"),
+            ("Issued", years_before(today, 2).strftime("%d/%m/%Y")),
+            ("Expiry", years_before(today, -3).strftime("%d/%m/%Y"))]),
+        "licence_back": card_back("CATEGORY B  AUTOMATIC AND MANUAL", "TRAFFIC FILE 50198231  ·  RESTRICTIONS NONE"),
+    }
+    for slot, data in photos.items():
+        kyc.upload(actor, slot, io.BytesIO(data), "image/jpeg")
+    case = kyc.submit(actor)
+    sessions.revoke(own.session, "demo_seed_done")
+
+    staff = sessions.start_session(reviewer, SessionChannel.API, settings, mfa_done=True)
+    review = Actor.for_session(staff.session)
+    kyc.claim(review, case)
+    kyc.decide(review, case, decision="approve", reason_code="documents_match",
+               note="Demo seed: selfie and ID photo show the same person; data matches the licence.")
+    sessions.revoke(staff.session, "demo_seed_done")
+
+
+# ---- generated photos (drawn, so the demo needs no image files and holds no real person) -----------
+
+
+def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    return ImageFont.load_default(size=size)
+
+
+def _jpeg(image: Image.Image) -> bytes:
+    out = io.BytesIO()
+    image.save(out, "JPEG", quality=90)
+    return out.getvalue()
+
+
+def _portrait(width: int, height: int) -> Image.Image:
+    """A drawn head and shoulders (no real person), cropped to its frame."""
+    image = Image.new("RGB", (width, height), (214, 222, 230))
+    draw = ImageDraw.Draw(image)
+    w, h = width, height
+    draw.ellipse((w * 0.22, h * 0.08, w * 0.78, h * 0.58), fill=(40, 30, 28))  # hair
+    draw.rectangle((w * 0.42, h * 0.55, w * 0.58, h * 0.75), fill=SKIN)  # neck
+    draw.ellipse((w * 0.05, h * 0.7, w * 0.95, h * 1.3), fill=(60, 90, 140))  # shoulders
+    draw.ellipse((w * 0.28, h * 0.14, w * 0.72, h * 0.64), fill=SKIN)  # face
+    for x in (0.41, 0.59):
+        cx, cy = w * x, h * 0.36
+        draw.ellipse((cx - w * 0.035, cy - h * 0.018, cx + w * 0.035, cy + h * 0.018), fill=(250, 250, 250))
+        draw.ellipse((cx - w * 0.015, cy - h * 0.015, cx + w * 0.015, cy + h * 0.015), fill=(50, 35, 25))
+    draw.arc((w * 0.43, h * 0.45, w * 0.57, h * 0.54), 20, 160, fill=(140, 60, 60), width=max(2, w // 60))
+    return image
+
+
+def selfie(width: int = 900, height: int = 1200) -> bytes:
+    return _jpeg(_portrait(width, height))
+
+
+def card_front(issuer: str, title: str, rows: list[tuple[str, str]], width: int = 1400, height: int = 880) -> bytes:
+    """A landscape card (ID-1 proportions, 85.6 x 54 mm) with a portrait photo and labelled fields."""
+    image = Image.new("RGB", (width, height), (90, 96, 104))
+    draw = ImageDraw.Draw(image)
+    margin = width // 28
+    draw.rounded_rectangle((margin, margin, width - margin, height - margin), radius=36, fill=CARD)
+    draw.rectangle((margin, margin + 30, width - margin, margin + 140), fill=(18, 102, 79))
+    draw.text((margin + 40, margin + 44), issuer, font=_font(34), fill=(255, 255, 255))
+    draw.text((margin + 40, margin + 90), title, font=_font(30), fill=(220, 240, 230))
+    image.paste(_portrait(340, 420), (margin + 40, margin + 180))
+    y = margin + 190
+    for label, value in rows:
+        draw.text((margin + 430, y), label, font=_font(24), fill=(95, 105, 120))
+        draw.text((margin + 430, y + 30), value, font=_font(34), fill=INK)
+        y += 90
+    return _jpeg(image)
+
+
+def card_back(line1: str, line2: str, width: int = 1400, height: int = 880) -> bytes:
+    image = Image.new("RGB", (width, height), (90, 96, 104))
+    draw = ImageDraw.Draw(image)
+    margin = width // 28
+    draw.rounded_rectangle((margin, margin, width - margin, height - margin), radius=36, fill=CARD)
+    for i in range(48):  # a barcode-like band
+        x = margin + 60 + i * 24
+        draw.rectangle((x, margin + 80, x + (6 if i % 3 else 14), margin + 300), fill=INK)
+    draw.rectangle((margin + 40, height - margin - 250, width - margin - 40, height - margin - 40),
+                   fill=(250, 250, 246))
+    draw.text((margin + 70, height - margin - 220), line1[:44], font=_font(38), fill=INK)
+    draw.text((margin + 70, height - margin - 140), line2[:44], font=_font(38), fill=INK)
+    return _jpeg(image)

@@ -1,0 +1,116 @@
+"""Operator commands run through Flask's CLI runner against the test app: ``flask demo seed``."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, timedelta
+
+import time_machine
+from flask import Flask
+from flask.testing import FlaskClient
+from sqlalchemy import func, select
+
+from marketplace.extensions import db, utcnow
+from marketplace.users.consent_texts import CURRENT
+from marketplace.users.models import ConsentKind
+
+CUSTOMER = "layla@demo.carejar.example"
+
+
+def _seed(app: Flask) -> dict[str, str]:
+    """Run ``flask demo seed`` and read the printed sign-ins (e-mail -> password)."""
+    result = app.test_cli_runner().invoke(args=["demo", "seed"])
+    assert result.exit_code == 0, result.output
+    sign_ins = {}
+    for line in result.output.splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and "@" in parts[0]:
+            sign_ins[parts[0]] = parts[1]
+    assert CUSTOMER in sign_ins, result.output
+    return sign_ins
+
+
+def _login(client: FlaskClient, email: str, password: str) -> dict[str, str]:
+    response = client.post("/api/v1/auth/login", json={"email": email, "password": password})
+    assert response.status_code == 200, response.get_json()
+    return {"Authorization": f"Bearer {response.get_json()['access_token']}"}
+
+
+def test_demo_customer_is_cleared_and_can_book(app: Flask, client: FlaskClient) -> None:
+    # issue 7 item 9: the seeded "verified customer" is truly cleared (P-10) and books a demo car (P-15)
+    sign_ins = _seed(app)
+    headers = _login(client, CUSTOMER, sign_ins[CUSTOMER])
+
+    kyc = client.get("/api/v1/me/kyc", headers=headers).get_json()
+    assert kyc["status"] == "approved", kyc
+    assert kyc["missing"] == []
+    assert sorted(kyc["uploaded"]) == ["id_back", "id_front", "licence_back", "licence_front", "selfie"]
+    assert kyc["face_consent_version"] == CURRENT[ConsentKind.FACE_DATA].version
+    consents = client.get("/api/v1/me/consents", headers=headers).get_json()
+    granted = {c["kind"]: c["text_version"] for c in consents["items"] if c["withdrawn_at"] is None}
+    for kind in (ConsentKind.TERMS, ConsentKind.PRIVACY, ConsentKind.FACE_DATA):
+        assert granted[str(kind)] == CURRENT[kind].version
+
+    cars = client.get("/api/v1/vehicles", query_string={"city": "Dubai"}).get_json()["items"]
+    assert len(cars) == 4
+    start = (utcnow() + timedelta(days=3)).replace(microsecond=0)
+    response = client.post("/api/v1/bookings", headers={**headers, "Idempotency-Key": "demo-first-booking"}, json={
+        "vehicle_id": cars[0]["id"], "starts_at": start.isoformat(), "ends_at": (start + timedelta(days=2)).isoformat(),
+        "accept_rental_terms_version": CURRENT[ConsentKind.RENTAL_TERMS].version,
+        "accept_mit_mandate_version": CURRENT[ConsentKind.MIT_MANDATE].version,
+    })
+    assert response.status_code == 201, response.get_json()
+    assert response.get_json()["status"] == "pending_payment"
+
+
+def test_demo_customer_went_through_the_real_pipeline_and_review(app: Flask) -> None:
+    # issue 7 item 9: real (re-encoded, encrypted) images and a decision by a demo reviewer, with audit rows
+    from marketplace import audit
+    from marketplace.kyc.models import KycCase, KycDecision
+    from marketplace.users.models import User
+    from marketplace.vault import service as vault
+    from marketplace.vault.models import Blob
+
+    _seed(app)
+    with app.app_context():
+        customer = db.session.execute(select(User).where(User.email == CUSTOMER)).scalar_one()
+        case = db.session.execute(select(KycCase).where(KycCase.user_id == customer.id)).scalar_one()
+        decision = db.session.execute(select(KycDecision).where(KycDecision.case_id == case.id)).scalar_one()
+        reviewer = db.session.get(User, decision.reviewer_id)
+        assert reviewer is not None and reviewer.email == "reviewer@demo.carejar.example"
+        assert (decision.decision, decision.status) == ("approve", "final")
+        blobs = db.session.execute(select(Blob).where(Blob.user_id == customer.id)).scalars().all()
+        assert {b.kind for b in blobs} == {"selfie", "id_front", "id_back", "licence_front", "licence_back"}
+        for blob in blobs:
+            data = vault.read(blob)
+            assert data[:3] == b"\xff\xd8\xff"  # re-encoded JPEG, decrypted from the vault
+            assert blob.attached_at is not None
+        id_front = next(b for b in blobs if b.kind == "id_front")
+        selfie = next(b for b in blobs if b.kind == "selfie")
+        assert id_front.width > id_front.height and selfie.height > selfie.width  # card landscape, selfie portrait
+        actions = set(db.session.execute(select(audit.AuditEvent.action)).scalars())
+        assert {"kyc:upload", "kyc:submit", "kyc:claim", "kyc:decide:approve", "kyc:identity_put"} <= actions
+        assert audit.verify_chain(db.session).ok
+        db.session.rollback()
+
+
+def test_demo_seed_runs_twice_without_a_second_copy(app: Flask) -> None:
+    from marketplace.users.models import User
+
+    _seed(app)
+    again = app.test_cli_runner().invoke(args=["demo", "seed"])
+    assert again.exit_code == 0 and CUSTOMER in again.output
+    with app.app_context():
+        assert db.session.execute(select(func.count()).select_from(User)).scalar_one() == 8
+        db.session.rollback()
+
+
+def test_demo_seed_on_29_february(app: Flask) -> None:
+    # issue 7 item 12: date.replace(year=...) raised ValueError on 29 February
+    from marketplace.users.models import User
+
+    with time_machine.travel(datetime(2028, 2, 29, 9, 0, tzinfo=UTC)):
+        _seed(app)
+        with app.app_context():
+            customer = db.session.execute(select(User).where(User.email == CUSTOMER)).scalar_one()
+            assert customer.date_of_birth == date(1998, 2, 28)
+            db.session.rollback()
