@@ -32,7 +32,7 @@ serve:
 	@echo "  Agency app:  http://$(HOST):$(PORT)/agency"
 	@echo "  E-mail:      http://$(HOST):$(PORT)/dev/mail   (what the app sent: codes and links; development only)"
 	@echo ""
-	$(BIN)/gunicorn --bind $(HOST):$(PORT) --worker-class gthread --workers 2 --threads 4 \
+	PUBLIC_BASE_URL=$${PUBLIC_BASE_URL:-http://$(HOST):$(PORT)} $(BIN)/gunicorn --bind $(HOST):$(PORT) --worker-class gthread --workers 2 --threads 4 \
 		--access-logfile - --access-logformat '%(h)s "%(m)s %(U)s" %(s)s %(b)s %(M)sms' 'wsgi:app'
 
 run: seed serve  ## set up, migrate, seed demo data and serve on http://127.0.0.1:5000

@@ -153,7 +153,7 @@ def _register_routes(app: Flask) -> None:
     from agency_app.views import agency_bp
 
     register_gated(app, agency_bp, Gate(GateKind.AGENCY, agency_views.REQUIRED))
-    from marketplace.notifications.dev_views import dev_mail_bp
+    from marketplace.devmail import dev_mail_bp
     from marketplace.users.pages import customer_pages_bp
 
     register_gated(app, customer_pages_bp, Gate(GateKind.PUBLIC))

@@ -17,7 +17,7 @@ from marketplace.permissions import Permission, Role
 from marketplace.security import current_actor, requires
 from marketplace.users.models import User
 from marketplace.users.service import list_staff
-from marketplace.vault.models import Blob
+from marketplace.vault import service as vault
 
 
 @dataclass(frozen=True)
@@ -63,9 +63,8 @@ def _case_page(public_id: str, *, status: int = 200, error: str | None = None) -
             blob_id = getattr(case, slot)
             if blob_id is not None:
                 token = kyc.review_image_grant(actor, case, kind)
-                blob = db.session.get(Blob, blob_id)
-                assert blob is not None  # the grant above found it
-                images[kind] = ReviewImage(url_for("console.kyc_image", token=token), blob.width, blob.height)
+                width, height = vault.dimensions(blob_id)
+                images[kind] = ReviewImage(url_for("console.kyc_image", token=token), width, height)
     db.session.commit()
     reviewers = [u for u in list_staff() if Role.KYC_REVIEWER in u.role_set() and u.id != actor.user.id]
     people = {u.id: u for u in list_staff()}

@@ -88,6 +88,14 @@ def store(owner: str, kind: str, data: bytes, *, mime: str, width: int, height: 
     return blob
 
 
+def dimensions(blob_id: int) -> tuple[int, int]:
+    """Pixel size of a stored image (what a page needs to frame it), without reading the image."""
+    blob = db.session.get(Blob, blob_id)
+    if blob is None:
+        raise BlobNotFound(str(blob_id))
+    return blob.width, blob.height
+
+
 def read(blob: Blob) -> bytes:
     """Decrypt one blob. Any mismatch (swapped row, relabelled kind, tampering) fails closed."""
     if blob.deleted_at is not None:
