@@ -70,7 +70,7 @@ class Settings:
     mfa_lock_duration: timedelta = timedelta(minutes=15)
     password_hash_workers: int = 1
     password_hash_waiting: int = 1
-    password_hash_wait: timedelta = timedelta(seconds=5)
+    password_hash_wait: timedelta = timedelta(seconds=10)
 
     @property
     def production(self) -> bool:
@@ -211,7 +211,7 @@ def load_settings(overrides: Mapping[str, Any] | None = None) -> Settings:  # no
         mfa_lock_duration=timedelta(minutes=max(1, _int(env, "MFA_LOCK_MINUTES", 15))),
         password_hash_workers=max(1, _int(env, "PASSWORD_HASH_WORKERS", 1)),
         password_hash_waiting=max(0, _int(env, "PASSWORD_HASH_WAITING", 1)),
-        password_hash_wait=timedelta(seconds=max(1, _int(env, "PASSWORD_HASH_WAIT_SECONDS", 5))),
+        password_hash_wait=timedelta(seconds=max(1, _int(env, "PASSWORD_HASH_WAIT_SECONDS", 10))),
     )
 
 

@@ -28,7 +28,8 @@ from flask import current_app
 from marketplace.errors import ServiceUnavailable, Unprocessable
 
 T = TypeVar("T")
-HASH_THREAD_NICENESS = 10
+# CFS weight of nice 5 is about a third of nice 0's: requests go first, logins still progress under load
+HASH_THREAD_NICENESS = 5
 
 
 class HashingBusy(ServiceUnavailable):
@@ -58,6 +59,7 @@ class HashPool:
         try:
             return future.result(timeout=self.wait_seconds)
         except FutureTimeout:
+            future.cancel()  # not started yet: never hash for a caller who has gone (frees the slot too)
             raise HashingBusy(headers={"Retry-After": "1"}) from None
 
 
