@@ -68,6 +68,11 @@ class Settings:
     stripe_max_network_retries: int = 2
     dev_mailbox: bool = False
     limits: dict[str, str] = field(default_factory=dict)
+    mfa_lock_after_failures: int = 10
+    mfa_lock_duration: timedelta = timedelta(minutes=15)
+    password_hash_workers: int = 1
+    password_hash_waiting: int = 1
+    password_hash_wait: timedelta = timedelta(seconds=10)
 
     @property
     def production(self) -> bool:
@@ -117,7 +122,8 @@ DEFAULT_LIMITS: dict[str, str] = {
     "register_client": "20 per hour",
     "reset_account": "3 per hour",
     "reset_client": "20 per hour",
-    "mfa_account": "5 per minute",
+    "mfa_account": "5 per minute",  # shared by POST /api/v1/auth/mfa and both web MFA pages
+    "mfa_client": "20 per minute",
     "refresh_client": "60 per minute",
     "upload_session": "20 per minute",
 }
@@ -195,7 +201,8 @@ def load_settings(overrides: Mapping[str, Any] | None = None) -> Settings:  # no
         mail_from=env.get("MAIL_FROM") or "CareJar <no-reply@carejar.example>",
         public_base_url=(env.get("PUBLIC_BASE_URL") or "http://127.0.0.1:5000").rstrip("/"),
         trusted_proxy_count=_int(env, "TRUSTED_PROXY_COUNT", 0),
-        ratelimit_storage_uri=env.get("RATELIMIT_STORAGE_URI") or (redis_url or "memory://"),
+        # one count per limit across every worker: Redis when there is one, else a SQLite file under var/
+        ratelimit_storage_uri=env.get("RATELIMIT_STORAGE_URI") or redis_url or f"sqlite:///{var_dir / 'ratelimits.db'}",
         max_content_length=_int(env, "MAX_CONTENT_LENGTH", 20 * 1024 * 1024),
         access_token_ttl=timedelta(seconds=_int(env, "ACCESS_TOKEN_TTL_SECONDS", 15 * 60)),
         refresh_token_ttl=timedelta(days=_int(env, "REFRESH_TOKEN_TTL_DAYS", 30)),
@@ -212,6 +219,11 @@ def load_settings(overrides: Mapping[str, Any] | None = None) -> Settings:  # no
         log_level=env.get("LOG_LEVEL", "INFO").upper(),
         dev_mailbox=dev_mailbox,
         limits=limits,
+        mfa_lock_after_failures=max(1, _int(env, "MFA_LOCK_AFTER_FAILURES", 10)),
+        mfa_lock_duration=timedelta(minutes=max(1, _int(env, "MFA_LOCK_MINUTES", 15))),
+        password_hash_workers=max(1, _int(env, "PASSWORD_HASH_WORKERS", 1)),
+        password_hash_waiting=max(0, _int(env, "PASSWORD_HASH_WAITING", 1)),
+        password_hash_wait=timedelta(seconds=max(1, _int(env, "PASSWORD_HASH_WAIT_SECONDS", 10))),
     )
 
 

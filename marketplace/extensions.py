@@ -12,6 +12,8 @@ from sqlalchemy import DateTime, MetaData, TypeDecorator, event
 from sqlalchemy.engine import Dialect, Engine
 from sqlalchemy.orm import DeclarativeBase, registry
 
+from marketplace import ratelimit_sqlite  # noqa: F401 - registers the sqlite:// rate-limit storage
+
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
     "uq": "uq_%(table_name)s_%(column_0_N_name)s",
@@ -63,10 +65,10 @@ migrate = Migrate(compare_type=True, render_as_batch=True)
 
 
 def _client_address() -> str:
-    from flask import request
+    from marketplace.ratelimits import client_key
 
-    # ProxyFix (configured with the real number of proxies) has already set remote_addr
-    return request.remote_addr or "unknown"
+    # ProxyFix (configured with the real number of proxies) has already set remote_addr; the key is a keyed hash
+    return client_key()
 
 
 limiter = Limiter(key_func=_client_address, default_limits=[], headers_enabled=True)

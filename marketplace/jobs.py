@@ -86,8 +86,13 @@ def schedule(
     dedupe_key: str | None = None,
     user_id: int | None = None,
     max_attempts: int = MAX_ATTEMPTS,
+    session: Session | None = None,
 ) -> WorkItem:
-    """Write a work row in the caller's transaction; it is queued once that transaction commits."""
+    """Write a work row in the caller's transaction; it is queued once that transaction commits.
+
+    ``session``: a transaction of its own that commits whatever the request's fate (a refusal's side
+    effects, such as the e-mail about a locked MFA step); default the request's ``db.session``.
+    """
     if kind not in _HANDLERS:
         raise KeyError(f"no handler registered for work kind {kind!r}")
     now = utcnow()
@@ -101,10 +106,14 @@ def schedule(
         user_id=user_id,
         max_attempts=max_attempts,
     )
-    db.session.add(item)
-    db.session.flush()
+    target = session or db.session
+    target.add(item)
+    target.flush()
     if item.due_at <= now + timedelta(seconds=1):
-        enqueue_after_commit(run_work_item, item.id)
+        if session is None:
+            enqueue_after_commit(run_work_item, item.id)
+        else:
+            session.info.setdefault(_PENDING_KEY, []).append((run_work_item, (item.id,)))
     return item
 
 

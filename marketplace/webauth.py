@@ -13,7 +13,7 @@ from typing import Any
 from flask import Blueprint, current_app, g, redirect, render_template, request, url_for
 from werkzeug.wrappers import Response
 
-from marketplace import audit
+from marketplace import audit, ratelimits
 from marketplace.errors import AppError
 from marketplace.extensions import db, limiter, utcnow
 from marketplace.permissions import Permission
@@ -26,12 +26,9 @@ def _limit(name: str) -> Any:
     return lambda: current_app.config["SETTINGS"].limits[name]
 
 
-def _form_account_key() -> str:
-    return "account:" + (request.form.get("email") or "-").strip().lower()[:254]
-
-
-def _client_key() -> str:
-    return "client:" + (request.remote_addr or "-")
+# keyed hashes, never the address itself (issue 7 item 7)
+_form_account_key = ratelimits.form_account_key
+_client_key = ratelimits.client_key
 
 
 def _failed(response: Any) -> bool:
@@ -98,9 +95,10 @@ def add_auth_routes(  # noqa: PLR0915 - four small nested views that share the d
         return response
 
     @bp.route("/mfa", methods=["GET", "POST"], endpoint="mfa")
-    @limiter.limit(_limit("mfa_account"), key_func=lambda: "mfa:" + str(getattr(g.get("actor"), "user", None)
-                                                                         and g.actor.user.id),
-                   methods=["POST"])
+    # one count per account for both doors and the API (shared scopes), and per client
+    @limiter.shared_limit(_limit("mfa_account"), scope="mfa_account", key_func=ratelimits.signed_in_account_key,
+                          methods=["POST"])
+    @limiter.shared_limit(_limit("mfa_client"), scope="mfa_client", key_func=_client_key, methods=["POST"])
     @pre_mfa
     @_door_scoped(door)
     def mfa_step() -> Any:

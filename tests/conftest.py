@@ -76,7 +76,8 @@ def app_overrides(database_url: str, tmp_path_factory: pytest.TempPathFactory) -
         "BLOB_STORE_URL": f"file://{var_dir / 'blobs'}",
         "REDIS_URL": redis_url,
         "JOBS_MODE": "redis" if redis_url else "sync",
-        "RATELIMIT_STORAGE_URI": redis_url or "memory://",
+        # the storage `make run` uses (a SQLite file shared by its workers), or Redis in the Redis job
+        "RATELIMIT_STORAGE_URI": redis_url or f"sqlite:///{var_dir / 'ratelimits.db'}",
         "SMTP_URL": None,
         "TRUSTED_PROXY_COUNT": "0",
         "PUBLIC_BASE_URL": "http://127.0.0.1:5000",

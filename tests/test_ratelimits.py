@@ -203,3 +203,116 @@ def test_password_reset_is_limited_per_client(app, client):  # IN-04
     assert_rate_limited(client.post(RESET, json={"email": "fresh@example.com"}, headers=spoofed(77)))
     other = client.post(RESET, json={"email": "fresh@example.com"}, environ_base={"REMOTE_ADDR": "192.0.2.30"})
     assert other.status_code == 202
+
+
+# ---- issue 7 item 4: one count per limit across gunicorn's workers ---------------------------------------
+
+REFRESH = "/api/v1/auth/refresh"
+
+
+def _refresh_until_both_workers_answered(server: Any, *, at_least: int) -> list[int]:
+    """Bogus refresh tokens (no password hashing), in bursts, until both workers have answered some.
+
+    Which worker accepts a connection is up to the kernel; once both have answered and more attempts than
+    the limit were made, per-process counters would let more than the limit through.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tests.live_gunicorn import request
+
+    def attempt(i: int) -> int:
+        return request(server.base, "POST", REFRESH, json_body={"refresh_token": f"bogus-{i}-" + "x" * 40})[0]
+
+    statuses: list[int] = []
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        while len(statuses) < 400:
+            statuses += pool.map(attempt, range(len(statuses), len(statuses) + 8))
+            if len(statuses) >= at_least and len(_pids(server, REFRESH)) == 2:
+                return statuses
+    pytest.fail("one worker answered 400 requests in a row: cannot tell shared from per-process counters")
+
+
+def _pids(server: Any, path: str) -> set[str]:
+    return {line.split()[0] for line in server.access_lines() if f'"POST {path}"' in line}
+
+
+def test_each_limit_counts_once_across_gunicorn_workers(app, app_overrides, tmp_path):  # issue 7 item 4
+    """`make run`'s shape (2 workers, no Redis, the embedded default storage): the limit holds exactly."""
+    from tests.live_gunicorn import gunicorn
+
+    limit = 12
+    env = {"RATELIMIT_STORAGE_URI": f"sqlite:///{tmp_path / 'ratelimits.db'}",
+           "RATELIMIT_REFRESH_CLIENT": f"{limit} per minute"}
+    with gunicorn(app_overrides, tmp_path, env=env) as server:
+        statuses = _refresh_until_both_workers_answered(server, at_least=limit + 4)
+    assert statuses.count(401) == limit, statuses
+    assert set(statuses) == {401, 429}, statuses
+
+
+def test_negative_control_per_process_memory_counters_double_the_limit(app, app_overrides, tmp_path):  # issue 7 item 4
+    """What the old default (memory://) did: each worker kept its own count."""
+    from tests.live_gunicorn import gunicorn
+
+    limit = 12
+    env = {"RATELIMIT_STORAGE_URI": "memory://", "RATELIMIT_REFRESH_CLIENT": f"{limit} per minute"}
+    with gunicorn(app_overrides, tmp_path, env=env) as server:
+        statuses = _refresh_until_both_workers_answered(server, at_least=limit + 4)
+    assert statuses.count(401) > limit, statuses
+
+
+def test_the_embedded_default_storage_is_a_file_under_var(app, tmp_path):  # issue 7 item 4
+    settings = load_settings({"REDIS_URL": None, "RATELIMIT_STORAGE_URI": None, "VAR_DIR": str(tmp_path)})
+    assert settings.ratelimit_storage_uri == f"sqlite:///{tmp_path.resolve() / 'ratelimits.db'}"
+    with_redis = load_settings({"REDIS_URL": "redis://127.0.0.1:6379/0", "RATELIMIT_STORAGE_URI": None})
+    assert with_redis.ratelimit_storage_uri == "redis://127.0.0.1:6379/0"
+
+
+# ---- issue 7 item 7: no personal data in the limiter's keys --------------------------------------------
+
+
+def _limit_keys(app: Flask) -> list[str]:
+    from marketplace.extensions import limiter
+    from marketplace.ratelimit_sqlite import SQLiteStorage
+
+    with app.app_context():
+        storage = limiter.storage
+        if isinstance(storage, SQLiteStorage):
+            return storage.keys()
+        import redis
+
+        connection = redis.Redis.from_url(app.config["SETTINGS"].redis_url)
+        return [k.decode() for k in connection.scan_iter(match="LIMIT*")]
+
+
+def test_limit_keys_hold_no_email_address_or_client_address(app, client, app_ctx):  # issue 7 item 7
+    from marketplace.permissions import Role
+    from tests.factories import make_staff, next_totp
+
+    customer = make_customer(email="keyscan.customer@example.com")
+    staff = make_staff(Role.KYC_REVIEWER, email="keyscan.staff@staff.example")
+    address = "192.0.2.77"
+    there = {"environ_base": {"REMOTE_ADDR": address}}
+    for _ in range(3):
+        login(client, customer.email, **there)
+    client.post(RESET, json={"email": customer.email}, **there)
+    client.post(REGISTER, json=registration_body(email="keyscan.new@example.com"), **there)
+    tokens = login(client, staff.email, PASSWORD, **there).get_json()
+    client.post("/api/v1/auth/mfa", json={"code": next_totp(staff)},
+                headers={"Authorization": f"Bearer {tokens['access_token']}"}, **there)
+    web = app.test_client()
+    page = web.get("/console/login")
+    from tests.factories import csrf_from
+
+    web.post("/console/login", data={"email": customer.email, "password": WRONG,
+                                     "csrf_token": csrf_from(page.get_data(as_text=True))}, **there)
+    keys = _limit_keys(app)
+    assert len(keys) >= 6, keys  # the throttles did count
+    for key in keys:
+        lowered = key.lower()
+        assert "keyscan" not in lowered and "example" not in lowered and "@" not in key, key
+        assert address not in key and "127.0.0.1" not in key, key
+    # the same account still lands on one counter (keyed hash, not a random one)
+    from marketplace.ratelimits import account_key
+
+    assert account_key(customer.email) == account_key(customer.email.upper())
+    assert account_key(customer.email) != account_key(staff.email)

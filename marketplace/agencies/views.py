@@ -8,6 +8,7 @@ from typing import Any
 from flask import current_app, request
 from flask.views import MethodView
 
+from marketplace import ratelimits
 from marketplace.agencies import schemas as s
 from marketplace.agencies import service
 from marketplace.api import ApiBlueprint
@@ -32,7 +33,7 @@ def _limit(name: str) -> Any:
 
 
 def _client_key() -> str:
-    return "client:" + (request.remote_addr or "-")
+    return ratelimits.client_key()
 
 
 def _upload_key() -> str:

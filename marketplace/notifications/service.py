@@ -16,6 +16,7 @@ from urllib.parse import unquote, urlsplit
 
 from flask import current_app, render_template
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from marketplace import jobs
 from marketplace.extensions import db, utcnow
@@ -32,8 +33,12 @@ def send_email(
     context: dict[str, Any],
     user: User | None = None,
     sensitive: bool = False,
+    session: Session | None = None,
 ) -> OutboxMessage:
-    """Render ``email/<kind>.txt`` (first line ``Subject: ...``) and queue it for delivery."""
+    """Render ``email/<kind>.txt`` (first line ``Subject: ...``) and queue it for delivery.
+
+    ``session``: write in that transaction instead of the request's (see ``jobs.schedule``).
+    """
     subject, body = _render(kind, context)
     message = OutboxMessage(
         user_id=user.id if user else None,
@@ -46,9 +51,11 @@ def send_email(
         status=OutboxStatus.QUEUED,
         created_at=utcnow(),
     )
-    db.session.add(message)
-    db.session.flush()
-    jobs.schedule("email.send", message.id, dedupe_key=f"email:{message.id}", user_id=message.user_id)
+    target = session or db.session
+    target.add(message)
+    target.flush()
+    jobs.schedule("email.send", message.id, dedupe_key=f"email:{message.id}", user_id=message.user_id,
+                  session=session)
     return message
 
 

@@ -3,23 +3,32 @@
 The shared secret is stored encrypted under the master key ring, bound to the user's public id.
 A code is accepted at most once: the time step of the last accepted code is kept, and only a later
 step is accepted next (AN-03).
+
+Wrong codes in a row are counted on the user's row, atomically and outside the request's transaction
+(which a refusal rolls back). At ``MFA_LOCK_AFTER_FAILURES`` (10) the MFA step is locked for
+``MFA_LOCK_MINUTES`` (15) for the API, both web doors and step-up alike: even the right code is refused
+with ``423 mfa_locked``, and the staff member is e-mailed. A password reset, an admin's
+``flask staff unlock-mfa`` or a new enrolment lifts the lock at once; a right code resets the count.
 """
 
 from __future__ import annotations
 
 import hmac
 import io
+import math
 import time
+from datetime import datetime
 
 import pyotp
 import segno
 from flask import current_app
 from sqlalchemy import update
+from sqlalchemy.orm import Session
 
 from marketplace import audit
 from marketplace.crypto import decrypt_field, encrypt_field
 from marketplace.crypto.keyring import MasterKeyProvider
-from marketplace.errors import Conflict, Forbidden, MfaInvalid
+from marketplace.errors import AppError, Conflict, Forbidden, MfaInvalid
 from marketplace.extensions import db, utcnow
 from marketplace.users.models import User
 
@@ -31,6 +40,13 @@ DRIFT_STEPS = 1  # accept the previous and next step for clock drift
 class MfaEnrolmentRequired(Forbidden):
     code = "mfa_enrolment_required"
     message = "Set up your authenticator app first: sign in to the console or agency app."
+
+
+class MfaLocked(AppError):
+    status = 423
+    code = "mfa_locked"
+    message = ("Too many wrong codes: signing in with a code is paused. Try again later, or reset your "
+               "password to lift the pause.")
 
 
 def _ring() -> MasterKeyProvider:
@@ -94,6 +110,7 @@ def verify_code(user: User, code: str) -> None:
 
 
 def _check(user: User, code: str) -> None:
+    _refuse_if_locked(user)
     cleaned = "".join((code or "").split())
     if len(cleaned) != 6 or not cleaned.isdigit():
         _fail(user)
@@ -114,17 +131,84 @@ def _check(user: User, code: str) -> None:
             if not claimed.rowcount:  # type: ignore[attr-defined]
                 _fail(user, reused=True)
             user.totp_last_counter = step
+            user.mfa_failures = 0
+            user.mfa_locked_until = None
             return
     _fail(user)
 
 
 def _fail(user: User, *, reused: bool = False) -> None:
+    user_id = user.id
     audit.record_now(None, "auth:mfa", user, outcome="failed", reused=reused)
+    if reused:
+        raise MfaInvalid()  # a replayed right code is the owner's double submit, not a guess: not counted
+    failures, locked_until = _count_failure(user_id)
+    if locked_until is not None:
+        audit.record_now(None, "auth:mfa_locked", user, outcome="locked", failures=failures)
+        raise _locked(locked_until)
     raise MfaInvalid()
+
+
+def _count_failure(user_id: int) -> tuple[int, datetime | None]:
+    """Add one failure in a transaction of its own; lock (and e-mail) when this one reaches the threshold.
+
+    The increment is one UPDATE (row lock on PostgreSQL, the write lock on SQLite), so concurrent wrong
+    codes through several workers each get a distinct count and exactly one of them locks.
+    """
+    settings = current_app.config["SETTINGS"]
+    engine = db.engine
+    if engine.dialect.name == "sqlite":
+        engine = engine.execution_options(sqlite_begin="immediate")
+    now = utcnow()
+    with Session(engine) as session, session.begin():
+        # a lock that ran out starts a fresh count
+        session.execute(update(User).where(User.id == user_id, User.mfa_locked_until <= now)
+                        .values(mfa_failures=0, mfa_locked_until=None))
+        failures = session.execute(
+            update(User).where(User.id == user_id).values(mfa_failures=User.mfa_failures + 1)
+            .returning(User.mfa_failures)
+        ).scalar_one()
+        if failures < settings.mfa_lock_after_failures:
+            return failures, None
+        if failures > settings.mfa_lock_after_failures:  # a concurrent attempt locked it a moment ago
+            user = session.get(User, user_id)
+            return failures, user.mfa_locked_until if user is not None else None
+        locked_until = now + settings.mfa_lock_duration
+        session.execute(update(User).where(User.id == user_id).values(mfa_locked_until=locked_until))
+        user = session.get(User, user_id)
+        assert user is not None
+        from marketplace.notifications import service as notifications
+
+        notifications.send_email(to=user.email, kind="mfa_locked", user=user, session=session,
+                                 context={"user": user, "failures": failures, "locked_until": locked_until})
+    return failures, locked_until
+
+
+def _refuse_if_locked(user: User) -> None:
+    locked_until = user.mfa_locked_until
+    if locked_until is not None and locked_until > utcnow():
+        audit.record_now(None, "auth:mfa", user, outcome="locked")
+        raise _locked(locked_until)
+
+
+def _locked(locked_until: datetime) -> MfaLocked:
+    seconds = max(1, math.ceil((locked_until - utcnow()).total_seconds()))
+    return MfaLocked(details={"locked_until": locked_until.isoformat()}, headers={"Retry-After": str(seconds)})
+
+
+def is_locked(user: User) -> bool:
+    return user.mfa_locked_until is not None and user.mfa_locked_until > utcnow()
+
+
+def unlock(user: User) -> None:
+    """Lift an MFA lock and forget the failures (password reset, an admin, a new enrolment)."""
+    user.mfa_failures = 0
+    user.mfa_locked_until = None
+    db.session.flush()
 
 
 def reset_enrolment(user: User) -> None:
     """Admin action after a lost phone: the next sign-in enrols a new authenticator."""
     user.totp_secret_enc = None
     user.totp_enrolled_at = None
-    db.session.flush()
+    unlock(user)

@@ -54,6 +54,9 @@ class User(PublicIdMixin, TimestampMixin, Model):
     totp_secret_enc: Mapped[bytes | None] = mapped_column(LargeBinary)
     totp_enrolled_at: Mapped[datetime | None]
     totp_last_counter: Mapped[int] = mapped_column(Integer, default=0)
+    # wrong TOTP codes in a row, and the lock they caused (users/mfa.py): in the database, so every worker sees it
+    mfa_failures: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    mfa_locked_until: Mapped[datetime | None]
     closed_at: Mapped[datetime | None]
 
     roles: Mapped[list[RoleAssignment]] = relationship(

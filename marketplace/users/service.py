@@ -391,6 +391,7 @@ def confirm_password_reset(token: str, new_password: str) -> None:
     _set_password(user, new_password)
     _retire_tokens(user, TokenPurpose.PASSWORD_RESET)  # other outstanding reset codes die with this one
     sessions.revoke_all(user, "password_reset")
+    mfa.unlock(user)  # the e-mailed code proves the mailbox; MFA is still asked at the next sign-in
     if user.status == AccountStatus.PENDING:
         # the reset code was delivered to the address, which proves it
         user.status = AccountStatus.ACTIVE

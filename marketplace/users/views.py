@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import current_app, request
+from flask import current_app
 from flask.views import MethodView
 
+from marketplace import ratelimits
 from marketplace.api import ApiBlueprint as Blueprint
-from marketplace.errors import AppError, Unprocessable
+from marketplace.errors import Unprocessable
 from marketplace.extensions import db, limiter
 from marketplace.notifications import service as notifications
 from marketplace.schemas import PageArgsSchema, StatusSchema, decode_id_cursor, encode_cursor
@@ -28,20 +29,9 @@ def _limit(name: str) -> Any:
     return lambda: current_app.config["SETTINGS"].limits[name]
 
 
-def _account_key() -> str:
-    body = request.get_json(silent=True)
-    email = body.get("email") if isinstance(body, dict) else None
-    if not isinstance(email, str):
-        return "account:-"
-    # normalised like the account lookup, so spellings of one address (case, full-width letters) share a limit
-    try:
-        return "account:" + service.normalise_email(email[:320])
-    except AppError:
-        return "account:" + email.strip().lower()[:254]
-
-
-def _client_key() -> str:
-    return "client:" + (request.remote_addr or "-")
+# keyed hashes, never the address itself (issue 7 item 7); normalised like the account lookup
+_account_key = ratelimits.json_account_key
+_client_key = ratelimits.client_key
 
 
 def _failed(response: Any) -> bool:
@@ -100,7 +90,9 @@ def login(args: dict[str, Any]) -> dict[str, Any]:
 
 
 @auth_bp.route("/mfa", methods=["POST"])
-@limiter.limit(_limit("mfa_account"), key_func=lambda: "mfa:" + (request.headers.get("Authorization") or "")[-16:])
+# per account (not per token: a new login is a new token) and per client, shared with the web MFA pages
+@limiter.shared_limit(_limit("mfa_account"), scope="mfa_account", key_func=ratelimits.signed_in_account_key)
+@limiter.shared_limit(_limit("mfa_client"), scope="mfa_client", key_func=_client_key)
 @auth_bp.arguments(s.MfaIn)
 @auth_bp.response(200, s.TokenOut)
 @pre_mfa
