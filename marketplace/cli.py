@@ -60,15 +60,13 @@ def create_staff(email: str, full_name: str, roles: tuple[str, ...], agency_publ
 @click.argument("email")
 def unlock_mfa(email: str) -> None:
     """Lift the MFA lock that repeated wrong codes put on a staff account (after checking it was them)."""
-    from marketplace.users import mfa, service
-    from marketplace.users.models import User
+    from marketplace.errors import NotFound
+    from marketplace.users import service
 
-    user = db.session.execute(select(User).where(User.email == service.normalise_email(email))).scalar_one_or_none()
-    if user is None or not user.is_staff:
-        raise click.ClickException("No staff account uses this e-mail.")
-    was_locked = mfa.is_locked(user)
-    mfa.unlock(user)
-    audit.record(None, "auth:mfa_unlocked", user, was_locked=was_locked)
+    try:
+        user, was_locked = service.unlock_staff_mfa(email)
+    except NotFound as exc:
+        raise click.ClickException("No staff account uses this e-mail.") from exc
     db.session.commit()
     click.echo(f"MFA of {user.email} is unlocked." if was_locked else f"MFA of {user.email} was not locked.")
 

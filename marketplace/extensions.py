@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
+from flask import current_app, request
 from flask_limiter import Limiter
 from flask_migrate import Migrate
 from flask_sqlalchemy import SQLAlchemy
@@ -64,9 +68,28 @@ else:
 migrate = Migrate(compare_type=True, render_as_batch=True)
 
 
-def _client_address() -> str:
-    from marketplace.ratelimits import client_key
+_KEY_LABEL = b"carejar/rate-limit-keys/v1"
 
+
+@lru_cache(maxsize=8)
+def _derived_key(secret_key: str) -> bytes:
+    # a key of its own, so a limit key can never be replayed as a CSRF token or any other HMAC of SECRET_KEY
+    return hmac.new(secret_key.encode(), _KEY_LABEL, hashlib.sha256).digest()
+
+
+def hashed(kind: str, value: str) -> str:
+    """``<kind>:<32 hex digits>``: 128 bits of HMAC are plenty to keep counters apart."""
+    key = _derived_key(current_app.config["SETTINGS"].secret_key)
+    digest = hmac.new(key, f"{kind}\x00{value}".encode(), hashlib.sha256).hexdigest()[:32]
+    return f"{kind}:{digest}"
+
+
+def client_key() -> str:
+    """The client address (ProxyFix has set it from the trusted hops only)."""
+    return hashed("client", request.remote_addr or "-")
+
+
+def _client_address() -> str:
     # ProxyFix (configured with the real number of proxies) has already set remote_addr; the key is a keyed hash
     return client_key()
 

@@ -9,32 +9,11 @@ can tell whose counter it is or test a guessed address without the secret.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-from functools import lru_cache
+from flask import g, request
 
-from flask import current_app, g, request
+from marketplace.extensions import client_key, hashed
 
-_KEY_LABEL = b"carejar/rate-limit-keys/v1"
-
-
-@lru_cache(maxsize=8)
-def _derived_key(secret_key: str) -> bytes:
-    # a key of its own, so a limit key can never be replayed as a CSRF token or any other HMAC of SECRET_KEY
-    return hmac.new(secret_key.encode(), _KEY_LABEL, hashlib.sha256).digest()
-
-
-def hashed(kind: str, value: str) -> str:
-    """``<kind>:<32 hex digits>``: 128 bits of HMAC are plenty to keep counters apart."""
-    key = _derived_key(current_app.config["SETTINGS"].secret_key)
-    digest = hmac.new(key, f"{kind}\x00{value}".encode(), hashlib.sha256).hexdigest()[:32]
-    return f"{kind}:{digest}"
-
-
-def client_key() -> str:
-    """The client address (ProxyFix has set it from the trusted hops only)."""
-    return hashed("client", request.remote_addr or "-")
-
+__all__ = ["account_key", "client_key", "form_account_key", "hashed", "json_account_key", "signed_in_account_key"]
 
 def account_key(raw_email: object) -> str:
     """One counter per account, whatever the spelling of its address (case, spaces, full-width letters)."""

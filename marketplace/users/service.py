@@ -750,3 +750,14 @@ def agency_id_from_public(public_id: str | None) -> int | None:
     if agency_id is None:
         raise NotFound(details={"fields": {"agency": ["Unknown agency."]}})
     return agency_id
+
+
+def unlock_staff_mfa(email: str) -> tuple[User, bool]:
+    """Lift the MFA lock that repeated wrong codes put on a staff account; says whether it was locked."""
+    user = db.session.execute(select(User).where(User.email == normalise_email(email))).scalar_one_or_none()
+    if user is None or not user.is_staff:
+        raise NotFound("No staff account uses this e-mail.")
+    was_locked = mfa.is_locked(user)
+    mfa.unlock(user)
+    audit.record(None, "auth:mfa_unlocked", user, was_locked=was_locked)
+    return user, was_locked
