@@ -106,7 +106,6 @@ def _attempt(action: Callable[[], Any], on_error: Callable[[int, AppError], Any]
         if exc.status == 404:
             raise
         return on_error(exc.status, exc)
-    db.session.commit()
     return redirect(target(result))
 
 

@@ -6,6 +6,7 @@ from typing import Any
 
 from flask import Response, redirect, request, url_for
 
+from marketplace import transactions
 from marketplace.console.views import _render, console_bp
 from marketplace.errors import AppError
 from marketplace.extensions import db
@@ -38,7 +39,7 @@ def _case_page(public_id: str, *, status: int = 200, error: str | None = None) -
         for kind, slot in kyc.SLOTS.items():
             if getattr(case, slot) is not None:
                 images[kind] = url_for("console.kyc_image", token=kyc.review_image_grant(actor, case, kind))
-    db.session.commit()
+    transactions.commit_error_response()  # the grants (and their audit rows) are the page's, whatever its status
     reviewers = [u for u in list_staff() if Role.KYC_REVIEWER in u.role_set() and u.id != actor.user.id]
     people = {u.id: u for u in list_staff()}
     return _render(
@@ -52,6 +53,7 @@ def _case_page(public_id: str, *, status: int = 200, error: str | None = None) -
 
 
 @console_bp.get("/kyc/<string:case_id>")
+@transactions.writes
 @requires(Permission.KYC_CASE_READ)
 def kyc_case(case_id: str) -> Any:
     return _case_page(case_id)
@@ -69,7 +71,6 @@ def _act(case_id: str, action: Any) -> Any:
         detail = exc.details.get("fields") if isinstance(exc.details, dict) else None
         message = exc.text + ("" if not detail else " " + "; ".join(f"{k}: {', '.join(v)}" for k, v in detail.items()))
         return _case_page(case_id, status=exc.status, error=message)
-    db.session.commit()
     return redirect(url_for("console.kyc_case", case_id=case_id))
 
 
@@ -111,6 +112,7 @@ def kyc_second_review(case_id: str) -> Any:
 
 
 @console_bp.get("/kyc/images/<string:token>")
+@transactions.writes
 @requires(Permission.KYC_IMAGE_VIEW)
 def kyc_image(token: str) -> Response:
     return spend_image_grant(token)
