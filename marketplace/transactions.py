@@ -101,14 +101,10 @@ class UnitOfWork:
     finished: bool = False
 
     def begin(self) -> None:
-        """Start the attempt's transaction: on SQLite, IMMEDIATE when the unit may write."""
-        if db.session().in_transaction():
-            return
-        if self.write and _is_sqlite():
-            db.session.connection(execution_options={"sqlite_begin": "immediate"})
-            self.immediate = True
-        else:
-            self.immediate = False
+        """Start the attempt's transaction now: on SQLite, IMMEDIATE when the unit may write (see
+        ``sqlite_begin_mode``). A read-only unit begins lazily, at its first statement."""
+        if self.write and _is_sqlite() and not db.session().in_transaction():
+            db.session.connection()
 
     def upgrade(self) -> bool:
         """The unit must write after all, and has only read so far: on SQLite restart it as an immediate
@@ -130,19 +126,28 @@ class UnitOfWork:
     def fail(self) -> None:
         """Roll the work back, then write what must outlast it in a transaction of its own."""
         db.session.rollback()
-        self.finished = True
         kept, self.kept = self.kept, []
-        if not kept:
-            return
         try:
-            self.write = True
-            self.begin()
-            for func in kept:
-                func()
-            _commit()
+            if kept:
+                self.write = True
+                self.begin()
+                for func in kept:
+                    func()
+                _commit()
         except Exception:
             db.session.rollback()
             log.exception("what a failed unit of work must keep could not be written")
+        finally:
+            self.finished = True
+
+
+def sqlite_begin_mode() -> str | None:
+    """How SQLite begins a transaction of the current unit of work (the engine's ``begin`` event asks)."""
+    unit = current()
+    if unit is None:
+        return None
+    unit.immediate = unit.write
+    return "immediate" if unit.write else None
 
 
 def _commit() -> None:
@@ -274,7 +279,8 @@ def _marked_writes(view: Any) -> bool:
 def begin_request() -> None:
     """Open the request's unit of work before any gate reads (the gate's reads are part of it)."""
     view = current_app.view_functions.get(request.endpoint or "")
-    unit = UnitOfWork(write=request.method not in SAFE_METHODS or _marked_writes(view))
+    routed = request.routing_exception is None  # a 404 or 405 writes nothing: no need for the write lock
+    unit = UnitOfWork(write=routed and (request.method not in SAFE_METHODS or _marked_writes(view)))
     unit.owns_transaction = not db.session().in_transaction()
     setattr(g, _G_KEY, unit)
     unit.begin()

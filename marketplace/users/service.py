@@ -1,6 +1,6 @@
 """Account rules: registration (21+), sign-in, tokens, password reset, profile, consents, staff.
 
-Services flush but never commit; the view (or CLI command, or job) commits once.
+Services flush but never commit; the request's, job's or CLI command's unit of work commits once.
 """
 
 from __future__ import annotations
