@@ -98,7 +98,8 @@ def _fleet_page(status: int = 200, error: AppError | None = None, form: dict[str
 
 def _attempt(action: Callable[[], Any], on_error: Callable[[int, AppError], Any],
              target: Callable[[Any], str]) -> Any:
-    """Run a service call; commit and redirect, or show the page again with the error (404s stay 404s)."""
+    """Run a service call and redirect (the edge commits), or show the page again with the error (404s stay
+    404s)."""
     try:
         result = action()
     except AppError as exc:
@@ -106,7 +107,6 @@ def _attempt(action: Callable[[], Any], on_error: Callable[[int, AppError], Any]
         if exc.status == 404:
             raise
         return on_error(exc.status, exc)
-    db.session.commit()
     return redirect(target(result))
 
 
@@ -241,7 +241,7 @@ def fleet_block_add(vehicle_id: str) -> Any:
                                   reason=form.get("reason", "").strip()[:200] or None)
 
     try:
-        block()  # commits itself (it races bookings for the same days)
+        block()  # races bookings for the same days: the database decides (P-16)
     except AppError as exc:
         db.session.rollback()
         if exc.status == 404:

@@ -45,7 +45,6 @@ def _attempt(action: Callable[[], Any], on_error: Callable[[int, str], Any], tar
         if exc.status == 404:
             raise
         return on_error(exc.status, _error_text(exc))
-    db.session.commit()
     return redirect(target)
 
 

@@ -161,6 +161,7 @@ def _register_routes(app: Flask) -> None:
 
 
 def _register_hooks(app: Flask, settings: Settings) -> None:
+    from marketplace import transactions
     from marketplace.extensions import db
 
     @app.before_request
@@ -171,6 +172,9 @@ def _register_hooks(app: Flask, settings: Settings) -> None:
             g.request_id = str(uuid.UUID(incoming)) if incoming else str(uuid.uuid4())
         except ValueError:
             g.request_id = str(uuid.uuid4())
+
+    # the request's unit of work opens before any gate reads; its view's edge commits it
+    app.before_request(transactions.begin_request)
 
     @app.before_request
     def _unsized_body() -> None:
@@ -210,7 +214,10 @@ def _register_hooks(app: Flask, settings: Settings) -> None:
                                 path="/")
         return response
 
+    app.after_request(transactions.finish_request)  # registered last: runs first, before the headers
+
     @app.teardown_request
     def _rollback_uncommitted(_exc: BaseException | None) -> None:
         # anything a failed request flushed is discarded: nothing is half-written
+        transactions.end_request()
         db.session.rollback()

@@ -5,8 +5,8 @@ from that row on; ``flask audit verify`` reports the first broken row. Database 
 migrations) refuse UPDATE and DELETE on the table for the application's own role.
 
 ``record`` writes in the caller's transaction, so an audited change and its audit row commit or roll
-back together. ``record_now`` commits at once in its own transaction: it is for refusals (a failed
-sign-in, a denied view) whose request itself changes nothing.
+back together. ``record_now`` is for refusals (a failed sign-in, a denied view): the row is written
+whether or not the request's own work commits (kept work of the unit of work, ``transactions.keep``).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from flask import g, has_request_context, request
 from sqlalchemy import BigInteger, Integer, String, Text, select, text
 from sqlalchemy.orm import Mapped, Session, mapped_column, scoped_session
 
+from marketplace import transactions
 from marketplace.extensions import Model, db, utcnow
 
 log = logging.getLogger("marketplace.audit")
@@ -155,20 +156,28 @@ def record_now(
     outcome: str = "denied",
     **data: Any,
 ) -> None:
-    """Append and commit at once, outside the request's transaction (for refusals).
+    """Record a refusal that must stand although the request fails, without touching its work.
 
-    A refusal changes nothing, so whatever the request flushed so far is rolled back first: its
-    locks (SQLite's write lock, row locks, the chain's advisory lock) would otherwise make this
-    second transaction wait on the first.
+    The row is built now (its time, request id and address) and appended by the unit of work: with
+    its commit if the request succeeds, or in a transaction of its own after the rollback if it fails.
+    Outside a unit of work (a test or a shell) it is appended and committed at once on a connection
+    of its own.
     """
-    db.session.rollback()
-    engine = db.engine
-    if engine.dialect.name == "sqlite":
-        # take SQLite's write lock before reading the chain's tail: a deferred transaction whose tail
-        # another writer has extended meanwhile fails with "database is locked" instead of waiting
-        engine = engine.execution_options(sqlite_begin="immediate")
-    with Session(engine) as session, session.begin():
-        _append(session, _build(actor, action, subject, outcome, data))
+    event = _build(actor, action, subject, outcome, data)
+    if transactions.current() is None:
+        transactions.apart(lambda session: _append(session, event))
+        return
+
+    def append() -> None:
+        # a copy each time: a row rolled back with a failed commit is written again as a new one
+        _append(db.session, _copy(event))
+
+    transactions.keep(append)
+
+
+def _copy(event: AuditEvent) -> AuditEvent:
+    chained = {"id", "prev_hash", "hash"}
+    return AuditEvent(**{c.key: getattr(event, c.key) for c in AuditEvent.__table__.columns if c.key not in chained})
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from sqlalchemy import select
 from marketplace import audit, jobs
 from marketplace.extensions import db, utcnow
 from marketplace.permissions import AGENCY_ROLES, Role
+from marketplace.transactions import unit_of_work
 
 staff_cli = AppGroup("staff", help="Staff accounts.")
 audit_cli = AppGroup("audit", help="The hash-chained audit log.")
@@ -46,14 +47,14 @@ def create_staff(email: str, full_name: str, roles: tuple[str, ...], agency_publ
     from marketplace.users import service
 
     try:
-        agency_id = service.agency_id_from_public(agency_public_id)
-        pairs = [(Role(r), agency_id if Role(r) in AGENCY_ROLES else None) for r in roles]
-        user = service.create_staff(email=email, full_name=full_name, password=password, roles=pairs)
+        with unit_of_work():
+            agency_id = service.agency_id_from_public(agency_public_id)
+            pairs = [(Role(r), agency_id if Role(r) in AGENCY_ROLES else None) for r in roles]
+            user = service.create_staff(email=email, full_name=full_name, password=password, roles=pairs)
+            email = user.email
     except AppError as exc:
-        db.session.rollback()
         raise click.ClickException(f"{exc.code}: {exc.text} {exc.details or ''}") from exc
-    db.session.commit()
-    click.echo(f"Created {user.email} ({', '.join(roles)}). Sign in at /console or /agency to set up MFA.")
+    click.echo(f"Created {email} ({', '.join(roles)}). Sign in at /console or /agency to set up MFA.")
 
 
 @staff_cli.command("unlock-mfa")
@@ -64,11 +65,12 @@ def unlock_mfa(email: str) -> None:
     from marketplace.users import service
 
     try:
-        user, was_locked = service.unlock_staff_mfa(email)
+        with unit_of_work():
+            user, was_locked = service.unlock_staff_mfa(email)
+            email = user.email
     except NotFound as exc:
         raise click.ClickException("No staff account uses this e-mail.") from exc
-    db.session.commit()
-    click.echo(f"MFA of {user.email} is unlocked." if was_locked else f"MFA of {user.email} was not locked.")
+    click.echo(f"MFA of {email} is unlocked." if was_locked else f"MFA of {email} was not locked.")
 
 
 # ---- audit ---------------------------------------------------------------------------------------
@@ -131,8 +133,8 @@ def seed_demo() -> None:
     if db.session.execute(select(User.id).where(User.email == "admin@demo.carejar.example")).first():
         click.echo(path.read_text() if path.exists() else "Demo data exists (credentials file missing).")
         return
-    lines = _seed()
-    db.session.commit()
+    with unit_of_work():
+        lines = _seed()
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as fh:
         fh.write(lines)
@@ -258,20 +260,20 @@ def rotate_keys(resume: bool, batch: int) -> None:
     active = ring.active_key_id
     moved = 0
     while True:
-        count = vault.rewrap_batch(batch)
-        db.session.commit()
+        with unit_of_work():
+            count = vault.rewrap_batch(batch)
         moved += count
         if count == 0:
             break
     # TOTP secrets are sealed directly under the master key
     secrets_moved = 0
-    for user in db.session.execute(select(User).where(User.totp_secret_enc.is_not(None))).scalars():
-        token = user.totp_secret_enc
-        assert token is not None
-        if field_key_id(token) != active:
-            user.totp_secret_enc = reencrypt_field(ring, token, aad=f"totp:{user.public_id}".encode())
-            secrets_moved += 1
-    db.session.commit()
+    with unit_of_work():
+        for user in db.session.execute(select(User).where(User.totp_secret_enc.is_not(None))).scalars():
+            token = user.totp_secret_enc
+            assert token is not None
+            if field_key_id(token) != active:
+                user.totp_secret_enc = reencrypt_field(ring, token, aad=f"totp:{user.public_id}".encode())
+                secrets_moved += 1
     click.echo(f"re-wrapped {moved} data keys and {secrets_moved} TOTP secrets under {active}")
     for key in list(ring.keys):
         if key.key_id != active and key.status.value == "retiring":
@@ -279,5 +281,5 @@ def rotate_keys(resume: bool, batch: int) -> None:
                 raise click.ClickException(f"{key.key_id} still wraps data keys; rerun with --resume")
             ring.retire(key.key_id)
             click.echo(f"retired {key.key_id}")
-    audit.record(None, "keys:rotate", None, active=active, rewrapped=moved, totp=secrets_moved)
-    db.session.commit()
+    with unit_of_work():
+        audit.record(None, "keys:rotate", None, active=active, rewrapped=moved, totp=secrets_moved)

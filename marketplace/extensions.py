@@ -119,5 +119,10 @@ def _sqlite_pragmas(dbapi_connection: Any, connection_record: Any) -> None:
 @event.listens_for(Engine, "begin")
 def _sqlite_begin(conn: Any) -> None:
     if conn.dialect.name == "sqlite":
-        mode = conn.info.pop("sqlite_begin", None) or conn.get_execution_options().get("sqlite_begin")
+        from marketplace.transactions import sqlite_begin_mode
+
+        # explicit options first; otherwise the unit of work decides (a writing unit's every transaction,
+        # the one after a view's rollback included, takes the write lock up front)
+        mode = (conn.info.pop("sqlite_begin", None) or conn.get_execution_options().get("sqlite_begin")
+                or sqlite_begin_mode())
         conn.exec_driver_sql("BEGIN IMMEDIATE" if mode == "immediate" else "BEGIN")

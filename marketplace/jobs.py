@@ -28,6 +28,7 @@ from flask import Flask, current_app
 from sqlalchemy import ForeignKey, Index, Integer, String, event, or_, select, update
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
+from marketplace import transactions
 from marketplace.extensions import Model, db, utcnow
 
 log = logging.getLogger("marketplace.jobs")
@@ -174,6 +175,28 @@ def run_work_item(item_id: int) -> str:
 
 
 def _run(item_id: int) -> str:
+    """Claim the row (committed, so a second runner skips it), then the handler's work and the row's
+    outcome in one unit of work; a failure rolls the handler back and is recorded in a unit of its own."""
+    if not transactions.run(lambda: _claim(item_id)):
+        return "skipped"
+    try:
+        # one attempt: a failed job is retried by the work row's back-off, not at once
+        transactions.run(lambda: _perform(item_id), attempts=1)
+    except Exception as exc:
+        failure = exc
+        transactions.run(lambda: _record_failure(item_id, failure))
+        # the innermost frames only, never the exception's message: it can carry personal data
+        # (smtplib's SMTPRecipientsRefused names the address) and logs hold none (PV-03)
+        log.warning(
+            "work item failed",
+            extra={"event": {"work_item": item_id, "error": type(exc).__name__,
+                             "trace": "".join(traceback.format_tb(exc.__traceback__, limit=-3))[-600:]}},
+        )
+        return "failed"
+    return "done"
+
+
+def _claim(item_id: int) -> bool:
     now = utcnow()
     claimed = db.session.execute(
         update(WorkItem)
@@ -185,44 +208,34 @@ def _run(item_id: int) -> str:
         )
         .values(status=WorkStatus.RUNNING, leased_until=now + LEASE, attempts=WorkItem.attempts + 1)
     )
-    db.session.commit()
-    if not claimed.rowcount:  # type: ignore[attr-defined]
-        return "skipped"
+    return bool(claimed.rowcount)  # type: ignore[attr-defined]
+
+
+def _perform(item_id: int) -> None:
     item = db.session.get(WorkItem, item_id)
     assert item is not None
     func = _HANDLERS.get(item.kind)
-    try:
-        if func is None:
-            raise LookupError(f"no handler for {item.kind}")
-        func(item.ref)
-    except Exception as exc:
-        db.session.rollback()
-        item = db.session.get(WorkItem, item_id)
-        assert item is not None
-        item.last_error = f"{type(exc).__name__}: {_redact(str(exc))[:300]}"
-        item.leased_until = None
-        if item.attempts >= item.max_attempts:
-            item.status = WorkStatus.DEAD
-            item.finished_at = utcnow()
-            log.error("work item dead", extra={"event": {"work_item": item.id, "kind": item.kind}})
-        else:
-            item.status = WorkStatus.PENDING
-            item.due_at = utcnow() + backoff(item.attempts)
-        db.session.commit()
-        # the innermost frames only, never the exception's message: it can carry personal data
-        # (smtplib's SMTPRecipientsRefused names the address) and logs hold none (PV-03)
-        log.warning(
-            "work item failed",
-            extra={"event": {"work_item": item_id, "error": type(exc).__name__,
-                             "trace": "".join(traceback.format_tb(exc.__traceback__, limit=-3))[-600:]}},
-        )
-        return "failed"
+    if func is None:
+        raise LookupError(f"no handler for {item.kind}")
+    func(item.ref)
     item.status = WorkStatus.DONE
     item.finished_at = utcnow()
     item.leased_until = None
     item.last_error = None
-    db.session.commit()
-    return "done"
+
+
+def _record_failure(item_id: int, exc: Exception) -> None:
+    item = db.session.get(WorkItem, item_id)
+    assert item is not None
+    item.last_error = f"{type(exc).__name__}: {_redact(str(exc))[:300]}"
+    item.leased_until = None
+    if item.attempts >= item.max_attempts:
+        item.status = WorkStatus.DEAD
+        item.finished_at = utcnow()
+        log.error("work item dead", extra={"event": {"work_item": item.id, "kind": item.kind}})
+    else:
+        item.status = WorkStatus.PENDING
+        item.due_at = utcnow() + backoff(item.attempts)
 
 
 _EMAIL = re.compile(r"[^\s@<>\"']+@[^\s@<>\"']+")
@@ -240,6 +253,10 @@ def backoff(attempts: int) -> timedelta:
 
 def sweep(limit: int = 500) -> int:
     """Re-queue due work that is not in flight (lost queue, killed worker, expired lease)."""
+    return transactions.run(lambda: _sweep(limit))
+
+
+def _sweep(limit: int) -> int:
     now = utcnow()
     ids = db.session.execute(
         select(WorkItem.id)
@@ -264,7 +281,6 @@ def sweep(limit: int = 500) -> int:
     db.session.execute(update(WorkItem).where(WorkItem.id.in_(ids)).values(enqueued_at=now))
     for item_id in ids:
         enqueue_after_commit(run_work_item, item_id)
-    db.session.commit()
     return len(ids)
 
 
@@ -455,8 +471,6 @@ def periodic(func: Callable[[], None]) -> Callable[[], None]:
 def run_periodic() -> None:
     for func in _PERIODIC:
         try:
-            func()
-            db.session.commit()
+            transactions.run(func)  # each task its own unit of work
         except Exception:
-            db.session.rollback()
             log.exception("periodic task failed", extra={"event": {"task": func.__name__}})

@@ -16,8 +16,10 @@ from functools import wraps
 from typing import Any, TypeVar
 
 from flask import Blueprint, Flask, current_app, g, request
+from sqlalchemy import update
 from werkzeug.wrappers import Response
 
+from marketplace import transactions
 from marketplace.config import Settings
 from marketplace.errors import (
     CsrfFailed,
@@ -26,7 +28,7 @@ from marketplace.errors import (
     ReauthRequired,
     Unauthenticated,
 )
-from marketplace.extensions import utcnow
+from marketplace.extensions import db, utcnow
 from marketplace.permissions import AGENCY_ROLES, Permission, Role, permissions_for
 from marketplace.users.models import AuthSession, RoleAssignment, SessionChannel, User
 
@@ -207,13 +209,22 @@ def load_web_actor() -> Actor | None:
 
 
 def _keep_alive(session: AuthSession | None) -> AuthSession | None:
-    """Commit a moved ``last_seen_at`` at once: read-only pages never commit and failed requests roll
-    back, so otherwise the staff idle timeout would count from the last write, not the last request."""
-    from marketplace.extensions import db
-
+    """A moved ``last_seen_at`` (at most once a minute) is kept work: it rides in the request's commit,
+    and a failed request writes it after its rollback, so the staff idle timeout counts from the last
+    request, not the last successful write. On SQLite the GET that carries it begins again as a writer."""
     if session is not None and db.session.is_modified(session):
-        db.session.commit()
+        seen, session_id = session.last_seen_at, session.id
+        if transactions.upgrade():
+            session.last_seen_at = seen  # the restart dropped the unflushed change
+        transactions.keep(lambda: _touch(session_id, seen))
     return session
+
+
+def _touch(session_id: int, seen: Any) -> None:
+    db.session.execute(
+        update(AuthSession).where(AuthSession.id == session_id, AuthSession.last_seen_at < seen)
+        .values(last_seen_at=seen).execution_options(synchronize_session=False)
+    )
 
 
 def check_csrf(actor: Actor | None) -> None:
@@ -322,7 +333,8 @@ def register_gated(app: Flask, blueprint: Blueprint, gate: Gate, *, api: Any = N
     """Register a blueprint with its one gate; the registry is what the route-gate test reads.
 
     The gate is attached to this app (first among the blueprint's before-request functions), not to
-    the module-level blueprint, so ``create_app()`` can build more than one app in a process.
+    the module-level blueprint, so ``create_app()`` can build more than one app in a process. Every
+    view of the blueprint becomes one unit of work (``transactions.edge``): it commits once, at the end.
     """
     name = options.get("name", blueprint.name)
     gates: dict[str, str] = app.extensions.setdefault("route_gates", {})
@@ -332,6 +344,9 @@ def register_gated(app: Flask, blueprint: Blueprint, gate: Gate, *, api: Any = N
     else:
         app.register_blueprint(blueprint, **options)
     app.before_request_funcs.setdefault(name, []).insert(0, gate)
+    for endpoint, view in list(app.view_functions.items()):
+        if endpoint.startswith(name + ".") and not getattr(view, "_unit_of_work", False):
+            app.view_functions[endpoint] = transactions.edge(view)
 
 
 def role_assignments_for(user: User) -> list[RoleAssignment]:

@@ -13,9 +13,9 @@ from typing import Any
 from flask import Blueprint, current_app, g, redirect, render_template, request, url_for
 from werkzeug.wrappers import Response
 
-from marketplace import audit, ratelimits
+from marketplace import audit, ratelimits, transactions
 from marketplace.errors import AppError
-from marketplace.extensions import db, limiter, utcnow
+from marketplace.extensions import limiter, utcnow
 from marketplace.permissions import Permission
 from marketplace.security import F, csrf_token, optional_actor, pre_mfa, public, settings, staff_cookie_name
 from marketplace.users import mfa, service, sessions
@@ -89,12 +89,12 @@ def add_auth_routes(  # noqa: PLR0915 - four small nested views that share the d
             return render("auth/login.html", status=403,
                           error=f"This account has no access to the {title}.", email=email)
         issued = service.start_web_session(user)
-        db.session.commit()
         response = redirect(url_for(f"{bp.name}.mfa"))
         set_session_cookie(response, issued.access_token)
         return response
 
     @bp.route("/mfa", methods=["GET", "POST"], endpoint="mfa")
+    @transactions.writes  # the first visit stores a pending enrolment secret
     # one count per account for both doors and the API (shared scopes), and per client
     @limiter.shared_limit(_limit("mfa_account"), scope="mfa_account", key_func=ratelimits.signed_in_account_key,
                           methods=["POST"])
@@ -112,13 +112,12 @@ def add_auth_routes(  # noqa: PLR0915 - four small nested views that share the d
                 else:
                     mfa.confirm_enrolment(user, code)
             except AppError as exc:
-                db.session.commit()  # keeps a pending enrolment secret across the retry
+                transactions.commit_error_response()  # keeps a pending enrolment secret across the retry
                 return _mfa_page(render, user, error=exc.text, status=exc.status)
             actor.session.mfa_at = utcnow()
             actor.session.auth_at = utcnow()
             token = sessions.rotate_web(actor.session)
             audit.record(actor, "auth:mfa", user, channel="web", door=door)
-            db.session.commit()
             target = request.args.get("next", "")
             response = redirect(target if _safe_next() else url_for(f"{bp.name}.home"))
             set_session_cookie(response, token)
@@ -126,14 +125,12 @@ def add_auth_routes(  # noqa: PLR0915 - four small nested views that share the d
         if actor.mfa_complete:
             return redirect(url_for(f"{bp.name}.home"))
         page = _mfa_page(render, user)
-        db.session.commit()
         return page
 
     @bp.route("/logout", methods=["POST"], endpoint="logout")
     @pre_mfa
     def logout() -> Response:
         service.logout(g.actor)
-        db.session.commit()
         response = redirect(url_for(f"{bp.name}.login"))
         response.delete_cookie(staff_cookie_name(), path="/", secure=settings().production, httponly=True,
                                samesite="Strict")
@@ -158,7 +155,6 @@ def add_auth_routes(  # noqa: PLR0915 - four small nested views that share the d
             if "password" in fields:
                 message = "Password: " + "; ".join(fields["password"])
             return render("auth/invitation.html", status=exc.status, error=message, code=code)
-        db.session.commit()
         return redirect(url_for(f"{bp.name}.login", ready=1))
 
 

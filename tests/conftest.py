@@ -230,6 +230,51 @@ def live_server(app: Flask) -> Iterator[str]:
         thread.join(timeout=5)
 
 
+@pytest.fixture
+def gunicorn_server(app: Flask, app_overrides: dict[str, Any], tmp_path: Path) -> Iterator[str]:
+    """The app as ``make run`` serves it: gunicorn, gthread, 2 workers x 4 threads, on a free loopback port,
+    against the test database, with in-process jobs. In its own process group, stopped after the test."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k not in app_overrides}
+    env.update({k: str(v) for k, v in app_overrides.items() if v is not None})
+    if env["JOBS_MODE"] == "sync":
+        env["JOBS_MODE"] = "thread"  # the embedded default, as under `make run`
+    log_path = tmp_path / "gunicorn.log"
+    root = Path(__file__).resolve().parent.parent
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(  # noqa: S603 - fixed argv, loopback only
+            [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--worker-class", "gthread",
+             "--workers", "2", "--threads", "4", "--log-level", "warning", "wsgi:app"],
+            cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(base + "/api/v1/ping", timeout=2) as answer:  # noqa: S310 - loopback
+                    if answer.status == 200:
+                        break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("gunicorn did not start:\n" + log_path.read_text()[-3000:]) from None
+                time.sleep(0.2)
+        yield base
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)  # our own process group only
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=10)
+
+
 def chromium_path() -> Path | None:
     for candidate in ("/usr/bin/chromium", "/usr/bin/chromium-browser"):
         if Path(candidate).exists():

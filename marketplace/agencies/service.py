@@ -4,7 +4,7 @@ rejection, suspension and reinstatement by platform staff.
 Agency-side verbs take the agency's public id (or ``None``) and resolve it among the caller's own
 agencies only, so another agency's profile, documents or staff are simply not found (404, AZ-03).
 Permissions are checked against the caller's roles *in that agency*: being an owner of one agency
-gives nothing in another. Services flush but never commit; the view commits once.
+gives nothing in another. Services flush but never commit; the unit of work commits once.
 """
 
 from __future__ import annotations

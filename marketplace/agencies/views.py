@@ -12,7 +12,7 @@ from marketplace import ratelimits
 from marketplace.agencies import schemas as s
 from marketplace.agencies import service
 from marketplace.api import ApiBlueprint
-from marketplace.extensions import db, limiter
+from marketplace.extensions import limiter
 from marketplace.kyc.views import ImageFileIn, multipart
 from marketplace.schemas import StatusSchema, decode_id_cursor, encode_cursor
 from marketplace.security import current_actor, public
@@ -49,7 +49,6 @@ def _upload_key() -> str:
 def sign_up(args: dict[str, Any]) -> dict[str, str]:
     """Sign an agency up for verification; the owner then signs in at /agency and uploads documents."""
     service.sign_up(service.SignUp(**args))
-    db.session.commit()
     return {"status": "received",
             "message": "If this e-mail can be used, the owner's account is ready: sign in at /agency to continue."}
 
@@ -68,7 +67,6 @@ class AgencyProfile(MethodView):
     def patch(self, query: dict[str, Any], changes: dict[str, Any]) -> Any:
         """Change contact details, address or turnaround; business identity only before verification."""
         agency = service.update_profile(current_actor(), query.get("agency"), changes)
-        db.session.commit()
         return agency
 
 
@@ -94,7 +92,6 @@ def upload_document(query: dict[str, Any], args: dict[str, Any]) -> Any:
     image = args["image"]
     document = service.upload_document(current_actor(), query.get("agency"), args["kind"], image.stream,
                                        image.mimetype)
-    db.session.commit()
     return document
 
 
@@ -117,7 +114,6 @@ class AgencyStaff(MethodView):
     def post(self, query: dict[str, Any], args: dict[str, Any]) -> Any:
         """Invite someone to your agency with a role; they get an e-mail link to set a password."""
         invitation = service.invite(current_actor(), query.get("agency"), **args)
-        db.session.commit()
         return invitation
 
 
@@ -127,4 +123,3 @@ class AgencyStaff(MethodView):
 def remove_staff(query: dict[str, Any], user_id: str) -> None:
     """Remove a person from your agency; every session of theirs ends at once."""
     service.remove_staff(current_actor(), query.get("agency"), user_id)
-    db.session.commit()

@@ -30,7 +30,7 @@ from marketplace.kyc.service import ensure_cleared_to_drive
 from marketplace.notifications import service as notifications
 from marketplace.permissions import Permission
 from marketplace.security import Actor, require
-from marketplace.transactions import EXCLUSION_VIOLATION, UNIQUE_VIOLATION, Retry, run_serialised
+from marketplace.transactions import EXCLUSION_VIOLATION, UNIQUE_VIOLATION, Retry, serialised
 from marketplace.users.consent_texts import CURRENT as CURRENT_TEXTS
 from marketplace.users.models import ConsentKind, User
 from marketplace.users.service import grant_consent
@@ -200,7 +200,7 @@ def create_booking(
     mit_mandate_version: str,
     idempotency_key: str | None = None,
 ) -> tuple[Booking, bool]:
-    """Reserve a car for the signed-in customer; returns ``(booking, created)``. Commits itself."""
+    """Reserve a car for the signed-in customer; returns ``(booking, created)``."""
     require(actor, Permission.ACCOUNT_WRITE)
     if actor.is_staff:
         raise BookingNotAllowed()
@@ -276,7 +276,7 @@ def create_booking(
             raise VehicleUnavailable()
         return None
 
-    return run_serialised(work, on_conflict=on_conflict)
+    return serialised(work, on_conflict=on_conflict, contended=VehicleUnavailable)
 
 
 def change_dates(actor: Actor, reference: str, *, starts_at: datetime, ends_at: datetime) -> Booking:
@@ -312,7 +312,7 @@ def change_dates(actor: Actor, reference: str, *, starts_at: datetime, ends_at: 
         audit.record(actor, "booking:modify", booking)
         return booking
 
-    return run_serialised(work, on_conflict=occupancy_conflict)
+    return serialised(work, on_conflict=occupancy_conflict, contended=VehicleUnavailable)
 
 
 def cancellation_fee(booking: Booking, *, now: datetime | None = None) -> int:
@@ -361,7 +361,6 @@ def expire(ref: str) -> None:
     _free_car(booking)
     _event(booking, None, "status", from_status=BookingStatus.PENDING_PAYMENT, to_status=BookingStatus.EXPIRED)
     audit.record(None, "booking:expire", booking)
-    db.session.commit()
 
 
 @jobs.periodic

@@ -139,7 +139,6 @@ def cancel(args: dict[str, Any], reference: str) -> dict[str, Any]:
     """Cancel: free until 48 hours before pick-up, then one day's rental (the answer states the fee)."""
     actor = current_actor()
     booking = service.cancel(actor, service.get_for_customer(actor, reference), reason=args["reason"])
-    db.session.commit()
     return booking_out(booking)
 
 
@@ -177,5 +176,4 @@ def agency_cancel(args: dict[str, Any], reference: str) -> dict[str, Any]:
     """Cancel a booking as the agency (no fee for the customer; the reason is shown to them)."""
     actor = current_actor()
     booking = service.cancel(actor, service.get_for_agency(actor, reference), reason=args["reason"], by_agency=True)
-    db.session.commit()
     return agency_booking_out(booking)

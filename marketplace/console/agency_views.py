@@ -8,6 +8,7 @@ from typing import Any
 
 from flask import Response, redirect, request, url_for
 
+from marketplace import transactions
 from marketplace.agencies import service as agencies
 from marketplace.agencies.models import AgencyStatus
 from marketplace.console.views import _render, console_bp
@@ -36,7 +37,7 @@ def _agency_page(public_id: str, *, status: int = 200, error: str | None = None)
     if agency.id not in actor.agency_ids:
         images = {kind: url_for("console.agency_image", token=token)
                   for kind, token in agencies.document_image_grants(actor, agency).items()}
-    db.session.commit()  # the grants (and their audit rows)
+    transactions.commit_error_response()  # the grants (and their audit rows) are the page's, whatever its status
     return _render(
         "console/agency.html", status=status, error=error, agency=agency, images=images,
         documents=agencies.documents_of(agency), missing=agencies.missing_documents(agency),
@@ -46,6 +47,7 @@ def _agency_page(public_id: str, *, status: int = 200, error: str | None = None)
 
 
 @console_bp.get("/agencies/<string:agency_id>")
+@transactions.writes
 @requires(Permission.AGENCY_VERIFY)
 def agency_page(agency_id: str) -> Any:
     return _agency_page(agency_id)
@@ -66,7 +68,6 @@ def _act(agency_id: str, action: Callable[[Actor], Any]) -> Any:
         if missing and isinstance(missing, list):
             message += " Missing: " + ", ".join(str(m).replace("_", " ") for m in missing) + "."
         return _agency_page(agency_id, status=exc.status, error=message)
-    db.session.commit()
     return redirect(url_for("console.agency_page", agency_id=agency_id))
 
 
@@ -99,8 +100,8 @@ def agency_reinstate(agency_id: str) -> Any:
 
 
 @console_bp.get("/agencies/images/<string:token>")
+@transactions.writes
 @requires(Permission.AGENCY_VERIFY)
 def agency_image(token: str) -> Response:
     data, blob = kyc.open_granted_image(current_actor(), token)
-    db.session.commit()
     return image_response(data, blob.mime)

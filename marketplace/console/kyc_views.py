@@ -7,6 +7,7 @@ from typing import Any
 
 from flask import Response, redirect, request, url_for
 
+from marketplace import transactions
 from marketplace.console.views import _render, console_bp
 from marketplace.errors import AppError
 from marketplace.extensions import db
@@ -65,7 +66,7 @@ def _case_page(public_id: str, *, status: int = 200, error: str | None = None) -
                 token = kyc.review_image_grant(actor, case, kind)
                 width, height = vault.dimensions(blob_id)
                 images[kind] = ReviewImage(url_for("console.kyc_image", token=token), width, height)
-    db.session.commit()
+    transactions.commit_error_response()  # the grants (and their audit rows) are the page's, whatever its status
     reviewers = [u for u in list_staff() if Role.KYC_REVIEWER in u.role_set() and u.id != actor.user.id]
     people = {u.id: u for u in list_staff()}
     return _render(
@@ -80,6 +81,7 @@ def _case_page(public_id: str, *, status: int = 200, error: str | None = None) -
 
 
 @console_bp.get("/kyc/<string:case_id>")
+@transactions.writes
 @requires(Permission.KYC_CASE_READ)
 def kyc_case(case_id: str) -> Any:
     return _case_page(case_id)
@@ -97,7 +99,6 @@ def _act(case_id: str, action: Any) -> Any:
         detail = exc.details.get("fields") if isinstance(exc.details, dict) else None
         message = exc.text + ("" if not detail else " " + "; ".join(f"{k}: {', '.join(v)}" for k, v in detail.items()))
         return _case_page(case_id, status=exc.status, error=message)
-    db.session.commit()
     return redirect(url_for("console.kyc_case", case_id=case_id))
 
 
@@ -139,6 +140,7 @@ def kyc_second_review(case_id: str) -> Any:
 
 
 @console_bp.get("/kyc/images/<string:token>")
+@transactions.writes
 @requires(Permission.KYC_IMAGE_VIEW)
 def kyc_image(token: str) -> Response:
     return spend_image_grant(token)

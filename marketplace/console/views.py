@@ -7,7 +7,7 @@ from typing import Any
 from flask import Blueprint, abort, redirect, render_template, request, url_for
 from werkzeug.wrappers import Response
 
-from marketplace import audit
+from marketplace import audit, transactions
 from marketplace.errors import AppError
 from marketplace.extensions import db
 from marketplace.notifications import service as notifications
@@ -41,11 +41,11 @@ def outbox() -> Any:
 
 
 @console_bp.get("/outbox/<string:message_id>")
+@transactions.writes
 @requires(Permission.OUTBOX_READ)
 def outbox_message(message_id: str) -> Any:
     message = notifications.get_email(message_id)
     audit.record(current_actor(), "console:outbox_view", message)
-    db.session.commit()
     return _render("console/outbox_message.html", message=message)
 
 
@@ -76,7 +76,6 @@ def invite() -> Any:
         if isinstance(exc, AppError) and exc.details.get("fields"):
             message += " " + "; ".join(f"{k}: {', '.join(v)}" for k, v in exc.details["fields"].items())
         return _staff_page(422, message)
-    db.session.commit()
     return redirect(url_for("console.staff", invited=1))
 
 
@@ -90,11 +89,11 @@ def remove_role(user_id: str) -> Response:
         abort(422)
     agency_id = users.agency_id_from_public(request.form.get("agency") or None)
     users.remove_role(current_actor(), member, role, agency_id)
-    db.session.commit()
     return redirect(url_for("console.staff"))
 
 
 @console_bp.get("/audit")
+@transactions.writes
 @requires(Permission.AUDIT_READ)
 def audit_log() -> Any:
     filters = {k: request.args.get(k, "").strip()[:64] or None for k in ("action", "actor", "subject")}
@@ -102,7 +101,6 @@ def audit_log() -> Any:
     report = audit.verify_chain(db.session) if request.args.get("verify") else None
     if report is not None:
         audit.record(current_actor(), "audit:verify", None, ok=report.ok, checked=report.checked)
-        db.session.commit()
     return _render("console/audit.html", events=events, filters=filters, report=report)
 
 

@@ -48,7 +48,7 @@ from marketplace.fleet.models import AvailabilityBlock, Vehicle, VehicleOccupanc
 from marketplace.images import VEHICLE_PHOTO_POLICY, process_image
 from marketplace.permissions import Permission, permissions_for
 from marketplace.security import Actor, require
-from marketplace.transactions import run_serialised
+from marketplace.transactions import serialised
 from marketplace.vault import service as vault
 from marketplace.vault.models import Blob
 
@@ -421,7 +421,7 @@ def _period_taken(vehicle_id: int, starts_at: datetime, ends_at: datetime) -> bo
 def create_block(actor: Actor, vehicle: Vehicle, *, starts_at: datetime, ends_at: datetime,
                  reason: str | None = None) -> AvailabilityBlock:
     """Take a car off the market for a period. Races with bookings are decided by the database (P-16):
-    one wins, the other gets 409 ``vehicle_unavailable``. Commits itself."""
+    one wins, the other gets 409 ``vehicle_unavailable``."""
     _require_in_agency(actor, vehicle.agency_id, Permission.AGENCY_VEHICLE_WRITE)
     check_block_period(starts_at, ends_at)
     vehicle_id, user_id = vehicle.id, actor.user.id
@@ -442,7 +442,7 @@ def create_block(actor: Actor, vehicle: Vehicle, *, starts_at: datetime, ends_at
         audit.record(actor, "vehicle:block:create", current, block=block.public_id, starts_at=start, ends_at=end)
         return block
 
-    return run_serialised(work, on_conflict=occupancy_conflict)
+    return serialised(work, on_conflict=occupancy_conflict, contended=VehicleUnavailable)
 
 
 def delete_block(actor: Actor, vehicle: Vehicle, block_public_id: str) -> None:

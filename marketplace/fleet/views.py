@@ -11,7 +11,7 @@ from flask.views import MethodView
 
 from marketplace.api import ApiBlueprint
 from marketplace.errors import Unprocessable
-from marketplace.extensions import db, limiter
+from marketplace.extensions import limiter
 from marketplace.fleet import schemas as s
 from marketplace.fleet import service as fleet
 from marketplace.fleet.models import AvailabilityBlock, Vehicle, VehiclePhoto
@@ -191,7 +191,6 @@ class AgencyVehicles(MethodView):
         actor = current_actor()
         agency = args.pop("agency")
         vehicle = fleet.create_vehicle(actor, agency=str(agency) if agency else None, **args)
-        db.session.commit()
         return _out(actor, vehicle)
 
 
@@ -211,7 +210,6 @@ class AgencyVehicle(MethodView):
         """Change a car's details, price, rules or status (existing bookings keep their price)."""
         actor = current_actor()
         vehicle = fleet.update_vehicle(actor, fleet.get_for_agency(actor, vehicle_id), args)
-        db.session.commit()
         return _out(actor, vehicle)
 
     @agency_fleet_bp.response(204)
@@ -220,7 +218,6 @@ class AgencyVehicle(MethodView):
         """Remove a car from the fleet (refused with 409 while it has unfinished bookings)."""
         actor = current_actor()
         fleet.delete_vehicle(actor, fleet.get_for_agency(actor, vehicle_id))
-        db.session.commit()
 
 
 def _upload_key() -> str:
@@ -244,7 +241,6 @@ def add_photo(files: dict[str, Any], vehicle_id: str) -> dict[str, Any]:
     vehicle = fleet.get_for_agency(actor, vehicle_id)
     image = files["image"]
     photo = fleet.add_photo(actor, vehicle, image.stream, image.mimetype)
-    db.session.commit()
     return {"id": photo.public_id, "url": _photo_url(vehicle.public_id, photo.public_id), "width": photo.width,
             "height": photo.height}
 
@@ -256,7 +252,6 @@ def delete_photo(vehicle_id: str, photo_id: str) -> None:
     """Remove a listing photo."""
     actor = current_actor()
     fleet.delete_photo(actor, fleet.get_for_agency(actor, vehicle_id), photo_id)
-    db.session.commit()
 
 
 @agency_fleet_bp.route("/<string:vehicle_id>/blocks")
@@ -286,4 +281,3 @@ def delete_block(vehicle_id: str, block_id: str) -> None:
     """Put the car back on the market for a blocked period."""
     actor = current_actor()
     fleet.delete_block(actor, fleet.get_for_agency(actor, vehicle_id), block_id)
-    db.session.commit()

@@ -513,7 +513,7 @@ def grant_image_view(actor: Actor, blob: Blob, *, purpose: str, context: str, re
                 select(AgencyDocument.blob_id).where(AgencyDocument.agency_id == agency.id)).scalars())
         )
     if not allowed:
-        # record_now ends the request's transaction first (its locks would block the refusal's row)
+        # the refusal is kept: written although the request fails (after its rollback)
         audit.record_now(actor, "image:view_denied", ("blobs", blob.public_id), purpose=purpose, context=context)
         raise NotFound()
     token, digest = sessions.new_token("img_")

@@ -3,20 +3,20 @@
 from __future__ import annotations
 
 import hashlib
-from typing import Any, NoReturn
+from typing import Any
 
 from flask import Response, current_app, request
 from flask_smorest.fields import Upload
 
 from marketplace.api import ApiBlueprint
-from marketplace.errors import NotFound, ServiceUnavailable
-from marketplace.extensions import db, limiter
+from marketplace.errors import NotFound
+from marketplace.extensions import limiter
 from marketplace.kyc import schemas as s
 from marketplace.kyc import service
 from marketplace.kyc.models import KycCase
 from marketplace.schemas import StrictSchema
 from marketplace.security import current_actor
-from marketplace.transactions import run_serialised
+from marketplace.transactions import writes
 
 kyc_bp = ApiBlueprint("kyc", __name__, url_prefix="/api/v1", description="Identity verification (KYC)")
 
@@ -80,7 +80,6 @@ def kyc_status() -> dict[str, Any]:
 def put_identity(args: dict[str, Any]) -> dict[str, Any]:
     """Set your identity and driving-licence data (while the case is a draft or needs resubmission)."""
     service.put_identity(current_actor(), args)
-    db.session.commit()
     return _status(current_actor().user)
 
 
@@ -93,7 +92,6 @@ def upload_selfie(files: dict[str, Any]) -> dict[str, Any]:
     """Upload your live selfie (needs the current face-data consent first)."""
     image = files["image"]
     blob = service.upload(current_actor(), "selfie", image.stream, image.mimetype)
-    db.session.commit()
     return {"id": blob.public_id, "kind": blob.kind, "width": blob.width, "height": blob.height}
 
 
@@ -106,7 +104,6 @@ def upload_document(args: dict[str, Any]) -> dict[str, Any]:
     """Upload a photo of your ID document or driving licence (front or back)."""
     image = args["image"]
     blob = service.upload(current_actor(), args["kind"], image.stream, image.mimetype)
-    db.session.commit()
     return {"id": blob.public_id, "kind": blob.kind, "width": blob.width, "height": blob.height}
 
 
@@ -115,7 +112,6 @@ def upload_document(args: dict[str, Any]) -> dict[str, Any]:
 def submit() -> dict[str, Any]:
     """Send your case to a human reviewer (target: a decision within 24 hours)."""
     service.submit(current_actor())
-    db.session.commit()
     return _status(current_actor().user)
 
 
@@ -124,20 +120,20 @@ def submit() -> dict[str, Any]:
 def reverify() -> dict[str, Any]:
     """Start a new verification (needed to replace your selfie); bookings wait for its approval."""
     service.start_reverification(current_actor())
-    db.session.commit()
     return _status(current_actor().user)
 
 
 @kyc_bp.route("/me/selfie")
+@writes
 @kyc_bp.response(200, s.ImageLinkOut)
 def my_selfie() -> dict[str, Any]:
     """A single-use link (about a minute) to your own profile photo."""
     token, expires = service.own_selfie_grant(current_actor())
-    db.session.commit()
     return {"url": f"/api/v1/images/{token}", "expires_at": expires}
 
 
 @kyc_bp.route("/images/<string:token>")
+@writes
 @kyc_bp.response(200, description="The image (JPEG), never cached", content_type="image/jpeg")
 def image(token: str) -> Response:
     """Open a signed image link once (only by the person it was issued to)."""
@@ -145,18 +141,14 @@ def image(token: str) -> Response:
 
 
 def spend_image_grant(token: str) -> Response:
-    """Spend a grant in a transaction of its own and serve the image.
+    """Spend a grant and serve the image.
 
     Every view writes (the grant is spent, an audit row appended) and a review page's images are fetched by
-    the browser all at once: on SQLite the transaction therefore begins IMMEDIATE, so those requests queue
-    for the write lock instead of failing with "database is locked".
+    the browser all at once: the routes are marked ``@writes``, so on SQLite their transaction begins
+    IMMEDIATE and those requests queue for the write lock instead of failing with "database is locked".
     """
-    data, blob = run_serialised(lambda: service.open_granted_image(current_actor(), token), on_conflict=_busy)
+    data, blob = service.open_granted_image(current_actor(), token)
     return image_response(data, blob.mime)
-
-
-def _busy(_sqlstate: str | None) -> NoReturn:
-    raise ServiceUnavailable()
 
 
 def image_response(data: bytes, mime: str) -> Response:

@@ -18,7 +18,7 @@ from flask import current_app, render_template
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from marketplace import jobs
+from marketplace import jobs, transactions
 from marketplace.extensions import db, utcnow
 from marketplace.notifications.models import Channel, OutboxMessage, OutboxStatus
 from marketplace.users.models import User
@@ -138,22 +138,29 @@ def deliver_email(ref: str) -> None:
     message.attempts += 1
     if not settings.smtp_url:
         message.status = OutboxStatus.KEPT
-        db.session.commit()
         return
     try:
         _smtp_send(settings.smtp_url, settings.mail_from, message)
     except (OSError, smtplib.SMTPException) as exc:
-        message.last_error = f"{type(exc).__name__}"[:300]
-        if message.attempts >= jobs.MAX_ATTEMPTS:
-            message.status = OutboxStatus.FAILED
-        db.session.commit()
+        # the job fails (the work row backs off), but the message keeps the count of its attempts
+        message_id, attempts, error = message.id, message.attempts, f"{type(exc).__name__}"[:300]
+        transactions.keep(lambda: _note_failed_attempt(message_id, attempts, error))
         raise
     message.status = OutboxStatus.SENT
     message.sent_at = utcnow()
     message.last_error = None
     if message.sensitive:
         message.body_text = "[removed after delivery: this message held a one-time code]"
-    db.session.commit()
+
+
+def _note_failed_attempt(message_id: int, attempts: int, error: str) -> None:
+    message = db.session.get(OutboxMessage, message_id)
+    if message is None:
+        return
+    message.attempts = max(message.attempts, attempts)
+    message.last_error = error
+    if message.attempts >= jobs.MAX_ATTEMPTS:
+        message.status = OutboxStatus.FAILED
 
 
 def _smtp_send(url: str, sender: str, message: OutboxMessage) -> None:

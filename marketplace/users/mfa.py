@@ -22,10 +22,10 @@ from datetime import datetime
 import pyotp
 import segno
 from flask import current_app
-from sqlalchemy import update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from marketplace import audit
+from marketplace import audit, transactions
 from marketplace.crypto import decrypt_field, encrypt_field
 from marketplace.crypto.keyring import MasterKeyProvider
 from marketplace.errors import AppError, Conflict, Forbidden, MfaInvalid
@@ -150,37 +150,57 @@ def _fail(user: User, *, reused: bool = False) -> None:
 
 
 def _count_failure(user_id: int) -> tuple[int, datetime | None]:
-    """Add one failure in a transaction of its own; lock (and e-mail) when this one reaches the threshold.
+    """Add one failure that outlasts the refused request; lock (and e-mail) when it reaches the threshold.
 
     The increment is one UPDATE (row lock on PostgreSQL, the write lock on SQLite), so concurrent wrong
-    codes through several workers each get a distinct count and exactly one of them locks.
+    codes through several workers each get a distinct count and exactly one of them locks. On PostgreSQL it
+    commits at once on a connection of its own. On SQLite the refused request already holds the database's
+    write lock (it began IMMEDIATE), so no other connection could write until it ends: the answer is worked
+    out from the committed count, and the increment is kept work of the request's unit (written after its
+    rollback, or with its commit), still one atomic UPDATE that alone decides the lock and its e-mail.
     """
-    settings = current_app.config["SETTINGS"]
-    engine = db.engine
-    if engine.dialect.name == "sqlite":
-        engine = engine.execution_options(sqlite_begin="immediate")
     now = utcnow()
-    with Session(engine) as session, session.begin():
-        # a lock that ran out starts a fresh count
-        session.execute(update(User).where(User.id == user_id, User.mfa_locked_until <= now)
-                        .values(mfa_failures=0, mfa_locked_until=None))
-        failures = session.execute(
-            update(User).where(User.id == user_id).values(mfa_failures=User.mfa_failures + 1)
-            .returning(User.mfa_failures)
-        ).scalar_one()
-        if failures < settings.mfa_lock_after_failures:
-            return failures, None
-        if failures > settings.mfa_lock_after_failures:  # a concurrent attempt locked it a moment ago
-            user = session.get(User, user_id)
-            return failures, user.mfa_locked_until if user is not None else None
-        locked_until = now + settings.mfa_lock_duration
-        session.execute(update(User).where(User.id == user_id).values(mfa_locked_until=locked_until))
-        user = session.get(User, user_id)
-        assert user is not None
-        from marketplace.notifications import service as notifications
+    if db.engine.dialect.name != "sqlite":
+        with Session(db.engine) as session, session.begin():
+            return _increment(session, user_id, now)
+    settings = current_app.config["SETTINGS"]
+    row = db.session.execute(select(User.mfa_failures, User.mfa_locked_until).where(User.id == user_id)).one()
+    expired = row.mfa_locked_until is not None and row.mfa_locked_until <= now
+    failures = (0 if expired else row.mfa_failures) + 1
 
-        notifications.send_email(to=user.email, kind="mfa_locked", user=user, session=session,
-                                 context={"user": user, "failures": failures, "locked_until": locked_until})
+    def count() -> None:
+        _increment(db.session(), user_id, now)
+
+    transactions.keep(count)
+    if failures < settings.mfa_lock_after_failures:
+        return failures, None
+    locked = None if expired else row.mfa_locked_until
+    return failures, locked or now + settings.mfa_lock_duration
+
+
+def _increment(session: Session, user_id: int, now: datetime) -> tuple[int, datetime | None]:
+    settings = current_app.config["SETTINGS"]
+    # a lock that ran out starts a fresh count
+    session.execute(update(User).where(User.id == user_id, User.mfa_locked_until <= now)
+                    .values(mfa_failures=0, mfa_locked_until=None).execution_options(synchronize_session=False))
+    failures = session.execute(
+        update(User).where(User.id == user_id).values(mfa_failures=User.mfa_failures + 1)
+        .returning(User.mfa_failures).execution_options(synchronize_session=False)
+    ).scalar_one()
+    if failures < settings.mfa_lock_after_failures:
+        return failures, None
+    if failures > settings.mfa_lock_after_failures:  # a concurrent attempt locked it a moment ago
+        locked_until = session.execute(select(User.mfa_locked_until).where(User.id == user_id)).scalar_one()
+        return failures, locked_until
+    locked_until = now + settings.mfa_lock_duration
+    session.execute(update(User).where(User.id == user_id).values(mfa_locked_until=locked_until)
+                    .execution_options(synchronize_session=False))
+    user = session.get(User, user_id)
+    assert user is not None
+    from marketplace.notifications import service as notifications
+
+    notifications.send_email(to=user.email, kind="mfa_locked", user=user, session=session,
+                             context={"user": user, "failures": failures, "locked_until": locked_until})
     return failures, locked_until
 
 

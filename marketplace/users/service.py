@@ -1,6 +1,6 @@
 """Account rules: registration (21+), sign-in, tokens, password reset, profile, consents, staff.
 
-Services flush but never commit; the view (or CLI command, or job) commits once.
+Services flush but never commit; the request's, job's or CLI command's unit of work commits once.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from email_validator import EmailNotValidError, validate_email
 from flask import current_app, request
 from sqlalchemy import select
 
-from marketplace import audit
+from marketplace import audit, transactions
 from marketplace.config import Settings
 from marketplace.errors import (
     AppError,
@@ -332,10 +332,10 @@ def refresh(refresh_token: str) -> sessions.IssuedTokens:
             .where(RetiredRefreshToken.token_hash == digest)
         ).scalar_one_or_none()
         if reused is not None and reused.revoked_at is None:
-            # a rotated token came back: someone else holds this session's tokens
-            sessions.revoke(reused, "refresh_reuse")
-            audit.record(None, "auth:refresh_reuse", ("auth_sessions", reused.public_id), outcome="revoked")
-            db.session.commit()
+            # a rotated token came back: someone else holds this session's tokens. The revocation stands
+            # although this request fails (kept work of the unit of work)
+            reused_id = reused.id
+            transactions.keep(lambda: _revoke_reused(reused_id))
         raise Unauthenticated()
     if (
         session.revoked_at is not None
@@ -345,6 +345,14 @@ def refresh(refresh_token: str) -> sessions.IssuedTokens:
     ):
         raise Unauthenticated()
     return sessions.rotate(session, _settings())
+
+
+def _revoke_reused(session_id: int) -> None:
+    reused = db.session.get(AuthSession, session_id)
+    if reused is None or reused.revoked_at is not None:
+        return
+    sessions.revoke(reused, "refresh_reuse")
+    audit.record(None, "auth:refresh_reuse", ("auth_sessions", reused.public_id), outcome="revoked")
 
 
 def logout(actor: Actor, *, everywhere: bool = False) -> None:

@@ -10,7 +10,7 @@ from flask.views import MethodView
 from marketplace import ratelimits
 from marketplace.api import ApiBlueprint as Blueprint
 from marketplace.errors import Unprocessable
-from marketplace.extensions import db, limiter
+from marketplace.extensions import limiter
 from marketplace.notifications import service as notifications
 from marketplace.schemas import PageArgsSchema, StatusSchema, decode_id_cursor, encode_cursor
 from marketplace.security import current_actor, pre_mfa, public
@@ -59,7 +59,6 @@ def _tokens(issued: IssuedTokens) -> dict[str, Any]:
 def register(args: dict[str, Any]) -> dict[str, str]:
     """Create a customer account (21+); a confirmation code is e-mailed (send it to /auth/verify-email)."""
     service.register(service.Registration(**args))
-    db.session.commit()
     return {"status": "verification_sent",
             "message": "If this e-mail can be used, a confirmation code is on its way."}
 
@@ -72,7 +71,6 @@ def register(args: dict[str, Any]) -> dict[str, str]:
 def verify_email(args: dict[str, Any]) -> dict[str, str]:
     """Confirm an e-mail address: send the code from the confirmation e-mail as ``token``."""
     service.verify_email(args["token"])
-    db.session.commit()
     return {"status": "verified"}
 
 
@@ -85,7 +83,6 @@ def verify_email(args: dict[str, Any]) -> dict[str, str]:
 def login(args: dict[str, Any]) -> dict[str, Any]:
     """Sign in; staff get tokens that only reach POST /auth/mfa until a TOTP code is given."""
     issued = service.login_api(args["email"], args["password"])
-    db.session.commit()
     return _tokens(issued)
 
 
@@ -99,7 +96,6 @@ def login(args: dict[str, Any]) -> dict[str, Any]:
 def mfa(args: dict[str, Any]) -> dict[str, Any]:
     """Staff: complete sign-in with a TOTP code; returns new tokens with full access."""
     issued = service.complete_mfa_api(current_actor(), args["code"])
-    db.session.commit()
     return _tokens(issued)
 
 
@@ -111,7 +107,6 @@ def mfa(args: dict[str, Any]) -> dict[str, Any]:
 def refresh(args: dict[str, Any]) -> dict[str, Any]:
     """Swap a refresh token for a new token pair; the old refresh token stops working."""
     issued = service.refresh(args["refresh_token"])
-    db.session.commit()
     return _tokens(issued)
 
 
@@ -122,7 +117,6 @@ def refresh(args: dict[str, Any]) -> dict[str, Any]:
 def logout(args: dict[str, Any]) -> None:
     """Sign out: this session's tokens (or every session's) stop working at once."""
     service.logout(current_actor(), everywhere=args["all_sessions"])
-    db.session.commit()
 
 
 @auth_bp.route("/reauth", methods=["POST"])
@@ -132,7 +126,6 @@ def logout(args: dict[str, Any]) -> None:
 def reauth(args: dict[str, Any]) -> None:
     """Confirm the password again (and a TOTP code for staff) before a sensitive action."""
     service.reauthenticate(current_actor(), args["password"], args.get("code"))
-    db.session.commit()
 
 
 @auth_bp.route("/password-reset", methods=["POST"])
@@ -144,7 +137,6 @@ def reauth(args: dict[str, Any]) -> None:
 def password_reset(args: dict[str, Any]) -> dict[str, str]:
     """Ask for a password-reset code by e-mail (same answer whether or not the account exists)."""
     service.request_password_reset(args["email"])
-    db.session.commit()
     return {"status": "reset_sent", "message": "If an account uses this e-mail, a reset code is on its way."}
 
 
@@ -156,7 +148,6 @@ def password_reset(args: dict[str, Any]) -> dict[str, str]:
 def password_reset_confirm(args: dict[str, Any]) -> dict[str, str]:
     """Set a new password with the e-mailed single-use code (as ``token``); every session is signed out."""
     service.confirm_password_reset(args["token"], args["new_password"])
-    db.session.commit()
     return {"status": "password_changed"}
 
 
@@ -175,7 +166,6 @@ class Me(MethodView):
     def patch(self, args: dict[str, Any]) -> Any:
         """Correct your account data (e-mail and phone changes need a recent sign-in)."""
         user = service.update_profile(current_actor(), args)
-        db.session.commit()
         return user
 
 
@@ -185,7 +175,6 @@ class Me(MethodView):
 def change_password(args: dict[str, Any]) -> None:
     """Change your password; your other sessions are signed out."""
     service.change_password(current_actor(), args["current_password"], args["new_password"])
-    db.session.commit()
 
 
 @me_bp.route("/consents")
@@ -202,7 +191,6 @@ class Consents(MethodView):
         """Give a consent for the current version of its text."""
         consent, created = service.give_consent(current_actor(), args["kind"], args["text_version"],
                                                 args.get("device"))
-        db.session.commit()
         return consent, (201 if created else 200)
 
 
@@ -215,7 +203,6 @@ def withdraw_consent(kind: str) -> None:
     except ValueError as exc:
         raise Unprocessable(details={"fields": {"kind": ["Unknown consent kind."]}}) from exc
     service.withdraw_consent(current_actor(), consent_kind)
-    db.session.commit()
 
 
 @me_bp.route("/notification-preferences")
@@ -230,7 +217,6 @@ class Preferences(MethodView):
     def patch(self, args: dict[str, bool]) -> dict[str, bool]:
         """Change notification channels or opt in/out of marketing (effective at once)."""
         prefs = service.update_preferences(current_actor(), args)
-        db.session.commit()
         return prefs
 
 
@@ -252,7 +238,6 @@ def list_notifications(args: dict[str, Any]) -> dict[str, Any]:
 def read_notification(notification_id: str) -> Any:
     """Mark one in-app notice as read."""
     notice = notifications.mark_read(current_actor().user, notification_id)
-    db.session.commit()
     return notice
 
 
