@@ -65,6 +65,16 @@ class Settings:
     stripe_api_base: str | None
     stripe_webhook_secret: str | None
     log_level: str
+    # blob store reconciliation (vault): how old an unreferenced file must be, and how often to list
+    blob_orphan_grace: timedelta = timedelta(hours=1)
+    blob_reconcile_interval: timedelta | None = timedelta(hours=1)
+    # image decoding (marketplace.imagepool): where and under which limits untrusted images are decoded
+    image_decode_mode: str = "pool"
+    image_decode_workers: int = 2
+    image_decode_memory_mb: int = 1024
+    image_decode_cpu_seconds: int = 10
+    image_decode_timeout_seconds: int = 20
+    image_decode_wait_seconds: int = 10
     limits: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -167,6 +177,20 @@ def load_settings(overrides: Mapping[str, Any] | None = None) -> Settings:  # no
         if value:
             limits[name] = value
 
+    reconcile_minutes = _int(env, "BLOB_RECONCILE_MINUTES", 60)
+    image_decode_mode = (env.get("IMAGE_DECODE_MODE") or "pool").strip().lower()
+    if image_decode_mode not in {"pool", "inline"}:
+        raise ConfigError("IMAGE_DECODE_MODE must be pool or inline")
+    image_limits = {
+        "workers": _int(env, "IMAGE_DECODE_WORKERS", 2),
+        "memory_mb": _int(env, "IMAGE_DECODE_MEMORY_MB", 1024),
+        "cpu_seconds": _int(env, "IMAGE_DECODE_CPU_SECONDS", 10),
+        "timeout_seconds": _int(env, "IMAGE_DECODE_TIMEOUT_SECONDS", 20),
+        "wait_seconds": _int(env, "IMAGE_DECODE_WAIT_SECONDS", 10),
+    }
+    if min(image_limits.values()) < 1:
+        raise ConfigError("IMAGE_DECODE_* limits must be positive")
+
     stripe_key = env.get("STRIPE_SECRET_KEY", "")
     if production and not stripe_key.startswith(("sk_live_", "rk_live_", "sk_test_")):
         raise ConfigError("STRIPE_SECRET_KEY is required in production")
@@ -199,6 +223,14 @@ def load_settings(overrides: Mapping[str, Any] | None = None) -> Settings:  # no
         stripe_api_base=env.get("STRIPE_API_BASE") or (None if production else "http://127.0.0.1:8420"),
         stripe_webhook_secret=env.get("STRIPE_WEBHOOK_SECRET") or None,
         log_level=env.get("LOG_LEVEL", "INFO").upper(),
+        blob_orphan_grace=timedelta(seconds=max(_int(env, "BLOB_ORPHAN_GRACE_SECONDS", 3600), 0)),
+        blob_reconcile_interval=timedelta(minutes=reconcile_minutes) if reconcile_minutes > 0 else None,
+        image_decode_mode=image_decode_mode,
+        image_decode_workers=image_limits["workers"],
+        image_decode_memory_mb=image_limits["memory_mb"],
+        image_decode_cpu_seconds=image_limits["cpu_seconds"],
+        image_decode_timeout_seconds=image_limits["timeout_seconds"],
+        image_decode_wait_seconds=image_limits["wait_seconds"],
         limits=limits,
     )
 
