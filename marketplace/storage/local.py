@@ -134,13 +134,14 @@ class LocalBlobStore:
         written before ``before``; a write still in progress is younger than that. Returns how many."""
         removed = 0
         for shard in self._shards():
-            for entry in os.scandir(shard):
-                if not entry.name.startswith(_TMP_PREFIX) or not entry.is_file(follow_symlinks=False):
-                    continue
-                with contextlib.suppress(FileNotFoundError):
-                    if datetime.fromtimestamp(entry.stat(follow_symlinks=False).st_mtime, UTC) < before:
-                        os.unlink(entry.path)
-                        removed += 1
+            with os.scandir(shard) as entries:
+                for entry in entries:
+                    if not entry.name.startswith(_TMP_PREFIX) or not entry.is_file(follow_symlinks=False):
+                        continue
+                    with contextlib.suppress(FileNotFoundError):
+                        if datetime.fromtimestamp(entry.stat(follow_symlinks=False).st_mtime, UTC) < before:
+                            os.unlink(entry.path)
+                            removed += 1
         return removed
 
     def _shards(self) -> Iterator[Path]:
@@ -154,13 +155,14 @@ class LocalBlobStore:
     def _entries(self) -> Iterator[os.DirEntry[str]]:
         for shard in self._shards():
             first, second = shard.parent.name, shard.name
-            for entry in os.scandir(shard):
-                name = entry.name
-                # temp files of unfinished writes and anything else that is not a blob are skipped
-                if (
-                    KEY_PATTERN.fullmatch(name)
-                    and name[:2] == first
-                    and name[2:4] == second
-                    and entry.is_file(follow_symlinks=False)
-                ):
-                    yield entry
+            with os.scandir(shard) as entries:
+                for entry in entries:
+                    name = entry.name
+                    # temp files of unfinished writes and anything else that is not a blob are skipped
+                    if (
+                        KEY_PATTERN.fullmatch(name)
+                        and name[:2] == first
+                        and name[2:4] == second
+                        and entry.is_file(follow_symlinks=False)
+                    ):
+                        yield entry

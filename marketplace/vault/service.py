@@ -187,7 +187,14 @@ def reconcile_store(*, now: datetime | None = None, grace: timedelta | None = No
     store_ = blob_store()
     if db.session.execute(select(func.count()).select_from(Blob)).scalar_one() == 0:
         # an empty table next to a store full of files means a fresh or wrong database, not orphans
-        if next(iter(store_.iter_keys()), None) is not None:
+        keys = store_.iter_keys()
+        try:
+            found = next(keys, None) is not None
+        finally:
+            close = getattr(keys, "close", None)
+            if close is not None:
+                close()
+        if found:
             log.warning("blob store reconciliation skipped: no blob rows", extra={"event": {"alert": "blob_store"}})
             return ReconcileResult(skipped="no_rows")
         return ReconcileResult()
