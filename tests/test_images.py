@@ -39,6 +39,7 @@ from marketplace.images import (
     metadata_blocks,
     process_image,
 )
+from marketplace.imagepool import InlineDecoder, use_decoder
 
 SHIPPED_POLICIES = [SELFIE_POLICY, DOCUMENT_POLICY, VEHICLE_PHOTO_POLICY]
 WEBP_POLICY = ImagePolicy(allowed_formats=SUPPORTED_FORMATS, output_max_side=1600)
@@ -132,7 +133,15 @@ def assert_clean_jpeg(result: ProcessedImage) -> Image.Image:
 
 
 @pytest.fixture
-def decode_spy(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+def inline_decoding() -> Iterator[None]:
+    """Decode in this process, so that a spy on Pillow sees the calls; every other test here decodes in the
+    decoder pool, as the app does."""
+    with use_decoder(InlineDecoder()):
+        yield
+
+
+@pytest.fixture
+def decode_spy(monkeypatch: pytest.MonkeyPatch, inline_decoding: None) -> list[str]:
     """Records every pixel decode: ImageFile.load() and every decoder Pillow creates."""
     calls: list[str] = []
     original_load = ImageFile.ImageFile.load
@@ -159,7 +168,7 @@ def decode_spy(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
 
 @pytest.fixture
-def open_spy(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+def open_spy(monkeypatch: pytest.MonkeyPatch, inline_decoding: None) -> list[Any]:
     """Records the ``formats`` of every Image.open call."""
     calls: list[Any] = []
     original_open = Image.open
