@@ -49,6 +49,7 @@ lint: setup-dev
 
 bench: setup-dev  ## benchmarks: figures and ratios against a baseline measured in the same run
 	$(BIN)/python bench/bench_images.py
+	$(BIN)/python bench/bench_image_pool.py
 	$(BIN)/python bench/bench_crypto.py
 	$(BIN)/python bench/bench_search.py
 

@@ -42,9 +42,9 @@ def near_limit_png() -> bytes:
 
 @cache
 def heavy_png() -> bytes:
-    """A 4000 x 4000 PNG: a fraction of a second to decode, enough for several to overlap."""
+    """A 3000 x 3000 PNG: a fraction of a second to decode, enough for several to overlap."""
     out = io.BytesIO()
-    Image.new("RGB", (4000, 4000), (10, 120, 200)).save(out, "PNG")
+    Image.new("RGB", (3000, 3000), (10, 120, 200)).save(out, "PNG")
     return out.getvalue()
 
 

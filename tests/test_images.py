@@ -26,6 +26,7 @@ from hypothesis import strategies as st
 from PIL import ExifTags, Image, ImageCms, ImageFile, PngImagePlugin, WebPImagePlugin
 
 from marketplace.errors import AppError, PayloadTooLarge
+from marketplace.imagepool import InlineDecoder, use_decoder
 from marketplace.images import (
     DOCUMENT_POLICY,
     SELFIE_POLICY,
@@ -39,7 +40,6 @@ from marketplace.images import (
     metadata_blocks,
     process_image,
 )
-from marketplace.imagepool import InlineDecoder, use_decoder
 
 SHIPPED_POLICIES = [SELFIE_POLICY, DOCUMENT_POLICY, VEHICLE_PHOTO_POLICY]
 WEBP_POLICY = ImagePolicy(allowed_formats=SUPPORTED_FORMATS, output_max_side=1600)
