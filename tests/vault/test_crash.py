@@ -1,6 +1,9 @@
 """A server killed mid-upload leaves no ciphertext behind for good (issue 7 item 6).
 
-The app runs under gunicorn in a subprocess on this run's database and blob store. A test-only pause
+The app runs under gunicorn in a subprocess, on a scratch database, key ring and blob store of this test's own
+(the session's SQLite file is not shared with processes that get killed: another test reads that file with
+plain open/close, which drops this process's POSIX locks on it, and a subprocess closing its connection could
+then take itself for the last one and remove the WAL under us). A test-only pause
 (``MARKETPLACE_TEST_PAUSE_AFTER_BLOB_WRITE``, see ``vault._test_pause_after_write``; honoured only while a file
 ``armed`` exists in the directory it names, and never in production) holds the upload right after the
 ciphertext file is written and before its row commits, and tells the test the key through a file. The test
@@ -10,10 +13,12 @@ grace period moved to zero, and checks that the orphan is gone and the legitimat
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,13 +43,47 @@ def _upload(url: str, headers: dict[str, str], seed: int) -> requests.Response:
     )
 
 
+@pytest.fixture
+def scratch_overrides(app_overrides: dict[str, Any], tmp_path: Path) -> Iterator[dict[str, Any]]:
+    var = tmp_path / "var"
+    overrides = {**app_overrides, "VAR_DIR": str(var), "KEYRING_PATH": str(var / "keyring.json"),
+                 "BLOB_STORE_URL": f"file://{var / 'blobs'}", "JOBS_MODE": "sync", "REDIS_URL": None}
+    base = os.environ.get("TEST_DATABASE_URL")
+    if not base:
+        yield {**overrides, "DATABASE_URL": f"sqlite:///{tmp_path / 'crash.db'}"}
+        return
+    from tests.pg import temporary_database
+
+    with temporary_database(base, f"cj_crash_{os.getpid()}") as url:
+        yield {**overrides, "DATABASE_URL": url}
+
+
+@pytest.fixture
+def scratch_app(scratch_overrides: dict[str, Any]) -> Iterator[Flask]:
+    from flask_migrate import upgrade
+
+    from marketplace import create_app
+
+    scratch = create_app(scratch_overrides, start_background=False)
+    scratch.config["TESTING"] = True
+    with scratch.app_context():
+        upgrade()
+    try:
+        yield scratch
+    finally:
+        with scratch.app_context():
+            db.session.remove()
+            db.engine.dispose()
+
+
 def test_killing_the_server_mid_upload_leaves_no_orphan_after_the_sweep(  # issue 7 item 6
-    app: Flask, app_overrides: dict[str, Any], tmp_path: Path
+    scratch_app: Flask, scratch_overrides: dict[str, Any], tmp_path: Path
 ) -> None:
+    app = scratch_app
     control = tmp_path / "pause"
     control.mkdir()
     # the server may reconcile on its own clock; its default grace period keeps it off this fresh orphan
-    env = server_env(app_overrides, {vault.PAUSE_ENV: str(control), "BLOB_RECONCILE_MINUTES": "60"})
+    env = server_env(scratch_overrides, {vault.PAUSE_ENV: str(control), "BLOB_RECONCILE_MINUTES": "60"})
     with app.app_context():
         person = make_customer()
         headers = auth_headers(app.test_client(), person)
