@@ -101,6 +101,7 @@ class _Worker:
         child.close()
         self.conn: Connection = parent
         self.jobs = 0
+        self.dead = False
 
     def call(self, data: bytes, fmt: str, policy: ImagePolicy, timeout: float) -> ProcessedImage:
         header = {"fmt": fmt, "policy": dataclasses.asdict(policy)}
@@ -125,20 +126,26 @@ class _Worker:
         return _checked_result(answer, output, policy)
 
     def _exitcode(self) -> int | None:
+        if self.dead:
+            return None
         self.process.join(2)
         return self.process.exitcode
 
     def kill(self) -> None:
+        if self.dead:
+            return
+        self.dead = True
         with contextlib.suppress(Exception):
             if self.process.is_alive():
                 self.process.kill()
             self.process.join(5)
+            self.process.close()  # its sentinel pipe, or every replaced decoder would leak a descriptor
         with contextlib.suppress(Exception):
             self.conn.close()
 
     @property
     def alive(self) -> bool:
-        return not self.conn.closed and self.process.is_alive()
+        return not self.dead and self.process.is_alive()
 
 
 def _refusal(answer: dict[str, Any]) -> AppError:
@@ -331,8 +338,9 @@ def _after_fork_in_child() -> None:
     """A forked process (an rq work-horse, a worker of a preloading gunicorn master) inherits the parent's
     forkserver handle, but that server is the parent's child: ``ensure_running`` would ``waitpid`` a process
     it cannot wait for. Forget it (and any lock a parent thread held at the fork) so a new one is started."""
-    global _context_lock  # noqa: PLW0603 - see above
+    global _context_lock, _pools_lock  # noqa: PLW0603 - see above
     _context_lock = threading.Lock()
+    _pools_lock = threading.Lock()
     try:
         from multiprocessing import forkserver
 
