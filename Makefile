@@ -51,6 +51,7 @@ lint: setup-dev  ## ruff, the import contracts between areas (docs/architecture.
 
 bench: setup-dev  ## benchmarks: figures and ratios against a baseline measured in the same run
 	$(BIN)/python bench/bench_images.py
+	$(BIN)/python bench/bench_image_pool.py
 	$(BIN)/python bench/bench_crypto.py
 	$(BIN)/python bench/bench_search.py
 	$(BIN)/python bench/bench_logins.py

@@ -82,7 +82,7 @@ def create_app(overrides: dict[str, Any] | None = None, *, start_background: boo
 
 
 def _init_extensions(app: Flask, settings: Settings, *, start_background: bool) -> None:
-    from marketplace import jobs
+    from marketplace import imagepool, jobs
     from marketplace.crypto import KeyRing
     from marketplace.extensions import db, limiter, migrate
 
@@ -95,6 +95,7 @@ def _init_extensions(app: Flask, settings: Settings, *, start_background: bool) 
     else:
         app.extensions["keyring"] = KeyRing.load(settings.keyring_path, create=not settings.production)
     jobs.init_app(app, start_background=start_background)
+    imagepool.init_app(app)  # decoder processes start on the first upload, in the process that serves it
 
 
 def _migrations_dir() -> Any:

@@ -67,6 +67,16 @@ class Settings:
     log_level: str
     stripe_max_network_retries: int = 2
     dev_mailbox: bool = False
+    # blob store reconciliation (vault): how old an unreferenced file must be, and how often to list
+    blob_orphan_grace: timedelta = timedelta(hours=1)
+    blob_reconcile_interval: timedelta | None = timedelta(hours=1)
+    # image decoding (marketplace.imagepool): where and under which limits untrusted images are decoded
+    image_decode_mode: str = "pool"
+    image_decode_workers: int = 2
+    image_decode_memory_mb: int = 1024
+    image_decode_cpu_seconds: int = 10
+    image_decode_timeout_seconds: int = 20
+    image_decode_wait_seconds: int = 10
     limits: dict[str, str] = field(default_factory=dict)
     mfa_lock_after_failures: int = 10
     mfa_lock_duration: timedelta = timedelta(minutes=15)
@@ -129,7 +139,7 @@ DEFAULT_LIMITS: dict[str, str] = {
 }
 
 
-def load_settings(overrides: Mapping[str, Any] | None = None) -> Settings:  # noqa: PLR0912 - one flat list
+def load_settings(overrides: Mapping[str, Any] | None = None) -> Settings:  # noqa: PLR0912, PLR0915 - one flat list
     """Read settings from ``os.environ`` (after ``.env``), with test overrides on top."""
     _load_dotenv()
     env: dict[str, str] = {k: v for k, v in os.environ.items()}
@@ -179,6 +189,19 @@ def load_settings(overrides: Mapping[str, Any] | None = None) -> Settings:  # no
     dev_mailbox = _bool(env.get("DEV_MAILBOX"), default=app_env == "development")
     if production and dev_mailbox:
         raise ConfigError("DEV_MAILBOX shows e-mailed one-time codes and is never enabled in production")
+    reconcile_minutes = _int(env, "BLOB_RECONCILE_MINUTES", 60)
+    image_decode_mode = (env.get("IMAGE_DECODE_MODE") or "pool").strip().lower()
+    if image_decode_mode not in {"pool", "inline"}:
+        raise ConfigError("IMAGE_DECODE_MODE must be pool or inline")
+    image_limits = {
+        "workers": _int(env, "IMAGE_DECODE_WORKERS", 2),
+        "memory_mb": _int(env, "IMAGE_DECODE_MEMORY_MB", 1024),
+        "cpu_seconds": _int(env, "IMAGE_DECODE_CPU_SECONDS", 10),
+        "timeout_seconds": _int(env, "IMAGE_DECODE_TIMEOUT_SECONDS", 20),
+        "wait_seconds": _int(env, "IMAGE_DECODE_WAIT_SECONDS", 10),
+    }
+    if min(image_limits.values()) < 1:
+        raise ConfigError("IMAGE_DECODE_* limits must be positive")
 
     stripe_key = env.get("STRIPE_SECRET_KEY", "")
     if production and not stripe_key.startswith(("sk_live_", "rk_live_", "sk_test_")):
@@ -218,6 +241,14 @@ def load_settings(overrides: Mapping[str, Any] | None = None) -> Settings:  # no
         stripe_max_network_retries=stripe_retries,
         log_level=env.get("LOG_LEVEL", "INFO").upper(),
         dev_mailbox=dev_mailbox,
+        blob_orphan_grace=timedelta(seconds=max(_int(env, "BLOB_ORPHAN_GRACE_SECONDS", 3600), 0)),
+        blob_reconcile_interval=timedelta(minutes=reconcile_minutes) if reconcile_minutes > 0 else None,
+        image_decode_mode=image_decode_mode,
+        image_decode_workers=image_limits["workers"],
+        image_decode_memory_mb=image_limits["memory_mb"],
+        image_decode_cpu_seconds=image_limits["cpu_seconds"],
+        image_decode_timeout_seconds=image_limits["timeout_seconds"],
+        image_decode_wait_seconds=image_limits["wait_seconds"],
         limits=limits,
         mfa_lock_after_failures=max(1, _int(env, "MFA_LOCK_AFTER_FAILURES", 10)),
         mfa_lock_duration=timedelta(minutes=max(1, _int(env, "MFA_LOCK_MINUTES", 15))),

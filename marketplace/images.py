@@ -34,6 +34,10 @@ TESTING.md UP-02 lists WebP among the refused formats; the issue's explicit list
 goes through the same header checks (pixel flood from the VP8/VP8L header), restricted decoder and re-encode.
 Animated WebP is refused like animated PNG.
 
+Where: steps 1-2 run in the calling (web) process; steps 3-8 (``transform``), which parse the hostile bytes and
+cost the memory and CPU, run in a bounded pool of decoder processes with memory, CPU and time limits
+(``marketplace.imagepool``, UP-05), or inline with ``IMAGE_DECODE_MODE=inline``.
+
 Threads: ``warnings.catch_warnings`` swaps the process-wide filter list, so two threads that overlap here
 can leave the "DecompressionBombWarning is an error" filter installed after both exit. That leftover is
 exactly the behaviour we want anywhere Pillow runs, so it is harmless; the header checks in step 4 do not
@@ -192,8 +196,16 @@ def process_image(
 
     ``declared_type`` is the client's ``Content-Type`` for the part, if any; it must match the bytes.
     """
+    from marketplace.imagepool import current_decoder
+
     data = _read_limited(stream, policy.max_bytes)
     fmt = _sniff(data, policy=policy, declared_type=declared_type)
+    return current_decoder().run(data, fmt, policy)
+
+
+def transform(data: bytes, fmt: str, policy: ImagePolicy) -> ProcessedImage:
+    """Steps 3-8 on bytes already read and sniffed as ``fmt``: decode, check, re-encode. This is the part
+    that parses hostile data, so it normally runs in a decoder process (``marketplace.imagepool``)."""
     if fmt == "PNG":
         _check_png_chunks(data)
     with warnings.catch_warnings():

@@ -26,6 +26,7 @@ from hypothesis import strategies as st
 from PIL import ExifTags, Image, ImageCms, ImageFile, PngImagePlugin, WebPImagePlugin
 
 from marketplace.errors import AppError, PayloadTooLarge
+from marketplace.imagepool import InlineDecoder, use_decoder
 from marketplace.images import (
     DOCUMENT_POLICY,
     SELFIE_POLICY,
@@ -132,7 +133,15 @@ def assert_clean_jpeg(result: ProcessedImage) -> Image.Image:
 
 
 @pytest.fixture
-def decode_spy(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+def inline_decoding() -> Iterator[None]:
+    """Decode in this process, so that a spy on Pillow sees the calls; every other test here decodes in the
+    decoder pool, as the app does."""
+    with use_decoder(InlineDecoder()):
+        yield
+
+
+@pytest.fixture
+def decode_spy(monkeypatch: pytest.MonkeyPatch, inline_decoding: None) -> list[str]:
     """Records every pixel decode: ImageFile.load() and every decoder Pillow creates."""
     calls: list[str] = []
     original_load = ImageFile.ImageFile.load
@@ -159,7 +168,7 @@ def decode_spy(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
 
 @pytest.fixture
-def open_spy(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+def open_spy(monkeypatch: pytest.MonkeyPatch, inline_decoding: None) -> list[Any]:
     """Records the ``formats`` of every Image.open call."""
     calls: list[Any] = []
     original_open = Image.open

@@ -5,6 +5,7 @@ from marketplace.storage.base import (
     BlobStore,
     BlobStoreError,
     InvalidBlobKey,
+    StoredObject,
     check_key,
     new_key,
 )
@@ -18,6 +19,7 @@ __all__ = [
     "BlobStoreError",
     "InvalidBlobKey",
     "LocalBlobStore",
+    "StoredObject",
     "blob_store_from_url",
     "check_key",
     "new_key",

@@ -10,6 +10,8 @@ from __future__ import annotations
 import re
 import secrets
 from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Protocol, runtime_checkable
 
 BytesLike = bytes | bytearray | memoryview
@@ -44,6 +46,14 @@ def check_key(key: object) -> str:
     return key
 
 
+@dataclass(frozen=True, slots=True)
+class StoredObject:
+    """One stored blob as a listing sees it: its key and when it was last written (aware, UTC)."""
+
+    key: str
+    modified_at: datetime
+
+
 @runtime_checkable
 class BlobStore(Protocol):
     """Where encrypted blobs live. Implementations must be safe to share between threads."""
@@ -69,4 +79,9 @@ class BlobStore(Protocol):
 
     def iter_keys(self) -> Iterator[str]:
         """Every stored key, in no particular order (for sweeps, audits and migrations)."""
+        ...
+
+    def iter_objects(self) -> Iterator[StoredObject]:
+        """Every stored blob with its last write time, in no particular order. The vault's reconciliation
+        uses the time to leave alone files that an upload still in flight has just written."""
         ...

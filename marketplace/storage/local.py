@@ -15,9 +15,18 @@ import contextlib
 import os
 import secrets
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
-from marketplace.storage.base import KEY_PATTERN, BlobNotFound, BytesLike, InvalidBlobKey, check_key, new_key
+from marketplace.storage.base import (
+    KEY_PATTERN,
+    BlobNotFound,
+    BytesLike,
+    InvalidBlobKey,
+    StoredObject,
+    check_key,
+    new_key,
+)
 
 _TMP_PREFIX = ".tmp-"
 _O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
@@ -109,19 +118,51 @@ class LocalBlobStore:
         return self._path(key).is_file()
 
     def iter_keys(self) -> Iterator[str]:
+        for entry in self._entries():
+            yield entry.name
+
+    def iter_objects(self) -> Iterator[StoredObject]:
+        for entry in self._entries():
+            try:
+                mtime = entry.stat(follow_symlinks=False).st_mtime
+            except FileNotFoundError:  # deleted since the directory was read
+                continue
+            yield StoredObject(entry.name, datetime.fromtimestamp(mtime, UTC))
+
+    def remove_stale_temp_files(self, before: datetime) -> int:
+        """Remove the temporary files of writes that died (a crash between create and rename) last
+        written before ``before``; a write still in progress is younger than that. Returns how many."""
+        removed = 0
+        for shard in self._shards():
+            with os.scandir(shard) as entries:
+                for entry in entries:
+                    if not entry.name.startswith(_TMP_PREFIX) or not entry.is_file(follow_symlinks=False):
+                        continue
+                    with contextlib.suppress(FileNotFoundError):
+                        if datetime.fromtimestamp(entry.stat(follow_symlinks=False).st_mtime, UTC) < before:
+                            os.unlink(entry.path)
+                            removed += 1
+        return removed
+
+    def _shards(self) -> Iterator[Path]:
         for first in sorted(self.root.iterdir()):
-            if not first.is_dir():
+            if not first.is_dir() or first.is_symlink():
                 continue
             for second in sorted(first.iterdir()):
-                if not second.is_dir():
-                    continue
-                for entry in second.iterdir():
+                if second.is_dir() and not second.is_symlink():
+                    yield second
+
+    def _entries(self) -> Iterator[os.DirEntry[str]]:
+        for shard in self._shards():
+            first, second = shard.parent.name, shard.name
+            with os.scandir(shard) as entries:
+                for entry in entries:
                     name = entry.name
                     # temp files of unfinished writes and anything else that is not a blob are skipped
                     if (
                         KEY_PATTERN.fullmatch(name)
-                        and name[:2] == first.name
-                        and name[2:4] == second.name
-                        and entry.is_file()
+                        and name[:2] == first
+                        and name[2:4] == second
+                        and entry.is_file(follow_symlinks=False)
                     ):
-                        yield name
+                        yield entry

@@ -8,9 +8,18 @@ created, so the rest of the package works without the extra installed.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
-from marketplace.storage.base import KEY_PATTERN, BlobNotFound, BlobStoreError, BytesLike, check_key, new_key
+from marketplace.storage.base import (
+    KEY_PATTERN,
+    BlobNotFound,
+    BlobStoreError,
+    BytesLike,
+    StoredObject,
+    check_key,
+    new_key,
+)
 
 _MISSING = {"404", "NoSuchKey", "NotFound"}
 
@@ -100,6 +109,10 @@ class S3BlobStore:
         return True
 
     def iter_keys(self) -> Iterator[str]:
+        for item in self.iter_objects():
+            yield item.key
+
+    def iter_objects(self) -> Iterator[StoredObject]:
         paginator = self._client.get_paginator("list_objects_v2")
         for page in paginator.paginate(
             Bucket=self.bucket, Prefix=self.prefix, PaginationConfig={"PageSize": self.list_page_size}
@@ -107,4 +120,5 @@ class S3BlobStore:
             for item in page.get("Contents", ()):
                 name = item["Key"][len(self.prefix) :]
                 if KEY_PATTERN.fullmatch(name):
-                    yield name
+                    modified: datetime = item["LastModified"]  # botocore parses it as an aware datetime
+                    yield StoredObject(name, modified.astimezone(UTC))

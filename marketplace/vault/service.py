@@ -3,17 +3,44 @@
 Callers pass bytes that already went through ``marketplace.images``; nothing here writes plaintext
 anywhere. Reading is for policy functions (``kyc.service.open_image`` and friends) that have already
 decided the viewer may see the image and written the audit row.
+
+Files and rows stay in agreement (issue 7 item 6), without ever writing to the database outside the
+request's own transaction:
+
+- **Writes.** ``store`` writes the ciphertext under a fresh random key, then adds the row, which commits
+  (or not) with the caller's transaction. A crash or a rollback between the two leaves a file that no row
+  names. Nothing records that intent up front on purpose: a "pending" row committed on a second connection
+  would wait behind the request's own write lock on SQLite (every write request holds it from its first
+  statement) and deadlock, and a pending row committed in the request's transaction is no record at all.
+  Instead ``reconcile_store`` (run by the sweeper, every ``BLOB_RECONCILE_MINUTES``) lists the store and
+  removes every file older than ``BLOB_ORPHAN_GRACE_SECONDS`` that no live row names. The grace period
+  must exceed the longest request (gunicorn's timeout is far below the default hour), so a file whose
+  upload is still in flight is never taken; after it, a file without a committed row can only be an orphan.
+  The listing is the source of truth, so this is correct with one commit at the edge or many, on SQLite
+  and PostgreSQL, on the local store and S3.
+- **Deletes.** ``delete`` marks the row deleted and, in the same transaction, schedules a durable work item
+  (``vault.remove_file``) that removes the file; the file is also removed right after the commit, so it
+  goes at once in the usual case. A removal that fails (the store is down, the process dies after the
+  commit) is retried by the work item with backoff for weeks, and past that the reconciliation removes it
+  too: a file whose row is deleted is no live row's file. The file never goes before the commit, so a
+  rolled-back request never leaves a row pointing at a missing file.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from itertools import islice
 from pathlib import Path
 
 from flask import current_app
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
+from marketplace import jobs
 from marketplace.crypto import (
     BlobContext,
     DecryptionFailed,
@@ -81,6 +108,7 @@ def store(owner: str, kind: str, data: bytes, *, mime: str, width: int, height: 
     public_id = new_public_id()
     ciphertext = bytes(encrypt_blob(key, data, BlobContext(owner=owner, kind=kind, blob_id=public_id)))
     storage_key = blob_store().put(ciphertext)
+    _test_pause_after_write(storage_key)
     blob = Blob(public_id=public_id, owner=owner, user_id=user_id, kind=kind, storage_key=storage_key,
                 mime=mime, size=len(ciphertext), width=width, height=height, created_at=utcnow())
     db.session.add(blob)
@@ -110,14 +138,138 @@ def read(blob: Blob) -> bytes:
         raise DecryptionFailed() from exc
 
 
+REMOVE_FILE = "vault.remove_file"
+# With the backoff capped at an hour this keeps retrying for about six weeks; the reconciliation is the
+# backstop after that.
+REMOVE_FILE_ATTEMPTS = 1000
+# The durable removal runs a little after the inline one, so in the usual case it finds nothing to do.
+REMOVE_FILE_DELAY = timedelta(minutes=1)
+
+
 def delete(blob: Blob) -> None:
     """Mark the blob deleted; its ciphertext file goes once that is committed (never before: a rolled-back
-    request must not leave a row pointing at a missing file)."""
-    from marketplace import jobs
-
+    request must not leave a row pointing at a missing file), and is retried until it is gone."""
+    if blob.deleted_at is not None:
+        return
     blob.deleted_at = utcnow()
     db.session.flush()
+    jobs.schedule(REMOVE_FILE, blob.storage_key, due_at=utcnow() + REMOVE_FILE_DELAY,
+                  dedupe_key=f"blob-file:{blob.storage_key}", max_attempts=REMOVE_FILE_ATTEMPTS)
     jobs.run_after_commit(blob_store().delete, blob.storage_key)
+
+
+@jobs.handler(REMOVE_FILE)
+def remove_file(storage_key: str) -> None:
+    """Durable work: remove the file of a deleted blob (idempotent; raises, and so is retried, on failure)."""
+    live = db.session.execute(
+        select(Blob.id).where(Blob.storage_key == storage_key, Blob.deleted_at.is_(None))
+    ).first()
+    if live is not None:  # never take a live blob's file, whatever the work row says
+        log.error("refused to remove the file of a live blob", extra={"event": {"alert": "blob_integrity"}})
+        return
+    blob_store().delete(storage_key)
+
+
+# ---- reconciling the store with the rows -----------------------------------------------------------
+
+# A listing that would remove more than this in one run stops there: a store pointed at the wrong database
+# loses at most one batch before someone reads the alert.
+RECONCILE_MAX_REMOVALS = 1000
+_RECONCILE_BATCH = 500
+
+
+@dataclass(frozen=True, slots=True)
+class ReconcileResult:
+    listed: int = 0
+    removed: int = 0
+    temp_removed: int = 0
+    skipped: str | None = None
+
+
+def reconcile_store(*, now: datetime | None = None, grace: timedelta | None = None) -> ReconcileResult:
+    """Remove stored files that no live blob row names and that are older than the grace period (the
+    leftovers of uploads that crashed or rolled back after the file was written, and of deletions whose
+    retries gave up). Read-only on the database; safe to run in several processes at once."""
+    settings = current_app.config["SETTINGS"]
+    cutoff = (now or utcnow()) - (settings.blob_orphan_grace if grace is None else grace)
+    store_ = blob_store()
+    if db.session.execute(select(func.count()).select_from(Blob)).scalar_one() == 0:
+        # an empty table next to a store full of files means a fresh or wrong database, not orphans
+        keys = store_.iter_keys()
+        try:
+            found = next(keys, None) is not None
+        finally:
+            close = getattr(keys, "close", None)
+            if close is not None:
+                close()
+        if found:
+            log.warning("blob store reconciliation skipped: no blob rows", extra={"event": {"alert": "blob_store"}})
+            return ReconcileResult(skipped="no_rows")
+        return ReconcileResult()
+    temp_removed = 0
+    remove_temp = getattr(store_, "remove_stale_temp_files", None)
+    if remove_temp is not None:
+        temp_removed = remove_temp(cutoff)
+    listed = removed = 0
+    objects = store_.iter_objects()
+    while chunk := list(islice(objects, _RECONCILE_BATCH)):
+        listed += len(chunk)
+        old = [item.key for item in chunk if item.modified_at < cutoff]
+        if not old:
+            continue
+        live = set(db.session.execute(
+            select(Blob.storage_key).where(Blob.storage_key.in_(old), Blob.deleted_at.is_(None))
+        ).scalars())
+        for key in old:
+            if key in live:
+                continue
+            if removed >= RECONCILE_MAX_REMOVALS:
+                log.warning("blob store reconciliation stopped at its removal cap",
+                            extra={"event": {"alert": "blob_store", "removed": removed}})
+                return ReconcileResult(listed, removed, temp_removed, skipped="cap")
+            store_.delete(key)
+            removed += 1
+    if removed or temp_removed:
+        log.info("blob store reconciled", extra={"event": {"listed": listed, "removed": removed,
+                                                           "temp_removed": temp_removed}})
+    return ReconcileResult(listed, removed, temp_removed)
+
+
+_last_reconcile: float | None = None
+
+
+@jobs.periodic
+def reconcile_store_periodically() -> None:
+    """On the sweeper's clock, but listing the whole store only every ``BLOB_RECONCILE_MINUTES``."""
+    global _last_reconcile  # noqa: PLW0603 - one clock per process, like the sweeper's own
+    interval = current_app.config["SETTINGS"].blob_reconcile_interval
+    if interval is None:
+        return
+    if _last_reconcile is not None and time.monotonic() - _last_reconcile < interval.total_seconds():
+        return
+    _last_reconcile = time.monotonic()
+    reconcile_store()
+
+
+# ---- a test-only pause (the crash-mid-upload test kills the server here) -----------------------------
+
+PAUSE_ENV = "MARKETPLACE_TEST_PAUSE_AFTER_BLOB_WRITE"
+
+
+def _test_pause_after_write(storage_key: str) -> None:
+    """With ``MARKETPLACE_TEST_PAUSE_AFTER_BLOB_WRITE`` naming a directory that holds a file ``armed``
+    (never in production), write the new key to ``written`` and wait (up to a minute) for ``release``:
+    the file is on disk and its row is not committed, the moment a crash leaves an orphan."""
+    directory = os.environ.get(PAUSE_ENV)
+    if not directory or current_app.config["SETTINGS"].production:
+        return
+    control = Path(directory)
+    if not (control / "armed").exists():
+        return
+    (control / "written").write_text(storage_key)
+    deadline = time.monotonic() + 60
+    while not (control / "release").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 def shred_owner(owner: str) -> None:
@@ -152,8 +304,6 @@ def rewrap_batch(limit: int = 200) -> int:
 
 
 def keys_on(master_key_id: str) -> int:
-    from sqlalchemy import func
-
     return int(db.session.execute(
         select(func.count()).select_from(DataKey).where(DataKey.master_key_id == master_key_id)
     ).scalar_one())

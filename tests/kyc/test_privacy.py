@@ -419,7 +419,11 @@ def test_gps_and_all_metadata_are_gone_from_the_stored_image(app, client, app_ct
 
 
 @pytest.fixture
-def decode_spy(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+def decode_spy(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
+    """Records pixel decodes; decoding runs in this process meanwhile (the app's decoder pool would hide
+    them in another process)."""
+    from marketplace.imagepool import InlineDecoder, use_decoder
+
     calls: list[str] = []
     original_load = ImageFile.ImageFile.load
     original_getdecoder = Image._getdecoder
@@ -434,7 +438,8 @@ def decode_spy(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
     monkeypatch.setattr(ImageFile.ImageFile, "load", load)
     monkeypatch.setattr(Image, "_getdecoder", getdecoder)
-    return calls
+    with use_decoder(InlineDecoder()):
+        yield calls
 
 
 @pytest.mark.parametrize("kind", ["selfie", "id_front"])

@@ -7,20 +7,25 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+import time_machine
 from flask import Flask
 from sqlalchemy import select
 
-from marketplace import create_app
+from marketplace import create_app, jobs
 from marketplace.crypto import OVERHEAD, DecryptionFailed
-from marketplace.extensions import db
+from marketplace.extensions import db, utcnow
+from marketplace.jobs import WorkItem, WorkStatus
+from marketplace.storage import BlobStore, BlobStoreError, LocalBlobStore
 from marketplace.vault import service as vault
 from marketplace.vault.models import Blob, DataKey
-from tests.conftest import free_port
+from tests.conftest import drain_jobs, free_port
 from tests.factories import auth_headers, make_customer
 from tests.kyc.helpers import blob_files, latest_case, noisy_photo, submitted_case
 
@@ -201,3 +206,155 @@ def test_shredding_an_owner_makes_every_copy_unreadable(store_app):  # CR-05, en
     vault.shred_owner(victim)  # shredding again is a no-op
     db.session.commit()
     assert log_path.read_text().splitlines()[len(lines_before):] == new_lines
+
+
+# ---- files and rows stay in agreement (issue 7 item 6) ------------------------------------------------
+# A file that no committed row names is removed by the reconciliation once it is older than the grace period,
+# and a removal that fails after its row was deleted is retried until it succeeds. The crash itself (a server
+# killed between the file write and the commit) is in test_crash.py.
+
+OWNER = "user:durability"
+
+
+def _store(seed: int) -> Blob:
+    return vault.store(OWNER, "id_front", noisy_photo(seed=seed), mime="image/jpeg", width=640, height=480)
+
+
+def test_orphans_go_after_the_grace_period_and_live_blobs_stay(store_app: Flask) -> None:  # issue 7 item 6
+    store = vault.blob_store()
+    live = _store(1)
+    db.session.commit()
+    orphan = _store(2)  # the file is written, then the request dies before its commit
+    orphan_key = orphan.storage_key
+    db.session.rollback()
+    assert db.session.execute(select(Blob).where(Blob.storage_key == orphan_key)).first() is None
+    stranded = _store(3)
+    db.session.commit()
+    stranded.deleted_at = utcnow()  # deleted, and every removal of its file failed
+    db.session.commit()
+
+    young = vault.reconcile_store()  # inside the grace period: an upload may still be in flight
+    assert young.removed == 0
+    assert store.exists(orphan_key) and store.exists(stranded.storage_key)
+
+    result = vault.reconcile_store(now=utcnow() + timedelta(hours=1, minutes=1))
+    assert result.removed >= 2 and result.skipped is None
+    assert not store.exists(orphan_key)
+    assert not store.exists(stranded.storage_key)
+    assert store.exists(live.storage_key)
+    assert vault.read(live) == vault.read(db.session.get(Blob, live.id))  # still decrypts
+
+
+def test_the_grace_period_is_a_setting(store_app: Flask) -> None:
+    orphan = _store(4)
+    key = orphan.storage_key
+    db.session.rollback()
+    _store(5)
+    db.session.commit()
+    assert store_app.config["SETTINGS"].blob_orphan_grace == timedelta(hours=1)
+    assert vault.reconcile_store(grace=timedelta(0), now=utcnow() + timedelta(seconds=5)).removed >= 1
+    assert not vault.blob_store().exists(key)
+
+
+def test_a_store_without_any_rows_is_left_alone(store_app: Flask, caplog: pytest.LogCaptureFixture) -> None:
+    # an empty blobs table next to a full store is a fresh or wrong database, not a store of orphans
+    orphan = _store(6)
+    key = orphan.storage_key
+    db.session.rollback()
+    caplog.set_level(logging.WARNING, logger="marketplace.vault")
+    result = vault.reconcile_store(now=utcnow() + timedelta(days=1))
+    assert result.skipped == "no_rows" and result.removed == 0
+    assert vault.blob_store().exists(key)
+    assert any(getattr(r, "event", {}).get("alert") == "blob_store" for r in caplog.records)
+
+
+def test_stale_temp_files_of_dead_writes_are_removed(app: Flask) -> None:
+    with app.app_context():
+        store = vault.blob_store()
+        assert isinstance(store, LocalBlobStore)
+        _store(7)
+        db.session.commit()
+        key = next(iter(store.iter_keys()))
+        shard = store.root / key[:2] / key[2:4]
+        dead = shard / ".tmp-0123456789abcdef"  # what a crash inside write_atomic leaves
+        dead.write_bytes(b"half a blob")
+        old = (utcnow() - timedelta(hours=2)).timestamp()
+        os.utime(dead, (old, old))
+        fresh = shard / ".tmp-fedcba9876543210"  # a write in progress right now
+        fresh.write_bytes(b"being written")
+        result = vault.reconcile_store()
+        assert result.temp_removed == 1
+        assert not dead.exists() and fresh.exists()
+        fresh.unlink()
+
+
+class FlakyStore:
+    """Delegates to the real store, but the first ``failures`` deletions fail (the store is down)."""
+
+    def __init__(self, inner: BlobStore, failures: int) -> None:
+        self.inner = inner
+        self.failures = failures
+        self.delete_calls = 0
+
+    def delete(self, key: str) -> None:
+        self.delete_calls += 1
+        if self.delete_calls <= self.failures:
+            raise BlobStoreError("the store is unavailable")
+        self.inner.delete(key)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+def test_a_failed_file_removal_is_retried_until_it_succeeds(store_app: Flask) -> None:  # issue 7 item 6
+    real = vault.blob_store()
+    blob = _store(8)
+    db.session.commit()
+    # more failures than the default MAX_ATTEMPTS: a file removal must not be given up like other work
+    flaky = FlakyStore(real, failures=jobs.MAX_ATTEMPTS + 2)
+    store_app.extensions["blob_store"] = flaky
+    try:
+        vault.delete(blob)
+        db.session.commit()  # the inline removal right after the commit fails (logged)
+        assert flaky.delete_calls == 1 and real.exists(blob.storage_key)
+        item = db.session.execute(select(WorkItem).where(WorkItem.kind == vault.REMOVE_FILE)).scalar_one()
+        assert item.ref == blob.storage_key and item.status == WorkStatus.PENDING
+
+        clock = utcnow()
+        for _ in range(40):
+            db.session.expire_all()
+            item = db.session.get(WorkItem, item.id)
+            if item.status != WorkStatus.PENDING:
+                break
+            clock = max(clock, item.due_at) + timedelta(minutes=2)
+            with time_machine.travel(clock, tick=False):
+                jobs.sweep()
+                drain_jobs(store_app)
+        db.session.expire_all()
+        item = db.session.get(WorkItem, item.id)
+        assert item.status == WorkStatus.DONE
+        assert item.attempts == jobs.MAX_ATTEMPTS + 2  # one inline attempt failed before the work item ran
+        assert flaky.delete_calls == jobs.MAX_ATTEMPTS + 3
+        assert not real.exists(blob.storage_key)
+    finally:
+        store_app.extensions["blob_store"] = real
+
+
+def test_the_removal_never_takes_a_live_blobs_file(store_app: Flask, caplog: pytest.LogCaptureFixture) -> None:
+    blob = _store(9)
+    db.session.commit()
+    caplog.set_level(logging.ERROR, logger="marketplace.vault")
+    vault.remove_file(blob.storage_key)  # a work row that names a live blob (corrupt, replayed): refused
+    assert vault.blob_store().exists(blob.storage_key)
+    assert any(getattr(r, "event", {}).get("alert") == "blob_integrity" for r in caplog.records)
+
+
+def test_deleting_twice_schedules_one_removal(store_app: Flask) -> None:
+    blob = _store(10)
+    db.session.commit()
+    vault.delete(blob)
+    vault.delete(blob)
+    db.session.commit()
+    rows = db.session.execute(select(WorkItem).where(WorkItem.kind == vault.REMOVE_FILE)).scalars().all()
+    assert [row.ref for row in rows] == [blob.storage_key]
+    assert not vault.blob_store().exists(blob.storage_key)  # removed at once, after the commit
