@@ -55,6 +55,7 @@ bench: setup-dev  ## benchmarks: figures and ratios against a baseline measured 
 	$(BIN)/python bench/bench_crypto.py
 	$(BIN)/python bench/bench_search.py
 	$(BIN)/python bench/bench_logins.py
+	$(BIN)/python bench/bench_audit.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

@@ -78,13 +78,35 @@ def unlock_mfa(email: str) -> None:
 
 @audit_cli.command("verify")
 def verify_audit() -> None:
-    """Recompute the hash chain; exit 1 and name the first broken row if it was tampered with."""
+    """Recompute every hash chain; exit 1 and name the first broken row if one was tampered with."""
     report = audit.verify_chain(db.session)
     if report.ok:
-        click.echo(f"audit chain ok: {report.checked} rows")
+        click.echo(f"audit chain ok: {report.checked} rows in {report.chains} chains")
         return
-    click.echo(f"audit chain BROKEN at row {report.first_broken_id}: {report.reason}", err=True)
+    where = "the legacy chain" if report.broken_chain == -1 else f"chain {report.broken_chain}"
+    click.echo(f"audit chain BROKEN at row {report.first_broken_id} ({where}): {report.reason}", err=True)
     sys.exit(1)
+
+
+@audit_cli.command("forget-period")
+@click.argument("period")
+def forget_audit_period(period: str) -> None:
+    """Destroy one ended month's audit key (YYYY-MM): its client addresses become unreadable; the rows
+    and the chains stay intact. Retention runs this for every month older than 12 months."""
+    try:
+        with unit_of_work():
+            destroyed = audit.forget_period(period)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"audit key of {period} destroyed" if destroyed else f"no audit key left for {period}")
+
+
+@audit_cli.command("forget-expired")
+def forget_expired_audit_periods() -> None:
+    """Destroy the audit key of every month older than the retention period (12 months)."""
+    with unit_of_work():
+        forgotten = audit.forget_expired()
+    click.echo(f"audit keys destroyed: {', '.join(forgotten) or 'none'}")
 
 
 # ---- jobs ----------------------------------------------------------------------------------------
@@ -258,12 +280,14 @@ def rotate_keys(resume: bool, batch: int) -> None:
         new = ring.add_key()
         click.echo(f"new active master key {new.key_id}")
     active = ring.active_key_id
-    moved = 0
+    moved = audit_moved = 0
     while True:
         with unit_of_work():
             count = vault.rewrap_batch(batch)
+            audit_count = audit.rewrap_keys(batch)
         moved += count
-        if count == 0:
+        audit_moved += audit_count
+        if count == 0 and audit_count == 0:
             break
     # TOTP secrets are sealed directly under the master key
     secrets_moved = 0
@@ -275,11 +299,13 @@ def rotate_keys(resume: bool, batch: int) -> None:
                 user.totp_secret_enc = reencrypt_field(ring, token, aad=f"totp:{user.public_id}".encode())
                 secrets_moved += 1
     click.echo(f"re-wrapped {moved} data keys and {secrets_moved} TOTP secrets under {active}")
+    click.echo(f"re-wrapped {audit_moved} audit month keys (client addresses) under {active}")
     for key in list(ring.keys):
         if key.key_id != active and key.status.value == "retiring":
-            if vault.keys_on(key.key_id):
+            if vault.keys_on(key.key_id) or audit.keys_on(key.key_id):
                 raise click.ClickException(f"{key.key_id} still wraps data keys; rerun with --resume")
             ring.retire(key.key_id)
             click.echo(f"retired {key.key_id}")
     with unit_of_work():
-        audit.record(None, "keys:rotate", None, active=active, rewrapped=moved, totp=secrets_moved)
+        audit.record(None, "keys:rotate", None, active=active, rewrapped=moved, audit_keys=audit_moved,
+                     totp=secrets_moved)

@@ -144,6 +144,8 @@ def run_after_commit(func: Callable[..., Any], *args: Any) -> None:
 
 @event.listens_for(Session, "after_commit")
 def _after_commit(session: Session) -> None:
+    if session.in_nested_transaction():  # a savepoint released: the real commit is still to come
+        return
     for func, args in session.info.pop(_INLINE_KEY, None) or []:
         try:
             func(*args)

@@ -107,8 +107,10 @@ def app(app_overrides: dict[str, Any]) -> Iterator[Flask]:
 
 
 def _clean_database(app: Flask) -> None:
+    from marketplace import audit
     from marketplace.extensions import db
 
+    audit.clear_key_cache()  # the month keys it caches are about to be deleted
     with app.app_context():
         db.session.remove()
         engine = db.engine

@@ -16,7 +16,7 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from flask import Flask
-from sqlalchemy import Column, MetaData, String, inspect, text
+from sqlalchemy import Column, MetaData, String, inspect, select, text
 
 from marketplace.extensions import db
 
@@ -133,3 +133,36 @@ def test_running_migrations_in_process_keeps_the_app_loggers_enabled(app: Flask)
     """
     for name in ("marketplace", "marketplace.audit", "marketplace.jobs", "marketplace.errors"):
         assert not logging.getLogger(name).disabled, name
+
+
+def test_0008_seals_existing_identity_numbers_and_downgrade_opens_them(scratch_app: Flask) -> None:
+    """Issue 7 item 7: rows written before 0008 hold the numbers in clear; the upgrade seals them under
+    each customer's data key (creating one if the customer has none) and drops the clear columns."""
+    from flask_migrate import downgrade, upgrade
+
+    from marketplace.kyc.models import KycIdentity
+    from tests import factories
+
+    with scratch_app.app_context():
+        upgrade()
+        person = factories.make_verified_customer()  # passport P1234567, licence DXB-778899
+        other = factories.make_verified_customer()
+        downgrade(revision="0008")
+        downgrade(revision="-1")  # just before 0008: the numbers back in clear, as such databases hold them
+        rows = db.session.execute(text(
+            "SELECT id_document_number, licence_number FROM kyc_identities ORDER BY id")).all()
+        assert [tuple(r) for r in rows] == [("P1234567", "DXB-778899")] * 2
+        db.session.execute(text("DELETE FROM data_keys"))  # neither customer has a data key yet
+        db.session.commit()
+        db.session.remove()
+
+        upgrade()
+        columns = {c["name"] for c in inspect(db.engine).get_columns("kyc_identities")}
+        assert {"id_document_number", "licence_number"} & columns == set()
+        dump = db.session.execute(text("SELECT * FROM kyc_identities")).all()
+        cells = b"\x00".join(v if isinstance(v, bytes) else str(v).encode() for row in dump for v in row)
+        assert b"P1234567" not in cells and b"DXB-778899" not in cells
+        owners = set(db.session.execute(text("SELECT owner FROM data_keys")).scalars())
+        assert owners == {f"user:{person.public_id}", f"user:{other.public_id}"}
+        identities = db.session.execute(select(KycIdentity).order_by(KycIdentity.id)).scalars().all()
+        assert [(i.id_document_number, i.licence_number) for i in identities] == [("P1234567", "DXB-778899")] * 2

@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 
 import pytest
 from flask import Blueprint, Flask, current_app
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select, text, update
 from sqlalchemy.exc import OperationalError
 
 from marketplace import audit, jobs, transactions
@@ -432,3 +432,16 @@ def test_concurrent_writes_queue_instead_of_failing(  # issue 7 item 1
                                     .where(AuditEvent.action.in_(("consent:grant", "consent:withdraw")))).scalar_one()
         assert grants == CLIENTS * PER_CLIENT
         assert verify_chain(db.session).ok
+
+
+def test_a_released_savepoint_does_not_fire_after_commit_hooks(app_ctx):
+    """SQLAlchemy sends ``after_commit`` for a savepoint too; hooks must wait for the real commit."""
+    from marketplace.extensions import db
+
+    fired: list[str] = []
+    with transactions.unit_of_work():
+        jobs.run_after_commit(fired.append, "done")
+        with db.session.begin_nested():
+            db.session.execute(text("SELECT 1"))
+        assert fired == []
+    assert fired == ["done"]

@@ -2,7 +2,7 @@
 
 - ``keyring``: master keys (``KeyRing`` from a 0600 file or an env value; ``MasterKeyProvider`` for a KMS)
 - ``envelope``: per-user data keys wrapped by the master key; AES-256-GCM blob envelopes bound to
-  (owner, kind, blob id); small encrypted fields; rotation helpers
+  (owner, kind, blob id); small encrypted fields and values; rotation helpers
 - ``shred``: crypto-shredding and the destroyed-key log replayed after restores
 """
 
@@ -15,9 +15,11 @@ from marketplace.crypto.envelope import (
     decrypt_blob,
     decrypt_blob_into,
     decrypt_field,
+    decrypt_value,
     encrypt_blob,
     encrypt_blob_into,
     encrypt_field,
+    encrypt_value,
     field_key_id,
     new_data_key,
     opened_size,
@@ -49,9 +51,11 @@ __all__ = [
     "decrypt_blob",
     "decrypt_blob_into",
     "decrypt_field",
+    "decrypt_value",
     "encrypt_blob",
     "encrypt_blob_into",
     "encrypt_field",
+    "encrypt_value",
     "field_key_id",
     "new_data_key",
     "opened_size",

@@ -22,6 +22,10 @@ third of the cipher time at 64 KB (bench/bench_crypto.py).
 
 Small secrets (TOTP seeds, KYC metadata fields) use :func:`encrypt_field` directly under the master
 key, with the key id inside the token so rotation can re-encrypt them (:func:`reencrypt_field`).
+Small values that must die with a data key (a customer's identity numbers, an audit month's client
+addresses) use :func:`encrypt_value` under that data key instead, bound to (owner, field): destroying
+the data key makes them unreadable together with the owner's blobs, and master-key rotation never
+touches them.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from dataclasses import dataclass, field
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from marketplace.crypto._aead import KEY_SIZE, NONCE_SIZE, TAG_SIZE, BytesLike, encode_aad
+from marketplace.crypto._aead import KEY_SIZE, NONCE_SIZE, TAG_SIZE, BytesLike, encode_aad, open_sealed, seal
 from marketplace.crypto.errors import DecryptionFailed
 from marketplace.crypto.keyring import MasterKeyProvider
 
@@ -41,6 +45,7 @@ ENVELOPE_VERSION = 1
 HEADER_SIZE = 1 + NONCE_SIZE
 OVERHEAD = HEADER_SIZE + TAG_SIZE
 FIELD_VERSION = 1
+VALUE_VERSION = 1
 
 
 # -- data keys ----------------------------------------------------------------------------------
@@ -249,3 +254,31 @@ def reencrypt_field(ring: MasterKeyProvider, token: bytes, *, aad: bytes) -> byt
     if field_key_id(token) == ring.active_key_id:
         return token
     return encrypt_field(ring, decrypt_field(ring, token, aad=aad), aad=aad)
+
+
+# -- small values under a data key ------------------------------------------------------------------
+
+
+def _value_context(owner: str, field: str) -> bytes:
+    if not owner or not field:
+        raise ValueError("a sealed value needs an owner and a field name")
+    return encode_aad("value", owner, field)
+
+
+def encrypt_value(data_key: bytes, plaintext: BytesLike, *, owner: str, field: str) -> bytes:
+    """Token ``version || nonce || ciphertext || tag`` for a small value under ``owner``'s data key,
+    bound to ``(owner, field)``: moved to another owner's row or another column, it does not decrypt."""
+    _check_data_key(data_key)
+    return bytes((VALUE_VERSION,)) + seal(data_key, plaintext, _value_context(owner, field))
+
+
+def decrypt_value(data_key: bytes, token: BytesLike, *, owner: str, field: str) -> bytes:
+    """The value, or ``DecryptionFailed`` (tampered, wrong key, other owner or field)."""
+    view = memoryview(token)
+    if view.nbytes < 1:
+        raise DecryptionFailed("malformed")
+    if view[0] != VALUE_VERSION:
+        raise DecryptionFailed("unknown_version")
+    if not isinstance(data_key, bytes) or len(data_key) != KEY_SIZE:
+        raise DecryptionFailed("malformed")
+    return open_sealed(data_key, view[1:], _value_context(owner, field))

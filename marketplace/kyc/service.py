@@ -17,7 +17,7 @@ from marketplace import audit, images
 from marketplace.errors import Conflict, Forbidden, NotFound, Unprocessable
 from marketplace.extensions import db, utcnow
 from marketplace.kyc import states
-from marketplace.kyc.models import ImageGrant, KycCase, KycDecision, KycIdentity
+from marketplace.kyc.models import ImageGrant, KycCase, KycDecision, KycIdentity, data_owner
 from marketplace.kyc.states import CaseStatus
 from marketplace.notifications import service as notifications
 from marketplace.permissions import Permission, Role
@@ -132,9 +132,10 @@ def put_identity(actor: Actor, data: dict[str, Any]) -> KycIdentity:
         raise Unprocessable(details={"fields": errors})
     number = validate_document_number(data["id_document_type"], data["id_document_number"], data["date_of_birth"])
     identity = db.session.execute(select(KycIdentity).where(KycIdentity.user_id == user.id)).scalar_one_or_none()
+    new = identity is None
     if identity is None:
+        # added once complete: sealing the numbers may create the data key, and that flushes the session
         identity = KycIdentity(user_id=user.id)
-        db.session.add(identity)
     identity.legal_name = " ".join(data["legal_name"].split())
     identity.date_of_birth = data["date_of_birth"]
     identity.nationality = data["nationality"].upper()
@@ -145,6 +146,8 @@ def put_identity(actor: Actor, data: dict[str, Any]) -> KycIdentity:
     identity.licence_issuer = issuer
     identity.licence_expiry = data["licence_expiry"]
     identity.licence_category = data["licence_category"].strip().upper()
+    if new:
+        db.session.add(identity)
     db.session.flush()
     audit.record(actor, "kyc:identity_put", case)
     return identity
@@ -172,7 +175,7 @@ def current_case(user: User, *, create: bool = False) -> KycCase:
 
 
 def _owner(user: User) -> str:
-    return f"user:{user.public_id}"
+    return data_owner(user.public_id)
 
 
 def face_consent(user: User) -> Consent | None:

@@ -769,3 +769,8 @@ def unlock_staff_mfa(email: str) -> tuple[User, bool]:
     mfa.unlock(user)
     audit.record(None, "auth:mfa_unlocked", user, was_locked=was_locked)
     return user, was_locked
+
+
+def public_id_of(user_id: int) -> str | None:
+    """The public id of a user known by database id (another area holding a foreign key asks this)."""
+    return db.session.execute(select(User.public_id).where(User.id == user_id)).scalar_one_or_none()

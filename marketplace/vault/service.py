@@ -46,7 +46,9 @@ from marketplace.crypto import (
     DecryptionFailed,
     WrappedKey,
     decrypt_blob,
+    decrypt_value,
     encrypt_blob,
+    encrypt_value,
     new_data_key,
     rewrap,
     unwrap_data_key,
@@ -144,6 +146,23 @@ REMOVE_FILE = "vault.remove_file"
 REMOVE_FILE_ATTEMPTS = 1000
 # The durable removal runs a little after the inline one, so in the usual case it finds nothing to do.
 REMOVE_FILE_DELAY = timedelta(minutes=1)
+
+
+def seal_value(owner: str, field: str, value: str) -> bytes:
+    """A small value (an identity number) under the owner's data key, bound to (owner, field), so the
+    owner's erasure by key destruction makes it unreadable with their blobs."""
+    return encrypt_value(_data_key(owner, create=True), value.encode("utf-8"), owner=owner, field=field)
+
+
+def open_value(owner: str, field: str, token: bytes) -> str:
+    """The value sealed by :func:`seal_value`; ``DecryptionFailed`` once the key is destroyed, or if the
+    token was moved from another owner or field, or tampered with."""
+    try:
+        return decrypt_value(_data_key(owner, create=False), token, owner=owner, field=field).decode("utf-8")
+    except (DecryptionFailed, UnicodeDecodeError) as exc:
+        log.error("sealed value failed to decrypt", extra={"event": {"alert": "value_integrity", "field": field,
+                                                                     "error": type(exc).__name__}})
+        raise DecryptionFailed() from exc
 
 
 def delete(blob: Blob) -> None:

@@ -28,9 +28,11 @@ from marketplace.crypto import (
     decrypt_blob,
     decrypt_blob_into,
     decrypt_field,
+    decrypt_value,
     encrypt_blob,
     encrypt_blob_into,
     encrypt_field,
+    encrypt_value,
     field_key_id,
     new_data_key,
     reencrypt_field,
@@ -459,3 +461,25 @@ def test_destroyed_key_log_is_append_only_private_and_survives_a_torn_line(
     assert "unreadable line 3" in caplog.text
     with pytest.raises(ValueError):
         erasures.record("", "dk-x")
+
+
+def test_small_value_under_a_data_key_is_bound_to_owner_and_field() -> None:  # CR-02, issue 7 item 7
+    key, other_key = new_data_key(), new_data_key()
+    token = encrypt_value(key, b"784-1990-1234567-4", owner="user:a", field="kyc_identities.id_document_number")
+    assert b"784-1990" not in token and token[0] == 1
+    assert decrypt_value(key, token, owner="user:a", field="kyc_identities.id_document_number") == \
+        b"784-1990-1234567-4"
+    assert encrypt_value(key, b"x", owner="user:a", field="f") != encrypt_value(key, b"x", owner="user:a", field="f")
+    for wrong in ({"owner": "user:b", "field": "kyc_identities.id_document_number"},
+                  {"owner": "user:a", "field": "kyc_identities.licence_number"}):
+        with pytest.raises(DecryptionFailed):
+            decrypt_value(key, token, **wrong)
+    with pytest.raises(DecryptionFailed):
+        decrypt_value(other_key, token, owner="user:a", field="kyc_identities.id_document_number")
+    for at in range(len(token)):
+        flipped = bytearray(token)
+        flipped[at] ^= 0x01
+        with pytest.raises(DecryptionFailed):
+            decrypt_value(key, bytes(flipped), owner="user:a", field="kyc_identities.id_document_number")
+    with pytest.raises(DecryptionFailed):
+        decrypt_value(key, token[:-1], owner="user:a", field="kyc_identities.id_document_number")
