@@ -1,8 +1,9 @@
 """Blob encryption throughput next to raw AES-256-GCM, measured in the same run (PERFORMANCE.md).
 
-    .venv/bin/python bench/bench_crypto.py [--rounds 5] [--cell-seconds 0.12] [--check]
+    .venv/bin/python bench/bench_crypto.py [--rounds 5] [--cell-seconds 0.12] [--report-only]
 
-For 64 KB, 512 KB and 2 MB blobs it times, interleaved round by round (medians reported):
+For 64 KB, 512 KB and 2 MB blobs it times, alternating round by round with the raw cipher (bench/harness.py:
+medians of the rounds with their min-max, ratios taken per round):
 
 - raw encrypt / decrypt: one prebuilt ``AESGCM`` object, a fixed nonce, the same AAD: the cipher alone;
 - floor: the least any correct call with a per-user key must do, ``AESGCM(key)`` + a fresh nonce + the
@@ -11,25 +12,20 @@ For 64 KB, 512 KB and 2 MB blobs it times, interleaved round by round (medians r
 - round trip (encrypt then decrypt) both ways, plus ``encrypt_blob_into``/``decrypt_blob_into`` into
   reused buffers: the page-fault case from PERFORMANCE.md ("Facts that save days").
 
-Target: ``encrypt_blob`` and ``decrypt_blob`` >= 80% of raw throughput at every size. Minor page faults
-per call are reported next to each figure. Writes bench/out/crypto.csv. MB = 10^6 bytes.
+Target: ``encrypt_blob`` and ``decrypt_blob`` >= 80% of raw throughput at every size (exit status 1 on a miss,
+unless --report-only). Minor page faults per call are reported too. Writes bench/out/crypto.csv. MB = 10^6 bytes.
 """
 
 from __future__ import annotations
 
-import argparse
-import csv
 import os
-import platform
 import resource
-import statistics
 import sys
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
-from pathlib import Path
 
 import cryptography
+import harness
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from marketplace.crypto import (
@@ -44,7 +40,6 @@ from marketplace.crypto import (
 
 SIZES = {"64KB": 64 * 1024, "512KB": 512 * 1024, "2MB": 2 * 1024 * 1024}
 TARGET = 0.80
-OUT = Path(__file__).resolve().parent / "out" / "crypto.csv"
 
 
 def measure(fn: Callable[[], object], size: int, seconds: float) -> tuple[float, float]:
@@ -110,87 +105,41 @@ ROWS = [
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=5)
+    parser = harness.parser(__doc__.split("\n\n")[0])
     parser.add_argument("--cell-seconds", type=float, default=0.12)
-    parser.add_argument("--check", action="store_true", help="exit 1 if the target is missed")
     args = parser.parse_args()
 
-    print(
-        f"python {platform.python_version()}, cryptography {cryptography.__version__}, "
-        f"{os.cpu_count()} CPUs, {args.rounds} interleaved rounds x {args.cell_seconds}s per cell"
-    )
+    print(f"cryptography {cryptography.__version__}; {harness.machine_line()}; {args.rounds} alternating rounds x "
+          f"{args.cell_seconds}s per cell")
     started = time.perf_counter()
-    rows: list[dict[str, object]] = []
+    bench = harness.Bench("crypto", args)
     for label, size in SIZES.items():
         ops = operations(size)
-        samples: dict[str, list[tuple[float, float]]] = {name: [] for name in ops}
-        names = list(ops)
-        for round_no in range(args.rounds):
-            shift = round_no % len(names)  # rotate the order so drift hits every op alike
-            for name in names[shift:] + names[:shift]:
-                samples[name].append(measure(ops[name], size, args.cell_seconds))
-        median = {name: statistics.median(mb for mb, _ in values) for name, values in samples.items()}
-        faults = {name: statistics.median(f for _, f in values) for name, values in samples.items()}
+
+        def cell(name: str, ops: dict[str, Callable[[], object]] = ops, size: int = size) -> dict[str, float]:
+            mb_s, faults = measure(ops[name], size, args.cell_seconds)
+            return {"mb_s": mb_s, "faults": faults}
+
         for row, raw_op, blob_op, floor_op in ROWS:
-            targeted = floor_op is not None
-            ratio = median[blob_op] / median[raw_op]
-            # fixed cost per call that the bare cipher does not pay: key setup, nonce, AAD, header
-            overhead_us = (size / median[blob_op] - size / median[raw_op]) if targeted else None
-
-            rows.append(
-                {
-                    "size": label,
-                    "size_bytes": size,
-                    "operation": row,
-                    "raw_mb_s": round(median[raw_op]),
-                    "blob_mb_s": round(median[blob_op]),
-                    "ratio": round(ratio, 3),
-                    "target": TARGET if targeted else "",
-                    "met": ("yes" if ratio >= TARGET else "no") if targeted else "",
-                    "raw_minor_faults_per_call": round(faults[raw_op], 1),
-                    "blob_minor_faults_per_call": round(faults[blob_op], 1),
-                    "overhead_us_per_call": "" if overhead_us is None else round(overhead_us, 2),
-                    "floor_mb_s": round(median[floor_op]) if floor_op else "",
-                    "ratio_vs_floor": round(median[blob_op] / median[floor_op], 3) if floor_op else "",
-                }
-            )
-
-    header = (
-        f"{'size':>6} {'operation':<25} {'raw MB/s':>9} {'blob MB/s':>10} {'ratio':>6} "
-        f"{'target':>7} {'met':>4} {'faults raw/blob':>16} {'+us/call':>9} {'vs floor':>9}"
-    )
-    print(header)
-    print("-" * len(header))
-    for r in rows:
-        target = f">={r['target']:.0%}" if r["target"] != "" else ""
-        faults_text = f"{r['raw_minor_faults_per_call']}/{r['blob_minor_faults_per_call']}"
-        vs_floor = f"{r['ratio_vs_floor']:.0%}" if r["ratio_vs_floor"] != "" else ""
-        print(
-            f"{r['size']:>6} {r['operation']:<25} {r['raw_mb_s']:>9} {r['blob_mb_s']:>10} "
-            f"{r['ratio']:>6.0%} {target:>7} {r['met']:>4} {faults_text:>16} "
-            f"{r['overhead_us_per_call']!s:>9} {vs_floor:>9}"
-        )
-    missed = [r for r in rows if r["met"] == "no"]
-    print(
-        f"\ntarget (encrypt_blob/decrypt_blob >= {TARGET:.0%} of raw AES-GCM): "
-        + (
-            "met at every size"
-            if not missed
-            else "missed for " + ", ".join(f"{r['size']} {r['operation']}" for r in missed)
-        )
-    )
-    print(f"elapsed {time.perf_counter() - started:.1f}s")
-
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    measured_at = datetime.now(UTC).isoformat(timespec="seconds")
-    with OUT.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=["measured_at", "cryptography", *rows[0]])
-        writer.writeheader()
-        for r in rows:
-            writer.writerow({"measured_at": measured_at, "cryptography": cryptography.__version__, **r})
-    print(f"wrote {OUT.relative_to(Path.cwd()) if OUT.is_relative_to(Path.cwd()) else OUT}")
-    return 1 if args.check and missed else 0
+            figures = {blob_op: lambda n=blob_op: cell(n)}
+            if floor_op:
+                figures[floor_op] = lambda n=floor_op: cell(n)
+            rounds = harness.alternate(args.rounds, lambda n=raw_op: cell(n), figures)
+            bench.add(label, row, "raw MB/s", rounds.values("", "mb_s"))
+            bench.add(label, row, "blob MB/s", rounds.values(blob_op, "mb_s"))
+            # the >= 80% target applies to the plain calls; the round trips are context for the page-fault fact
+            bench.add(label, row, "x raw", rounds.ratios(blob_op, "mb_s"), target=TARGET if floor_op else None)
+            if floor_op:
+                bench.add(label, row, "x floor", [b / f for b, f in zip(rounds.values(blob_op, "mb_s"),
+                                                                        rounds.values(floor_op, "mb_s"),
+                                                                        strict=True)])
+            bench.add(label, row, "raw faults/call", rounds.values("", "faults"), note="minor page faults")
+            bench.add(label, row, "blob faults/call", rounds.values(blob_op, "faults"), note="minor page faults")
+        print(f"  {label}: done", flush=True)
+    bench.note(f"x raw: encrypt_blob/decrypt_blob throughput over the bare cipher's in the same round (target >= "
+               f"{TARGET:.0%}); x floor: over the least a per-user-key call must do (context only). MB = 10^6 bytes. "
+               f"{time.perf_counter() - started:.0f} s in all.")
+    return bench.finish()
 
 
 if __name__ == "__main__":

@@ -88,6 +88,10 @@ def _init_extensions(app: Flask, settings: Settings, *, start_background: bool) 
 
     _import_models()
     db.init_app(app)
+    from marketplace.extensions import ping_after_idle
+
+    with app.app_context():
+        ping_after_idle(db.engine)
     migrate.init_app(app, db, directory=str(_migrations_dir()))
     limiter.init_app(app)
     if settings.master_keyring:

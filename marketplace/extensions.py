@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import time
 from datetime import UTC, datetime
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
@@ -14,6 +15,7 @@ from flask_migrate import Migrate
 from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy import DateTime, MetaData, TypeDecorator, event
 from sqlalchemy.engine import Dialect, Engine
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import DeclarativeBase, registry
 
 from marketplace import ratelimit_sqlite  # noqa: F401 - registers the sqlite:// rate-limit storage
@@ -126,3 +128,31 @@ def _sqlite_begin(conn: Any) -> None:
         mode = (conn.info.pop("sqlite_begin", None) or conn.get_execution_options().get("sqlite_begin")
                 or sqlite_begin_mode())
         conn.exec_driver_sql("BEGIN IMMEDIATE" if mode == "immediate" else "BEGIN")
+
+
+IDLE_PING_SECONDS = 10.0
+
+
+def ping_after_idle(engine: Engine) -> None:
+    """Check a pooled server connection before use only if it sat idle ``IDLE_PING_SECONDS``: one in steady use
+    was proven by its last request, and pinging it on every checkout (``pool_pre_ping``) cost a round trip per
+    request. A dead idle connection is replaced before the request sees it (the pool retries the checkout); a
+    connection lost mid-use is answered 503 and the pool is invalidated (errors.py), as before."""
+    if engine.dialect.name == "sqlite":
+        return
+    dialect = engine.dialect
+
+    @event.listens_for(engine, "checkin")
+    def _checked_in(dbapi_connection: Any, record: Any) -> None:
+        if record is not None:
+            record.info["checked_in_at"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _checked_out(dbapi_connection: Any, record: Any, proxy: Any) -> None:
+        since = record.info.get("checked_in_at")
+        if since is None or time.monotonic() - since < IDLE_PING_SECONDS:
+            return
+        try:
+            dialect.do_ping(dbapi_connection)
+        except Exception as exc:
+            raise DisconnectionError("idle connection failed its ping") from exc

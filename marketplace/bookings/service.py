@@ -16,7 +16,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import delete, or_, select
+from sqlalchemy import ColumnElement, bindparam, delete, or_, select
 
 from marketplace import audit, jobs, money
 from marketplace.agencies.models import Agency, AgencyStatus
@@ -117,26 +117,39 @@ def occupied_until(vehicle: Vehicle, ends_at: datetime) -> datetime:
     return ends_at + timedelta(minutes=vehicle.turnaround_minutes)
 
 
+# built once (see _BOOKABLE_VEHICLE below): every quote and every booking asks it
+_OVERLAP = select(VehicleOccupancy.id).where(
+    VehicleOccupancy.vehicle_id == bindparam("vehicle_id"),
+    VehicleOccupancy.starts_at < bindparam("until"),
+    VehicleOccupancy.ends_at > bindparam("starts_at"),
+    VehicleOccupancy.starts_at > bindparam("earliest"),
+).limit(1)
+_OVERLAP_OTHER = _OVERLAP.where(or_(VehicleOccupancy.booking_id.is_(None),
+                                    VehicleOccupancy.booking_id != bindparam("ignore_booking")))
+
+
 def is_free(vehicle: Vehicle, starts_at: datetime, ends_at: datetime, *, ignore_booking: int | None = None) -> bool:
-    until = occupied_until(vehicle, ends_at)
-    stmt = select(VehicleOccupancy.id).where(
-        VehicleOccupancy.vehicle_id == vehicle.id,
-        VehicleOccupancy.starts_at < until,
-        VehicleOccupancy.ends_at > starts_at,
-        VehicleOccupancy.starts_at > starts_at - MAX_OCCUPANCY,
-    )
-    if ignore_booking is not None:
-        stmt = stmt.where(or_(VehicleOccupancy.booking_id.is_(None), VehicleOccupancy.booking_id != ignore_booking))
-    return db.session.execute(stmt.limit(1)).first() is None
+    params = {"vehicle_id": vehicle.id, "until": occupied_until(vehicle, ends_at), "starts_at": starts_at,
+              "earliest": starts_at - MAX_OCCUPANCY}
+    if ignore_booking is None:
+        return db.session.execute(_OVERLAP, params).first() is None
+    return db.session.execute(_OVERLAP_OTHER, {**params, "ignore_booking": ignore_booking}).first() is None
+
+
+def bookable() -> tuple[ColumnElement[bool], ...]:
+    """What makes a car visible and bookable: listed, not deleted, its agency active (join Agency)."""
+    return (Vehicle.status == VehicleStatus.LISTED, Vehicle.deleted_at.is_(None),
+            Agency.status == AgencyStatus.ACTIVE)
+
+
+# Built once, run with parameters: a statement built per call costs more Python than the query itself
+# (construction and cache key, PERFORMANCE.md read targets), and this one runs on every quote and booking.
+_BOOKABLE_VEHICLE = select(Vehicle).join(Agency, Agency.id == Vehicle.agency_id).where(
+    Vehicle.public_id == bindparam("public_id"), *bookable())
 
 
 def bookable_vehicle(public_id: str) -> Vehicle:
-    row = db.session.execute(
-        select(Vehicle).join(Agency, Agency.id == Vehicle.agency_id).where(
-            Vehicle.public_id == public_id, Vehicle.status == VehicleStatus.LISTED, Vehicle.deleted_at.is_(None),
-            Agency.status == AgencyStatus.ACTIVE,
-        )
-    ).scalar_one_or_none()
+    row = db.session.execute(_BOOKABLE_VEHICLE, {"public_id": public_id}).scalar_one_or_none()
     if row is None:
         raise NotFound(details={"vehicle": public_id})
     return row
@@ -377,10 +390,18 @@ def expire_overdue() -> None:
 # ---- loading through the owner's scope -------------------------------------------------------------
 
 
+# the customer's booking pages run these on every request: built once (see _BOOKABLE_VEHICLE)
+_CUSTOMER_BOOKING = select(Booking).where(Booking.reference == bindparam("reference"),
+                                          Booking.customer_id == bindparam("customer_id"))
+_HISTORY = (select(BookingEvent.at, BookingEvent.kind, BookingEvent.from_status, BookingEvent.to_status)
+            .where(BookingEvent.booking_id == bindparam("booking_id")).order_by(BookingEvent.id))
+_VEHICLE_BRIEF = select(Vehicle.public_id, Vehicle.make, Vehicle.model, Vehicle.year, Vehicle.plate).where(
+    Vehicle.id == bindparam("vehicle_id"))
+
+
 def get_for_customer(actor: Actor, reference: str) -> Booking:
-    booking = db.session.execute(
-        select(Booking).where(Booking.reference == reference, Booking.customer_id == actor.user.id)
-    ).scalar_one_or_none()
+    booking = db.session.execute(_CUSTOMER_BOOKING, {"reference": reference, "customer_id": actor.user.id}
+                                 ).scalar_one_or_none()
     if booking is None:
         raise NotFound()
     return booking
@@ -393,10 +414,14 @@ def list_for_customer(actor: Actor, *, before_id: int | None, limit: int) -> lis
     return list(db.session.execute(stmt).scalars())
 
 
-def events(booking: Booking) -> list[BookingEvent]:
-    return list(db.session.execute(
-        select(BookingEvent).where(BookingEvent.booking_id == booking.id).order_by(BookingEvent.id)
-    ).scalars())
+def events(booking: Booking) -> list[Any]:
+    """The booking's history, oldest first: rows of ``at, kind, from_status, to_status``."""
+    return list(db.session.execute(_HISTORY, {"booking_id": booking.id}).all())
+
+
+def vehicle_brief(vehicle_id: int) -> Any:
+    """What a booking shows of its car: a row of ``public_id, make, model, year, plate``."""
+    return db.session.execute(_VEHICLE_BRIEF, {"vehicle_id": vehicle_id}).one()
 
 
 def get_for_agency(actor: Actor, reference: str) -> Booking:

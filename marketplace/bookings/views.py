@@ -14,7 +14,6 @@ from marketplace.bookings import service
 from marketplace.bookings.models import Booking
 from marketplace.errors import Unprocessable
 from marketplace.extensions import db
-from marketplace.fleet.models import Vehicle
 from marketplace.kyc.service import identity_of
 from marketplace.permissions import Permission
 from marketplace.schemas import PageArgsSchema, decode_id_cursor, encode_cursor
@@ -35,8 +34,7 @@ def _money(b: Any) -> dict[str, Any]:
 
 
 def _vehicle(vehicle_id: int) -> dict[str, Any]:
-    v = db.session.get(Vehicle, vehicle_id)
-    assert v is not None
+    v = service.vehicle_brief(vehicle_id)
     return {"id": v.public_id, "make": v.make, "model": v.model, "year": v.year, "plate": v.plate}
 
 

@@ -37,6 +37,7 @@ from marketplace.bookings.models import Booking
 from marketplace.bookings.service import (
     MAX_OCCUPANCY,
     VehicleUnavailable,
+    bookable,
     bookable_vehicle,
     check_period,
     occupancy_conflict,
@@ -656,9 +657,26 @@ def search(query: SearchQuery) -> list[SearchHit]:
                       row.distance2 if by_distance else row.daily_price_fils) for row in rows]
 
 
-def public_vehicle(public_id: str) -> tuple[Vehicle, Agency, list[VehiclePhoto]]:
-    """A car anyone may see (listed, not deleted, active agency), with its agency and photos."""
-    vehicle = bookable_vehicle(public_id)
-    agency = db.session.get(Agency, vehicle.agency_id)
-    assert agency is not None
-    return vehicle, agency, photos_of(vehicle)
+# the public detail page in one query, built once (a statement per call and three queries cost the page most
+# of its time, issue 7 item 17): the car's public columns, its agency's name and its photos, one row per photo
+_PUBLIC_DETAIL = (
+    select(Vehicle.public_id, Vehicle.make, Vehicle.model, Vehicle.year, Vehicle.category, Vehicle.seats,
+           Vehicle.transmission, Vehicle.fuel_type, Vehicle.city, Vehicle.latitude, Vehicle.longitude,
+           Vehicle.pickup_address, Vehicle.daily_price_fils, Vehicle.deposit_fils, Vehicle.currency,
+           Vehicle.mileage_limit_km_per_day, Vehicle.extra_km_fils, Vehicle.fuel_policy,
+           Agency.business_name.label("agency_name"), VehiclePhoto.public_id.label("photo_id"),
+           VehiclePhoto.width.label("photo_width"), VehiclePhoto.height.label("photo_height"))
+    .join(Agency, Agency.id == Vehicle.agency_id)
+    .outerjoin(VehiclePhoto, VehiclePhoto.vehicle_id == Vehicle.id)
+    .where(Vehicle.public_id == bindparam("public_id"), *bookable())
+    .order_by(VehiclePhoto.position, VehiclePhoto.id)
+)
+
+
+def public_vehicle(public_id: str) -> tuple[Any, list[tuple[str, int, int]]]:
+    """A car anyone may see (listed, not deleted, active agency): its public columns with its agency's name
+    (``agency_name``), and its photos in display order as ``(public_id, width, height)``."""
+    rows = db.session.execute(_PUBLIC_DETAIL, {"public_id": public_id}).all()
+    if not rows:
+        raise NotFound(details={"vehicle": public_id})
+    return rows[0], [(r.photo_id, r.photo_width, r.photo_height) for r in rows if r.photo_id is not None]

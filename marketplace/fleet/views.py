@@ -33,12 +33,12 @@ def _photo_url(vehicle_public_id: str, photo_public_id: str) -> str:
     return f"/api/v1/vehicles/{vehicle_public_id}/photos/{photo_public_id}"
 
 
-def _location(v: Vehicle) -> dict[str, Any]:
+def _location(v: Any) -> dict[str, Any]:  # a Vehicle, or a row of its columns
     return {"city": v.city, "latitude": float(v.latitude), "longitude": float(v.longitude),
             "pickup_address": v.pickup_address}
 
 
-def _rules(v: Vehicle) -> dict[str, Any]:
+def _rules(v: Any) -> dict[str, Any]:
     return {"mileage_limit_km_per_day": v.mileage_limit_km_per_day, "extra_km_fils": v.extra_km_fils,
             "fuel_policy": v.fuel_policy}
 
@@ -126,15 +126,17 @@ def search(args: dict[str, Any]) -> Response:
 @vehicles_bp.route("/<string:vehicle_id>")
 @vehicles_bp.response(200, s.VehiclePublicOut)
 @public
-def detail(vehicle_id: str) -> dict[str, Any]:
+def detail(vehicle_id: str) -> Response:
     """One car anyone can book: details, rules, photos and the agency's business name."""
-    v, agency, photos = fleet.public_vehicle(vehicle_id)
-    return {
+    v, photos = fleet.public_vehicle(vehicle_id)
+    # like search, the page is built as exactly VehiclePublicOut (tests validate it) and skips marshmallow's dump
+    return jsonify({
         "id": v.public_id, "make": v.make, "model": v.model, "year": v.year, "category": v.category,
         "seats": v.seats, "transmission": v.transmission, "fuel_type": v.fuel_type, "location": _location(v),
         "daily_price_fils": v.daily_price_fils, "deposit_fils": v.deposit_fils, "currency": v.currency,
-        "rules": _rules(v), "agency": {"name": agency.business_name}, "photos": _photos(v, photos),
-    }
+        "rules": _rules(v), "agency": {"name": v.agency_name},
+        "photos": [{"id": pid, "url": _photo_url(v.public_id, pid), "width": w, "height": h} for pid, w, h in photos],
+    })
 
 
 @vehicles_bp.route("/<string:vehicle_id>/photos/<string:photo_id>")

@@ -20,6 +20,7 @@ from tests.factories import (
     make_vehicle,
     make_verified_customer,
 )
+from tests.queries import statements
 
 
 def _count(model) -> int:  # type: ignore[no-untyped-def]
@@ -235,3 +236,16 @@ def test_suspended_agency_takes_no_bookings(app, client, app_ctx):  # enforces P
     headers = auth_headers(client, make_verified_customer())
     response = client.post("/api/v1/bookings", json=booking_body(vehicle), headers=headers)
     assert response.status_code == 404
+
+
+def test_booking_detail_reads_booking_car_and_history_once_each(app, client, app_ctx):
+    # issue 7 item 17: the gate's role query and the whole car entity came on top of the page's own reads
+    vehicle = make_vehicle(make_agency())
+    headers = auth_headers(client, make_verified_customer())
+    reference = client.post("/api/v1/bookings", json=booking_body(vehicle), headers=headers).get_json()["reference"]
+    with statements() as sent:
+        response = client.get(f"/api/v1/bookings/{reference}", headers=headers)
+    assert response.status_code == 200
+    body = response.get_json()
+    assert body["vehicle"]["id"] == vehicle.public_id and body["history"][0]["to_status"] == "pending_payment"
+    assert len(sent) == 4, sent  # gate (session and user), booking, car, history

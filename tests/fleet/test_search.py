@@ -22,11 +22,12 @@ from marketplace.agencies.models import AgencyStatus
 from marketplace.audit import AuditEvent
 from marketplace.bookings import service as bookings
 from marketplace.extensions import db, utcnow
-from marketplace.fleet.models import Vehicle, VehicleStatus
-from marketplace.fleet.schemas import SearchPageOut
+from marketplace.fleet.models import Vehicle, VehiclePhoto, VehicleStatus
+from marketplace.fleet.schemas import SearchPageOut, VehiclePublicOut
 from marketplace.schemas import encode_cursor
 from tests.factories import make_agency, make_vehicle, make_verified_customer
 from tests.fleet.helpers import base_time, book, iso, occupy, vehicle_at
+from tests.queries import statements
 from tests.staff_web import db_snapshot
 
 
@@ -379,3 +380,21 @@ def test_public_detail(app: Flask, client: FlaskClient, app_ctx: None) -> None:
     assert body["location"]["pickup_address"] == "Dubai Marina Walk" and body["photos"] == []
     assert "plate" not in body and "agency_id" not in body  # nothing the public does not need
     assert client.get("/api/v1/vehicles/not-a-car").status_code == 404
+
+
+def test_public_detail_is_one_query_with_photos_in_order(app: Flask, client: FlaskClient, app_ctx: None) -> None:
+    # issue 7 item 17: the page ran three queries (car, agency, photos); it is the busiest page after search
+    car = make_vehicle(make_agency())
+    for position, width in ((2, 1200), (0, 2000), (1, 1600)):
+        db.session.add(VehiclePhoto(vehicle_id=car.id, storage_key=f"k{position}", width=width, height=900,
+                                    position=position, created_at=utcnow()))
+    db.session.commit()
+    url = f"/api/v1/vehicles/{car.public_id}"
+    with statements() as sent:
+        response = client.get(url)
+    assert response.status_code == 200
+    body = response.get_json()
+    assert VehiclePublicOut().validate(body) == {}  # built without marshmallow's dump: still exactly the schema
+    assert [p["width"] for p in body["photos"]] == [2000, 1600, 1200]
+    assert body["photos"][0]["url"] == f"{url}/photos/{body['photos'][0]['id']}"
+    assert len(sent) == 1, sent

@@ -119,11 +119,16 @@ def database_dump(app: Flask) -> dict[str, bytes]:
         dumps["pg_dump"] = raw
         dumps["pg_dump bytea"] = decoded
     else:
+        # The raw files are read by a child process: closing a descriptor of the database file in this
+        # process would drop every POSIX lock SQLite holds on it here (fcntl locks belong to the process),
+        # and the next process to open it (a test's gunicorn server) would rebuild the WAL index under
+        # this process's live connections, which then fail with "disk I/O error".
         path = Path(url.removeprefix("sqlite:///"))
         for suffix in ("", "-wal", "-shm", "-journal"):
             candidate = Path(str(path) + suffix)
             if candidate.exists():
-                dumps[candidate.name] = candidate.read_bytes()
+                dumps[candidate.name] = subprocess.run(["cat", str(candidate)],  # noqa: S603, S607
+                                                       capture_output=True, check=True, timeout=60).stdout
     with app.app_context(), db.engine.connect() as conn:
         for table in db.metadata.sorted_tables:
             values = []

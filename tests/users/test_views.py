@@ -32,6 +32,7 @@ from tests.factories import (
     registration_body,
     table_rows,
 )
+from tests.queries import statements
 
 REGISTER = "/api/v1/auth/register"
 VERIFY = "/api/v1/auth/verify-email"
@@ -1290,3 +1291,12 @@ def test_a_refresh_token_rotated_long_ago_still_revokes_the_session(app, client,
     # the whole session is gone, including the newest tokens of the real user
     assert client.get("/api/v1/me", headers=_bearer(tokens["access_token"])).status_code == 401
     assert client.post("/api/v1/auth/refresh", json={"refresh_token": tokens["refresh_token"]}).status_code == 401
+
+
+def test_a_signed_in_customer_request_costs_one_query_for_the_gate(app, client, app_ctx):
+    # issue 7 item 17: the gate loaded the customer's (empty) staff roles with a second query on every request
+    headers = auth_headers(client, make_customer())
+    with statements() as sent:
+        response = client.get("/api/v1/me", headers=headers)
+    assert response.status_code == 200 and response.get_json()["roles"] == ["customer"]
+    assert len(sent) == 1, sent
