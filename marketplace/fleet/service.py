@@ -60,11 +60,11 @@ from marketplace.permissions import Permission
 from marketplace.security import Actor, require
 
 __all__ = [  # the verbs of the private modules, public through this one
-    "DEFAULT_RADIUS_KM", "KM_PER_DEGREE", "MAX_BLOCK", "MAX_PHOTOS", "MAX_RADIUS_KM", "PHOTO_KIND", "GeoPoint", "PhotoLimit",
-    "SearchHit", "SearchQuery", "add_photo", "agencies_of", "bookable", "bookable_vehicle", "can_in_agency",
-    "check_block_period", "create_block", "delete_block", "delete_photo", "fleet_summary", "get_for_agency",
-    "get_photo", "list_blocks", "list_for_agency", "photo_bytes", "photos_by_vehicle", "photos_of", "public_photo",
-    "public_vehicle", "search", "vehicles_for_staff",
+    "DEFAULT_RADIUS_KM", "KM_PER_DEGREE", "MAX_BLOCK", "MAX_PHOTOS", "MAX_RADIUS_KM", "PHOTO_KIND", "GeoPoint",
+    "PhotoLimit", "SearchHit", "SearchQuery", "add_photo", "agencies_of", "bookable", "bookable_vehicle",
+    "can_in_agency", "check_block_period", "create_block", "delete_block", "delete_photo", "fleet_summary",
+    "get_for_agency", "get_photo", "list_blocks", "list_for_agency", "photo_bytes", "photos_by_vehicle", "photos_of",
+    "public_photo", "public_vehicle", "search", "vehicles_for_staff",
 ]
 
 # ---- the fixed vocabularies ---------------------------------------------------------------------------
