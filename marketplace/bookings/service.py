@@ -41,8 +41,6 @@ if TYPE_CHECKING:
     from marketplace.agencies.models import Agency
     from marketplace.fleet.models import Vehicle
 
-__all__ = ["VehicleUnavailable", "bookable_vehicle"]  # re-exported: the booking verbs raise and use them
-
 BUSINESS_TZ = ZoneInfo("Asia/Dubai")
 PAY_WITHIN = timedelta(minutes=15)
 FREE_CANCELLATION = timedelta(hours=48)

@@ -59,12 +59,15 @@ from marketplace.fleet.search import (
 from marketplace.permissions import Permission
 from marketplace.security import Actor, require
 
-__all__ = [  # the verbs of the private modules, public through this one
-    "DEFAULT_RADIUS_KM", "KM_PER_DEGREE", "MAX_BLOCK", "MAX_PHOTOS", "MAX_RADIUS_KM", "PHOTO_KIND", "GeoPoint",
-    "PhotoLimit", "SearchHit", "SearchQuery", "add_photo", "agencies_of", "bookable", "bookable_vehicle",
-    "can_in_agency", "check_block_period", "create_block", "delete_block", "delete_photo", "fleet_summary",
-    "get_for_agency", "get_photo", "list_blocks", "list_for_agency", "photo_bytes", "photos_by_vehicle", "photos_of",
-    "public_photo", "public_vehicle", "search", "vehicles_for_staff",
+__all__ = [  # the fleet's public surface: the verbs defined here and those of its private modules
+    "CATEGORIES", "CITIES", "DEFAULT_RADIUS_KM", "FUEL_POLICIES", "FUEL_TYPES", "KM_PER_DEGREE", "MAX_BLOCK",
+    "MAX_DAILY_PRICE_FILS", "MAX_DEPOSIT_FILS", "MAX_PHOTOS", "MAX_RADIUS_KM", "MIN_YEAR", "PHOTO_KIND", "PLATE_HINT",
+    "TRANSMISSIONS", "AgencyNotActive", "DuplicatePlate", "GeoPoint", "PhotoLimit", "SearchHit", "SearchQuery",
+    "VehicleHasBookings", "add_photo", "agencies_of", "before_retire", "bookable", "bookable_vehicle",
+    "can_in_agency", "check_block_period", "create_block", "create_vehicle", "delete_block", "delete_photo",
+    "delete_vehicle", "fleet_summary", "get_for_agency", "get_photo", "list_blocks", "list_for_agency",
+    "next_model_year", "normalise_plate", "photo_bytes", "photos_by_vehicle", "photos_of", "public_photo",
+    "public_vehicle", "search", "update_vehicle", "vehicle_brief", "vehicle_by_id", "vehicles_for_staff",
 ]
 
 # ---- the fixed vocabularies ---------------------------------------------------------------------------
