@@ -14,7 +14,7 @@ from marketplace.bookings.states import BookingStatus
 from marketplace.bookings.views import agency_booking_out
 from marketplace.errors import Unprocessable
 from marketplace.permissions import Permission
-from marketplace.schemas import decode_cursor, encode_cursor
+from marketplace.schemas import decode_cursor, paginate
 from marketplace.security import current_actor, requires
 
 PAGE = 25
@@ -42,11 +42,11 @@ def _filters() -> tuple[date | None, str | None, int | None]:
 def bookings_list() -> Any:
     """The agency's bookings, newest first, by Dubai day and status, paged."""
     day, status, before = _filters()
-    items = bookings.list_for_agency(current_actor(), day=day, status=status, before_id=before, limit=PAGE + 1)
-    more = len(items) > PAGE
-    items = items[:PAGE]
-    older = encode_cursor(_CURSOR, items[-1].id) if more and items else None
-    return _render("agency/bookings.html", bookings=[agency_booking_out(b) for b in items], older=older,
+    actor = current_actor()
+    page = paginate(_CURSOR, PAGE, lambda n: bookings.list_for_agency(actor, day=day, status=status,
+                                                                      before_id=before, limit=n))
+    return _render("agency/bookings.html", bookings=[agency_booking_out(b) for b in page.items],
+                   older=page.next_cursor,
                    day=day.isoformat() if day else "", status_filter=status or "", statuses=list(BookingStatus))
 
 

@@ -102,11 +102,12 @@ def seed_bookings(app: Any, customers: list[int], fleet: Fleet, *, per_customer:
                   rng: random.Random | None = None) -> dict[int, list[str]]:
     """``per_customer`` bookings for each customer (cars taken in turn, periods never overlapping on a car):
     two consents, the occupancy row and one to three history events each. Returns references by customer."""
+    from marketplace.availability.models import VehicleOccupancy
     from marketplace.bookings.models import Booking, BookingEvent
     from marketplace.bookings.service import new_reference, price
     from marketplace.bookings.states import BookingStatus
     from marketplace.extensions import db, utcnow
-    from marketplace.fleet.models import Vehicle, VehicleOccupancy
+    from marketplace.fleet.models import Vehicle
     from marketplace.users.consent_texts import CURRENT
     from marketplace.users.models import Consent, ConsentKind
 

@@ -112,6 +112,7 @@ def _import_models() -> None:
     """Every model module, so metadata (and Alembic autogenerate) sees all tables."""
     from marketplace import audit, jobs  # noqa: F401
     from marketplace.agencies import models as _agencies  # noqa: F401
+    from marketplace.availability import models as _availability  # noqa: F401
     from marketplace.bookings import models as _bookings  # noqa: F401
     from marketplace.bookings import service as _booking_jobs  # noqa: F401
     from marketplace.fleet import models as _fleet  # noqa: F401

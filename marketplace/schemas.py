@@ -6,13 +6,16 @@ import base64
 import hashlib
 import hmac
 import json
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
 
 from flask import current_app
 from marshmallow import RAISE, Schema, ValidationError, fields, validate
 
 from marketplace.errors import Unprocessable
+
+T = TypeVar("T")
 
 
 class StrictSchema(Schema):
@@ -155,3 +158,31 @@ def decode_id_cursor(scope: str, cursor: str | None) -> int | None:
     if after is not None and (isinstance(after, bool) or not isinstance(after, int)):
         raise Unprocessable(details={"fields": {"cursor": ["Invalid cursor."]}})
     return after if after is None else int(after)
+
+
+@dataclass(frozen=True)
+class Page(Generic[T]):
+    """One page of a keyset-paginated list: its items and the cursor of the next page (``None`` on the last)."""
+
+    items: list[T]
+    next_cursor: str | None
+
+    def out(self, render: Callable[[T], Any] | None = None) -> dict[str, Any]:
+        """The page as every list answer has it: ``{"items": [...], "page": {"next_cursor": ...}}``."""
+        items = [render(item) for item in self.items] if render is not None else self.items
+        return {"items": items, "page": {"next_cursor": self.next_cursor}}
+
+
+def _row_id(row: Any) -> Any:
+    return row.id
+
+
+def paginate(scope: str, limit: int, fetch: Callable[[int], Sequence[T]],
+             key: Callable[[T], Any] = _row_id) -> Page[T]:
+    """The one pagination slice: ``fetch(limit + 1)`` asks for one row more than the page shows, so a next page
+    exists exactly when that row came back; the next cursor (signed, bound to ``scope``) carries ``key`` of the
+    page's last item (its id unless said otherwise)."""
+    rows = fetch(limit + 1)
+    items = list(rows[:limit])
+    more = len(rows) > limit
+    return Page(items, encode_cursor(scope, key(items[-1])) if more and items else None)

@@ -10,7 +10,7 @@ import itertools
 import secrets
 import time
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -21,7 +21,7 @@ from flask.testing import FlaskClient
 from marketplace.agencies.models import Agency, AgencyStatus
 from marketplace.crypto import encrypt_field
 from marketplace.extensions import db, utcnow
-from marketplace.fleet.models import Vehicle, VehicleStatus
+from marketplace.fleet.models import AvailabilityBlock, Vehicle, VehicleStatus
 from marketplace.permissions import Role
 from marketplace.users import passwords
 from marketplace.users.consent_texts import CURRENT
@@ -99,6 +99,19 @@ def make_vehicle(agency: Agency, **fields: Any) -> Vehicle:
     db.session.add(vehicle)
     db.session.commit()
     return vehicle
+
+
+def make_block(vehicle: Vehicle, *, starts_at: Any = None, ends_at: Any = None,
+               commit: bool = True) -> AvailabilityBlock:
+    """An availability block row of ``vehicle`` (a holder for availability's holds; it holds no time itself)."""
+    start = starts_at or utcnow()
+    block = AvailabilityBlock(vehicle_id=vehicle.id, starts_at=start, ends_at=ends_at or start + timedelta(hours=1),
+                              created_at=utcnow())
+    db.session.add(block)
+    db.session.flush()
+    if commit:
+        db.session.commit()
+    return block
 
 
 def make_staff(role: Role, *, agency: Agency | None = None, mfa: bool = True, email: str | None = None) -> Person:

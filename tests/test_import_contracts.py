@@ -56,6 +56,12 @@ def test_import_contracts_hold() -> None:  # issue 8 item 3
      "marketplace.bookings.service"),
     # stripe outside the payments gateway (issue 9: the gateway is the only module that imports it)
     ("marketplace/bookings/service.py", "import stripe", "marketplace.bookings.service"),
+    # an area writing a car's time past availability's verbs (issue 8 item 1)
+    ("marketplace/bookings/service.py", "from marketplace.availability.models import VehicleOccupancy",
+     "marketplace.bookings.service"),
+    # availability reaching up into an area that calls it (it is keyed by ids and imports no area)
+    ("marketplace/availability/service.py", "from marketplace.fleet import service as fleet",
+     "marketplace.availability.service"),
     # a front door reaching past the payments service into its gateway
     ("agency_app/views.py", "from marketplace.payments.gateway import Gateway", "agency_app.views"),
 ])

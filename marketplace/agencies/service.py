@@ -20,6 +20,7 @@ from marketplace import audit, images
 from marketplace.agencies import states
 from marketplace.agencies.models import Agency, AgencyDocument, AgencyDocumentKind, AgencyStatus
 from marketplace.agencies.states import UNVERIFIED
+from marketplace.availability.service import MAX_TURNAROUND_MINUTES
 from marketplace.bookings.models import Booking
 from marketplace.errors import Conflict, Forbidden, NotFound, Unprocessable
 from marketplace.extensions import db, utcnow
@@ -34,7 +35,6 @@ from marketplace.vault.models import Blob
 
 DOCUMENT_KINDS: tuple[str, ...] = tuple(k.value for k in AgencyDocumentKind)
 IDENTITY_FIELDS = frozenset({"business_name", "trade_licence_number", "trn", "representative_name"})
-MAX_TURNAROUND_MINUTES = 24 * 60
 _TRN = re.compile(r"^100[0-9]{12}$")  # UAE TRN: 15 ASCII digits starting with 100 (\d matches any script)
 _TRADE_LICENCE = re.compile(r"^[A-Z0-9][A-Z0-9/\- ]{2,63}$")
 

@@ -1,8 +1,8 @@
 """Booking rules: quotes, booking with clearance and accepted texts, changes, cancellation, expiry.
 
-A car can never be booked twice (P-16): every active booking holds a ``VehicleOccupancy`` row, and
-the database refuses overlapping rows (PostgreSQL exclusion constraint; SQLite serialised writers
-plus the check below). A lost race becomes 409 ``vehicle_unavailable``, never a 500.
+A car can never be booked twice (P-16): every active booking holds the car's time through
+``availability.service`` (its period plus the car's turnaround buffer), whose serialised write lets the
+database refuse overlaps. A lost race becomes 409 ``vehicle_unavailable``, never a 500.
 """
 
 from __future__ import annotations
@@ -13,42 +13,38 @@ import math
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import ColumnElement, bindparam, delete, or_, select
+from sqlalchemy import bindparam, or_, select
 
 from marketplace import audit, jobs, money
-from marketplace.agencies.models import Agency, AgencyStatus
+from marketplace.availability import service as availability
+from marketplace.availability.service import Holder, VehicleUnavailable
 from marketplace.bookings import states
 from marketplace.bookings.models import Booking, BookingEvent
 from marketplace.bookings.states import BookingStatus
-from marketplace.errors import Conflict, Forbidden, NotFound, Unprocessable
+from marketplace.errors import Conflict, Forbidden, NotFound
 from marketplace.extensions import db, utcnow
-from marketplace.fleet.models import Vehicle, VehicleOccupancy, VehicleStatus
+from marketplace.fleet import service as fleet
+from marketplace.fleet.service import bookable_vehicle
 from marketplace.kyc.service import ensure_cleared_to_drive
 from marketplace.notifications import service as notifications
 from marketplace.permissions import Permission
 from marketplace.security import Actor, require
-from marketplace.transactions import EXCLUSION_VIOLATION, UNIQUE_VIOLATION, Retry, serialised
+from marketplace.transactions import UNIQUE_VIOLATION, Retry
 from marketplace.users.consent_texts import CURRENT as CURRENT_TEXTS
 from marketplace.users.models import ConsentKind, User
 from marketplace.users.service import grant_consent
 
+if TYPE_CHECKING:
+    from marketplace.agencies.models import Agency
+    from marketplace.fleet.models import Vehicle
+
 BUSINESS_TZ = ZoneInfo("Asia/Dubai")
-MAX_RENTAL_DAYS = 30
-MIN_LEAD = timedelta(hours=1)
-BOOKING_HORIZON = timedelta(days=365)
 PAY_WITHIN = timedelta(minutes=15)
 FREE_CANCELLATION = timedelta(hours=48)
-# every occupancy is shorter than this, which bounds the availability query (PERFORMANCE.md)
-MAX_OCCUPANCY = timedelta(days=92)  # bookings <= 30 days (+ buffer), blocks <= 90 days
 _REFERENCE_ALPHABET = "23456789ABCDEFGHJKMNPQRSTUVWXYZ"
-
-
-class VehicleUnavailable(Conflict):
-    code = "vehicle_unavailable"
-    message = "The car is not available for this whole period."
 
 
 class IdempotencyConflict(Conflict):
@@ -94,65 +90,8 @@ def rental_days(starts_at: datetime, ends_at: datetime) -> int:
 
 
 def check_period(starts_at: datetime, ends_at: datetime, *, now: datetime | None = None) -> None:
-    now = now or utcnow()
-    errors: dict[str, list[str]] = {}
-    if starts_at.tzinfo is None or ends_at.tzinfo is None:
-        errors["starts_at"] = ["Times need a time zone (ISO 8601 with an offset or Z)."]
-    elif ends_at <= starts_at:
-        errors["ends_at"] = ["The return must be after the pick-up."]
-    elif starts_at < now + MIN_LEAD:
-        errors["starts_at"] = ["Pick-up must be at least one hour from now."]
-    elif starts_at > now + BOOKING_HORIZON:
-        errors["starts_at"] = ["Bookings open up to a year ahead."]
-    elif ends_at - starts_at > timedelta(days=MAX_RENTAL_DAYS):
-        errors["ends_at"] = [f"A rental lasts at most {MAX_RENTAL_DAYS} days."]
-    if errors:
-        raise Unprocessable(details={"fields": errors})
-
-
-# ---- availability --------------------------------------------------------------------------------
-
-
-def occupied_until(vehicle: Vehicle, ends_at: datetime) -> datetime:
-    return ends_at + timedelta(minutes=vehicle.turnaround_minutes)
-
-
-# built once (see _BOOKABLE_VEHICLE below): every quote and every booking asks it
-_OVERLAP = select(VehicleOccupancy.id).where(
-    VehicleOccupancy.vehicle_id == bindparam("vehicle_id"),
-    VehicleOccupancy.starts_at < bindparam("until"),
-    VehicleOccupancy.ends_at > bindparam("starts_at"),
-    VehicleOccupancy.starts_at > bindparam("earliest"),
-).limit(1)
-_OVERLAP_OTHER = _OVERLAP.where(or_(VehicleOccupancy.booking_id.is_(None),
-                                    VehicleOccupancy.booking_id != bindparam("ignore_booking")))
-
-
-def is_free(vehicle: Vehicle, starts_at: datetime, ends_at: datetime, *, ignore_booking: int | None = None) -> bool:
-    params = {"vehicle_id": vehicle.id, "until": occupied_until(vehicle, ends_at), "starts_at": starts_at,
-              "earliest": starts_at - MAX_OCCUPANCY}
-    if ignore_booking is None:
-        return db.session.execute(_OVERLAP, params).first() is None
-    return db.session.execute(_OVERLAP_OTHER, {**params, "ignore_booking": ignore_booking}).first() is None
-
-
-def bookable() -> tuple[ColumnElement[bool], ...]:
-    """What makes a car visible and bookable: listed, not deleted, its agency active (join Agency)."""
-    return (Vehicle.status == VehicleStatus.LISTED, Vehicle.deleted_at.is_(None),
-            Agency.status == AgencyStatus.ACTIVE)
-
-
-# Built once, run with parameters: a statement built per call costs more Python than the query itself
-# (construction and cache key, PERFORMANCE.md read targets), and this one runs on every quote and booking.
-_BOOKABLE_VEHICLE = select(Vehicle).join(Agency, Agency.id == Vehicle.agency_id).where(
-    Vehicle.public_id == bindparam("public_id"), *bookable())
-
-
-def bookable_vehicle(public_id: str) -> Vehicle:
-    row = db.session.execute(_BOOKABLE_VEHICLE, {"public_id": public_id}).scalar_one_or_none()
-    if row is None:
-        raise NotFound(details={"vehicle": public_id})
-    return row
+    """A rental's period: the lead time, horizon and longest rental of ``availability.RENTAL``."""
+    availability.check_period(starts_at, ends_at, availability.RENTAL, now=now)
 
 
 def quote(vehicle_public_id: str, starts_at: datetime, ends_at: datetime) -> Quote:
@@ -161,7 +100,7 @@ def quote(vehicle_public_id: str, starts_at: datetime, ends_at: datetime) -> Quo
     days = rental_days(starts_at, ends_at)
     rental, fee, vat, total = price(vehicle.daily_price_fils, days)
     return Quote(vehicle, starts_at, ends_at, days, vehicle.daily_price_fils, rental, fee, vat, total,
-                 vehicle.deposit_fils, vehicle.currency, is_free(vehicle, starts_at, ends_at),
+                 vehicle.deposit_fils, vehicle.currency, availability.is_free(vehicle, starts_at, ends_at),
                  starts_at - FREE_CANCELLATION)
 
 
@@ -192,15 +131,6 @@ def _by_key(customer_id: int, key: str) -> Booking | None:
     return db.session.execute(
         select(Booking).where(Booking.customer_id == customer_id, Booking.idempotency_key == key)
     ).scalar_one_or_none()
-
-
-def occupancy_conflict(state: str | None) -> None:
-    """The conflict rule of every write that takes a car's time (bookings, date changes, blocks):
-    an overlap, or retries run out, is 409 ``vehicle_unavailable``; a unique clash is retried."""
-    if state in (EXCLUSION_VIOLATION, None):
-        raise VehicleUnavailable()
-    if state == UNIQUE_VIOLATION:
-        raise Retry()
 
 
 def create_booking(
@@ -247,7 +177,7 @@ def create_booking(
                 raise ConsentVersionMismatch(details={"kind": kind, "current_version": CURRENT_TEXTS[kind].version})
         ensure_cleared_to_drive(user, until=ends_at)  # KYC, licence through the return, 21+, consent
         vehicle = bookable_vehicle(vehicle_id)
-        if not is_free(vehicle, starts_at, ends_at):
+        if not availability.is_free(vehicle, starts_at, ends_at):
             # taken by a twin request with this key that committed meanwhile? then answer as it did
             replayed = replay()
             if replayed is not None:
@@ -271,9 +201,7 @@ def create_booking(
         )
         db.session.add(booking)
         db.session.flush()
-        db.session.add(VehicleOccupancy(vehicle_id=vehicle.id, starts_at=booking.starts_at,
-                                        ends_at=occupied_until(vehicle, booking.ends_at), booking_id=booking.id))
-        db.session.flush()  # the exclusion constraint speaks here
+        availability.hold(vehicle, booking.starts_at, booking.ends_at, Holder.booking(booking.id))
         _event(booking, user.id, "created", to_status=BookingStatus.PENDING_PAYMENT, total_fils=total)
         jobs.schedule("booking.expire", booking.id, due_at=booking.pay_by, dedupe_key=f"booking-expire:{booking.id}")
         audit.record(actor, "booking:create", booking, vehicle=vehicle.public_id)
@@ -285,11 +213,9 @@ def create_booking(
             return replayed
         if state == UNIQUE_VIOLATION:
             raise Retry()  # a reference collision, or the key's twin not yet visible
-        if state in (EXCLUSION_VIOLATION, None):
-            raise VehicleUnavailable()
-        return None
+        return None  # availability's rule: an overlap is 409 vehicle_unavailable
 
-    return serialised(work, on_conflict=on_conflict, contended=VehicleUnavailable)
+    return availability.serialised(work, on_conflict=on_conflict)
 
 
 def change_dates(actor: Actor, reference: str, *, starts_at: datetime, ends_at: datetime) -> Booking:
@@ -305,27 +231,21 @@ def change_dates(actor: Actor, reference: str, *, starts_at: datetime, ends_at: 
         user = db.session.get(User, booking.customer_id)
         assert user is not None
         ensure_cleared_to_drive(user, until=ends_at)
-        vehicle = db.session.get(Vehicle, booking.vehicle_id)
-        assert vehicle is not None
-        if not is_free(vehicle, starts_at, ends_at, ignore_booking=booking.id):
-            raise VehicleUnavailable()
+        vehicle = fleet.vehicle_by_id(booking.vehicle_id)
         old = {"starts_at": booking.starts_at, "ends_at": booking.ends_at, "total_fils": booking.total_fils}
-        db.session.execute(delete(VehicleOccupancy).where(VehicleOccupancy.booking_id == booking.id))
+        availability.move(vehicle, Holder.booking(booking.id), starts_at.astimezone(UTC), ends_at.astimezone(UTC))
         booking.starts_at, booking.ends_at = starts_at.astimezone(UTC), ends_at.astimezone(UTC)
         booking.days = rental_days(booking.starts_at, booking.ends_at)
         booking.daily_rate_fils = vehicle.daily_price_fils
         booking.rental_fils, booking.platform_fee_fils, booking.vat_fils, booking.total_fils = price(
             vehicle.daily_price_fils, booking.days)
         db.session.flush()
-        db.session.add(VehicleOccupancy(vehicle_id=vehicle.id, starts_at=booking.starts_at,
-                                        ends_at=occupied_until(vehicle, booking.ends_at), booking_id=booking.id))
-        db.session.flush()
         _event(booking, actor.user.id, "modified", before=old,
                after={"starts_at": booking.starts_at, "ends_at": booking.ends_at, "total_fils": booking.total_fils})
         audit.record(actor, "booking:modify", booking)
         return booking
 
-    return serialised(work, on_conflict=occupancy_conflict, contended=VehicleUnavailable)
+    return availability.serialised(work)
 
 
 def cancellation_fee(booking: Booking, *, now: datetime | None = None) -> int:
@@ -338,7 +258,7 @@ def cancellation_fee(booking: Booking, *, now: datetime | None = None) -> int:
 
 
 def _free_car(booking: Booking) -> None:
-    db.session.execute(delete(VehicleOccupancy).where(VehicleOccupancy.booking_id == booking.id))
+    availability.release(Holder.booking(booking.id))
 
 
 def cancel(actor: Actor, booking: Booking, *, reason: str, by_agency: bool = False) -> Booking:
@@ -390,13 +310,11 @@ def expire_overdue() -> None:
 # ---- loading through the owner's scope -------------------------------------------------------------
 
 
-# the customer's booking pages run these on every request: built once (see _BOOKABLE_VEHICLE)
+# the customer's booking pages run these on every request: built once, run with parameters
 _CUSTOMER_BOOKING = select(Booking).where(Booking.reference == bindparam("reference"),
                                           Booking.customer_id == bindparam("customer_id"))
 _HISTORY = (select(BookingEvent.at, BookingEvent.kind, BookingEvent.from_status, BookingEvent.to_status)
             .where(BookingEvent.booking_id == bindparam("booking_id")).order_by(BookingEvent.id))
-_VEHICLE_BRIEF = select(Vehicle.public_id, Vehicle.make, Vehicle.model, Vehicle.year, Vehicle.plate).where(
-    Vehicle.id == bindparam("vehicle_id"))
 
 
 def get_for_customer(actor: Actor, reference: str) -> Booking:
@@ -421,7 +339,7 @@ def events(booking: Booking) -> list[Any]:
 
 def vehicle_brief(vehicle_id: int) -> Any:
     """What a booking shows of its car: a row of ``public_id, make, model, year, plate``."""
-    return db.session.execute(_VEHICLE_BRIEF, {"vehicle_id": vehicle_id}).one()
+    return fleet.vehicle_brief(vehicle_id)
 
 
 def get_for_agency(actor: Actor, reference: str) -> Booking:
@@ -466,6 +384,16 @@ def today_for_agency(actor: Actor, day: date) -> dict[str, list[Booking]]:
     returns = db.session.execute(select(Booking).where(scope, live, Booking.ends_at >= lo, Booking.ends_at < hi)
                                  .order_by(Booking.ends_at)).scalars().all()
     return {"pickups": list(pickups), "returns": list(returns)}
+
+
+@fleet.before_retire
+def _no_unfinished_bookings(vehicle_id: int) -> None:
+    """A car with bookings that still hold it (pending, confirmed, under way) cannot leave the fleet."""
+    live = db.session.execute(
+        select(Booking.id).where(Booking.vehicle_id == vehicle_id, Booking.status.in_(list(states.ACTIVE))).limit(1)
+    ).first()
+    if live is not None:
+        raise fleet.VehicleHasBookings()
 
 
 def flag_agency_bookings(agency: Agency, reason: str) -> int:

@@ -16,7 +16,7 @@ from marketplace.errors import Unprocessable
 from marketplace.extensions import db
 from marketplace.kyc.service import identity_of
 from marketplace.permissions import Permission
-from marketplace.schemas import PageArgsSchema, decode_id_cursor, encode_cursor
+from marketplace.schemas import PageArgsSchema, decode_id_cursor, paginate
 from marketplace.security import current_actor, requires
 from marketplace.users.models import User
 
@@ -106,12 +106,9 @@ class Bookings(MethodView):
     @bookings_bp.response(200, s.BookingPageOut)
     def get(self, args: dict[str, Any]) -> dict[str, Any]:
         """Your bookings, newest first."""
-        items = service.list_for_customer(current_actor(), before_id=decode_id_cursor("bookings", args["cursor"]),
-                                          limit=args["limit"] + 1)
-        more = len(items) > args["limit"]
-        items = items[: args["limit"]]
-        return {"items": [booking_out(b) for b in items],
-                "page": {"next_cursor": encode_cursor("bookings", items[-1].id) if more and items else None}}
+        actor, before = current_actor(), decode_id_cursor("bookings", args["cursor"])
+        return paginate("bookings", args["limit"],
+                        lambda n: service.list_for_customer(actor, before_id=before, limit=n)).out(booking_out)
 
 
 @bookings_bp.route("/<string:reference>")
@@ -149,13 +146,9 @@ def cancel(args: dict[str, Any], reference: str) -> dict[str, Any]:
 @requires(Permission.AGENCY_BOOKING_READ)
 def agency_list(args: dict[str, Any]) -> dict[str, Any]:
     """Your agency's bookings, newest first; `day` gives that day's pick-ups and returns (Asia/Dubai)."""
-    items = service.list_for_agency(current_actor(), day=args["day"], status=args["status"],
-                                    before_id=decode_id_cursor("agency-bookings", args["cursor"]),
-                                    limit=args["limit"] + 1)
-    more = len(items) > args["limit"]
-    items = items[: args["limit"]]
-    return {"items": [agency_booking_out(b) for b in items],
-            "page": {"next_cursor": encode_cursor("agency-bookings", items[-1].id) if more and items else None}}
+    actor, before = current_actor(), decode_id_cursor("agency-bookings", args["cursor"])
+    return paginate("agency-bookings", args["limit"], lambda n: service.list_for_agency(
+        actor, day=args["day"], status=args["status"], before_id=before, limit=n)).out(agency_booking_out)
 
 
 @agency_bookings_bp.route("/<string:reference>")

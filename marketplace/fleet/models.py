@@ -64,7 +64,8 @@ class VehiclePhoto(PublicIdMixin, Model):
 
 
 class AvailabilityBlock(PublicIdMixin, Model):
-    """A period the agency takes the car off the market (maintenance, own use)."""
+    """A period the agency takes the car off the market (maintenance, own use); the car's time itself is held
+    in ``availability``'s ``vehicle_occupancies``."""
 
     __tablename__ = "availability_blocks"
 
@@ -76,23 +77,3 @@ class AvailabilityBlock(PublicIdMixin, Model):
     created_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
     created_at: Mapped[datetime]
 
-
-class VehicleOccupancy(Model):
-    """Every period a car is taken: an active booking (its turnaround buffer included) or a block.
-
-    One table for both, so one database constraint refuses every overlap. On PostgreSQL an exclusion
-    constraint (btree_gist) on ``(vehicle_id, tstzrange(starts_at, ends_at))`` does it (migration 0003);
-    on SQLite booking writes are serialised with BEGIN IMMEDIATE and the service checks first.
-    Rows are deleted when a booking is cancelled or expires, so they never block.
-    """
-
-    __tablename__ = "vehicle_occupancies"
-    __table_args__ = (Index("ix_vehicle_occupancies_vehicle_start", "vehicle_id", "starts_at", "ends_at"),)
-
-    id: Mapped[int] = mapped_column(primary_key=True)
-    vehicle_id: Mapped[int] = mapped_column(ForeignKey("vehicles.id", ondelete="CASCADE"))
-    starts_at: Mapped[datetime]
-    ends_at: Mapped[datetime]
-    booking_id: Mapped[int | None] = mapped_column(ForeignKey("bookings.id", ondelete="CASCADE"), unique=True)
-    block_id: Mapped[int | None] = mapped_column(ForeignKey("availability_blocks.id", ondelete="CASCADE"),
-                                                 unique=True)

@@ -9,6 +9,7 @@ from typing import Any
 from flask_smorest.fields import Upload
 from marshmallow import ValidationError, fields, validate, validates_schema
 
+from marketplace.availability.service import MAX_TURNAROUND_MINUTES
 from marketplace.errors import AppError
 from marketplace.fleet import service as fleet
 from marketplace.schemas import (
@@ -90,7 +91,7 @@ class VehicleIn(StrictSchema):
                                   metadata={"description": "Price per km over the limit, " + _FILS})
     fuel_policy = fields.String(load_default="full_to_full", validate=validate.OneOf(fleet.FUEL_POLICIES))
     turnaround_minutes = StrictInteger(load_default=None, allow_none=True,
-                                       validate=validate.Range(min=0, max=fleet.MAX_TURNAROUND_MINUTES),
+                                       validate=validate.Range(min=0, max=MAX_TURNAROUND_MINUTES),
                                        metadata={"description": "Gap kept free after each rental; default: "
                                                                 "the agency's"})
     status = fields.String(load_default="unlisted", validate=validate.OneOf(["listed", "unlisted", "maintenance"]),

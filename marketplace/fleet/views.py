@@ -17,7 +17,7 @@ from marketplace.fleet import service as fleet
 from marketplace.fleet.models import AvailabilityBlock, Vehicle, VehiclePhoto
 from marketplace.kyc.views import multipart
 from marketplace.permissions import Permission
-from marketplace.schemas import decode_cursor, decode_id_cursor, encode_cursor
+from marketplace.schemas import decode_cursor, decode_id_cursor, paginate
 from marketplace.security import Actor, current_actor, public, requires
 
 # GET /api/v1/vehicles, GET /api/v1/vehicles/{id} (public)
@@ -112,15 +112,13 @@ def _search_query(args: dict[str, Any]) -> fleet.SearchQuery:
 def search(args: dict[str, Any]) -> Response:
     """Cars free for the whole period, by city or by position and radius (your position is never stored)."""
     query = _search_query(args)
-    hits = fleet.search(query)
-    more = len(hits) > query.limit
-    hits = hits[: query.limit]
-    cursor = None
-    if more and hits:
-        cursor = encode_cursor("vehicles", [hits[-1].sort_key, hits[-1].row.id, _fingerprint(query)])
+    fingerprint = _fingerprint(query)
+    # search asks for limit + 1 rows itself (SearchQuery.limit is the page size)
+    page = paginate("vehicles", query.limit, lambda _: fleet.search(query),
+                    key=lambda hit: [hit.sort_key, hit.row.id, fingerprint])
     # the hottest public route: summary_out already builds exactly SearchPageOut's fields (tests validate every
     # answer against it), so the page skips marshmallow's per-field dump, a quarter of the request's CPU
-    return jsonify({"items": [summary_out(h) for h in hits], "page": {"next_cursor": cursor}})
+    return jsonify(page.out(summary_out))
 
 
 @vehicles_bp.route("/<string:vehicle_id>")
@@ -174,16 +172,13 @@ class AgencyVehicles(MethodView):
     @requires(Permission.AGENCY_VEHICLE_READ)
     def get(self, args: dict[str, Any]) -> dict[str, Any]:
         """Your agency's cars, oldest first (deleted cars are not listed)."""
-        actor = current_actor()
-        items = fleet.list_for_agency(actor, after_id=_after_id(args["cursor"]), limit=args["limit"] + 1,
-                                      status=args["status"], city=args["city"],
-                                      agency_public_id=str(args["agency"]) if args["agency"] else None)
-        more = len(items) > args["limit"]
-        items = items[: args["limit"]]
+        actor, after = current_actor(), _after_id(args["cursor"])
+        page = paginate("agency-vehicles", args["limit"], lambda n: fleet.list_for_agency(
+            actor, after_id=after, limit=n, status=args["status"], city=args["city"],
+            agency_public_id=str(args["agency"]) if args["agency"] else None))
         agencies = _agency_ids(actor)
-        photos = fleet.photos_by_vehicle(items)
-        return {"items": [agency_vehicle_out(v, agencies[v.agency_id], photos.get(v.id, [])) for v in items],
-                "page": {"next_cursor": encode_cursor("agency-vehicles", items[-1].id) if more and items else None}}
+        photos = fleet.photos_by_vehicle(page.items)
+        return page.out(lambda v: agency_vehicle_out(v, agencies[v.agency_id], photos.get(v.id, [])))
 
     @agency_fleet_bp.arguments(s.VehicleIn)
     @agency_fleet_bp.response(201, s.AgencyVehicleOut)

@@ -12,7 +12,7 @@ from marketplace.api import ApiBlueprint as Blueprint
 from marketplace.errors import Unprocessable
 from marketplace.extensions import limiter
 from marketplace.notifications import service as notifications
-from marketplace.schemas import PageArgsSchema, StatusSchema, decode_id_cursor, encode_cursor
+from marketplace.schemas import PageArgsSchema, StatusSchema, decode_id_cursor, paginate
 from marketplace.security import current_actor, pre_mfa, public
 from marketplace.users import schemas as s
 from marketplace.users import service
@@ -226,11 +226,9 @@ class Preferences(MethodView):
 def list_notifications(args: dict[str, Any]) -> dict[str, Any]:
     """Your in-app notices, newest first (cursor pagination)."""
     after = decode_id_cursor("notifications", args["cursor"])
-    items = notifications.list_in_app(current_actor().user, after_id=after, limit=args["limit"] + 1)
-    more = len(items) > args["limit"]
-    items = items[: args["limit"]]
-    return {"items": items,
-            "page": {"next_cursor": encode_cursor("notifications", items[-1].id) if more and items else None}}
+    user = current_actor().user
+    return paginate("notifications", args["limit"],
+                    lambda n: notifications.list_in_app(user, after_id=after, limit=n)).out()
 
 
 @me_bp.route("/notifications/<string:notification_id>/read", methods=["POST"])

@@ -14,9 +14,10 @@ import pytest
 from flask import current_app
 from sqlalchemy import func, select, text
 
+from marketplace.availability.models import VehicleOccupancy
 from marketplace.bookings.models import Booking
 from marketplace.extensions import db, utcnow
-from marketplace.fleet.models import Vehicle, VehicleOccupancy
+from marketplace.fleet.models import Vehicle
 from marketplace.users import sessions
 from tests.factories import booking_body, make_agency, make_vehicle, make_verified_customer
 

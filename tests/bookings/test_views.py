@@ -7,9 +7,9 @@ from datetime import timedelta
 import time_machine
 from sqlalchemy import func, select
 
+from marketplace.availability.models import VehicleOccupancy
 from marketplace.bookings.models import Booking
 from marketplace.extensions import db, utcnow
-from marketplace.fleet.models import VehicleOccupancy
 from marketplace.users.models import Consent
 from tests.conftest import drain_jobs
 from tests.factories import (

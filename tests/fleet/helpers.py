@@ -5,8 +5,9 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from marketplace.availability.models import VehicleOccupancy
 from marketplace.extensions import db, utcnow
-from marketplace.fleet.models import AvailabilityBlock, Vehicle, VehicleOccupancy
+from marketplace.fleet.models import AvailabilityBlock, Vehicle
 from marketplace.users.consent_texts import CURRENT
 from marketplace.users.models import ConsentKind
 from tests.factories import Person, actor_for

@@ -21,9 +21,10 @@ from sqlalchemy import select
 
 from marketplace.agencies.models import AgencyStatus
 from marketplace.audit import AuditEvent
+from marketplace.availability.models import VehicleOccupancy
 from marketplace.bookings.models import Booking
 from marketplace.extensions import db, utcnow
-from marketplace.fleet.models import AvailabilityBlock, Vehicle, VehicleOccupancy, VehiclePhoto
+from marketplace.fleet.models import AvailabilityBlock, Vehicle, VehiclePhoto
 from marketplace.fleet.schemas import SearchPageOut
 from marketplace.images import metadata_blocks
 from marketplace.permissions import Role

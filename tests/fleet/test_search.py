@@ -1,6 +1,6 @@
 """Public search (P-14): only cars free for the whole period, from active agencies, filtered, sorted and paged.
 
-The availability rule is ``bookings.service.is_free``: a period ``[start, end)`` needs ``[start, end + the car's
+The availability rule is ``availability.service.is_free``: a period ``[start, end)`` needs ``[start, end + the car's
 turnaround)`` clear of every occupancy (bookings hold their own buffer, blocks do not).
 """
 
@@ -20,6 +20,7 @@ from sqlalchemy import func, select
 
 from marketplace.agencies.models import AgencyStatus
 from marketplace.audit import AuditEvent
+from marketplace.availability import service as availability
 from marketplace.bookings import service as bookings
 from marketplace.extensions import db, utcnow
 from marketplace.fleet.models import Vehicle, VehiclePhoto, VehicleStatus
@@ -97,7 +98,7 @@ def test_back_to_back_and_the_turnaround_buffer(app: Flask, client: FlaskClient,
     assert not shown(t0, start - timedelta(hours=1))  # the next booking starts inside end + buffer
     # and search agrees with the booking service on every one of these
     for a, b in [(end + timedelta(hours=2), end + timedelta(days=1)), (t0, start - timedelta(hours=1))]:
-        assert shown(a, b) == bookings.is_free(car, a, b)
+        assert shown(a, b) == availability.is_free(car, a, b)
 
 
 def test_a_car_with_no_buffer_can_be_rented_back_to_back(app: Flask, client: FlaskClient, app_ctx: None) -> None:
@@ -130,7 +131,7 @@ def test_search_equals_the_booking_services_is_free(app: Flask, client: FlaskCli
     for _ in range(40):
         a = t0 + timedelta(minutes=30 * rng.randint(0, 300))
         b = a + timedelta(minutes=30 * rng.randint(1, 200))
-        expected = {c.public_id for c in cars if bookings.is_free(c, a, b)}
+        expected = {c.public_id for c in cars if availability.is_free(c, a, b)}
         assert set(ids(search(client, city="Dubai", limit=50, **period(a, b)))) == expected, (a, b)
         checked += 1
     assert checked == 40
