@@ -16,7 +16,7 @@ from typing import IO, Any
 from flask import Request, Response
 from flask.json.provider import DefaultJSONProvider
 from flask_smorest.fields import Upload
-from marshmallow import RAISE
+from marshmallow import RAISE, Schema, fields
 from webargs import core
 from webargs.flaskparser import FlaskParser
 from werkzeug.datastructures import CombinedMultiDict, MultiDict
@@ -194,6 +194,26 @@ def upload_arguments(blueprint: Any, schema: Any, **kwargs: Any) -> Callable[[An
         return parse(multipart(view))
 
     return decorator
+
+
+class ImageFormIn(StrictSchema):
+    """A staff page's upload form: its CSRF token (the gate checks it) and the image (the page asks for it)."""
+
+    csrf_token = fields.String(load_default="")
+    image = Upload(load_default=None)
+
+
+_FORM_PARSER = StrictParser()
+
+
+def read_upload_form(schema: Schema) -> dict[str, Any]:
+    """A web page's upload form, read by the one multipart parser.
+
+    Unknown fields and parts without a name are refused as on the API's upload routes: 422
+    ``unknown_field`` (the staff pages show it on the error page).
+    """
+    parsed: dict[str, Any] = _FORM_PARSER.parse(schema, location="multipart")
+    return parsed
 
 
 def image_response(data: bytes, mime: str) -> Response:

@@ -270,3 +270,43 @@ def test_every_upload_route_refuses_unknown_and_nameless_parts(
         body, content_type = _encode(valid)
         response = client.post(path, data=body, content_type=content_type, headers=headers)
         assert response.status_code == 201, (endpoint, response.get_json())
+
+
+@pytest.mark.parametrize(("extra", "unknown"), REFUSED)
+def test_the_agency_pages_upload_forms_refuse_the_same_parts(
+        app: Flask, extra: list[Part], unknown: list[str]) -> None:  # AZ-08, issue 7 item 5
+    """The agency app's upload forms go through the same parser: the same refusals, on its error page."""
+    from tests.factories import web_login
+    from tests.staff_web import error_code, page_csrf
+
+    image = ("image", "photo.jpg", photo(1200, 900))
+    with app.app_context():
+        pending = make_agency(status=AgencyStatus.PENDING)
+        active = make_agency()
+        car = make_vehicle(active)
+        forms = []
+        for agency, page, action, fields in (
+                (pending, "/agency/profile", "/agency/profile/documents", [("kind", None, b"trade_licence")]),
+                (active, f"/agency/fleet/{car.public_id}", f"/agency/fleet/{car.public_id}/photos", [])):
+            client = app.test_client()
+            web_login(client, make_staff(Role.AGENCY_OWNER, agency=agency), door="agency")
+            token = ("csrf_token", None, page_csrf(client, page).encode())
+            forms.append((client, action, [token, *fields, image]))
+        for client, action, valid in forms:
+            body, content_type = _encode([*valid, *extra])
+            response = client.post(action, data=body, content_type=content_type)
+            assert response.status_code == 422, action
+            assert error_code(response) == "unknown_field", (action, response.get_data(as_text=True)[:300])
+        for client, action, valid in forms:  # control: the form as the page sends it is taken
+            body, content_type = _encode(valid)
+            assert client.post(action, data=body, content_type=content_type).status_code == 302, action
+
+
+def test_no_view_reads_uploaded_files_but_through_the_one_parser() -> None:  # issue 7 item 5
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    readers = [str(path.relative_to(root)) for folder in ("marketplace", "agency_app")
+               for path in (root / folder).rglob("*.py") if "request.files" in path.read_text()]
+    # the unit of work rewinds every upload's stream before it retries a request; it reads none of them
+    assert readers == ["marketplace/transactions.py"]
