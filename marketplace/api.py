@@ -41,6 +41,9 @@ JSON API of the CareJar car-rental marketplace.
 * Staff tokens need a TOTP code (`POST /api/v1/auth/mfa`) before they reach anything else.
 * Unknown fields in a request are refused (`unknown_field`); times are ISO 8601 in UTC; money is in
   minor units (fils) with a currency.
+* A body that is not valid JSON, or has duplicate keys, is `400 malformed_json`; one that nests arrays or
+  objects deeper than 32 levels is `400 json_too_deep`. In a `multipart/form-data` upload, an unknown
+  field or a part without a name (named `""` in `details.unknown`) is `422 unknown_field`.
 """
 
 
