@@ -21,7 +21,9 @@ from marketplace.fleet import service as fleet
 from marketplace.fleet.models import Vehicle
 from marketplace.permissions import Permission
 from marketplace.security import Actor, current_actor, requires
+from marketplace.webhelpers import ImageFormIn, read_upload_form
 
+_PHOTO_FORM = ImageFormIn()
 _INTEGER_FIELDS = ("year", "seats", "mileage_limit_km_per_day", "turnaround_minutes")
 _AED_FIELDS = {"daily_price": "daily_price_fils", "deposit": "deposit_fils", "extra_km_price": "extra_km_fils"}
 _NUMBER_FIELDS = ("latitude", "longitude")
@@ -187,7 +189,7 @@ def fleet_photo_add(vehicle_id: str) -> Any:
     """Upload a listing photo through the image pipeline."""
     actor = current_actor()
     vehicle = fleet.get_for_agency(actor, vehicle_id[:64])
-    image = request.files.get("image")
+    image = read_upload_form(_PHOTO_FORM)["image"]
     if image is None or not image.filename:
         return _vehicle_page(vehicle.public_id, 422,
                              Unprocessable("Choose a photo to upload.", details={"fields": {"image": ["Required."]}}))

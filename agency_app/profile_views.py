@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from flask import redirect, request, url_for
+from marshmallow import fields
 
 from agency_app.views import _render, agency_bp
 from marketplace.agencies import service as agencies
@@ -17,6 +18,14 @@ from marketplace.errors import AppError
 from marketplace.extensions import db
 from marketplace.permissions import AGENCY_ROLES, Permission, Role, permissions_for
 from marketplace.security import Actor, current_actor, requires
+from marketplace.webhelpers import ImageFormIn, read_upload_form
+
+
+class _DocumentFormIn(ImageFormIn):
+    kind = fields.String(load_default="")
+
+
+_DOCUMENT_FORM = _DocumentFormIn()
 
 
 def _agency_ref(actor: Actor) -> str | None:
@@ -97,10 +106,11 @@ def profile_update() -> Any:
 @requires(Permission.AGENCY_PROFILE_WRITE)
 def profile_upload() -> Any:
     actor = current_actor()
-    image = request.files.get("image")
+    form = read_upload_form(_DOCUMENT_FORM)
+    image = form["image"]
     if image is None or not image.filename:
         return _profile_page(422, "Choose a photo of the document to upload.")
-    kind = request.form.get("kind", "")[:32]
+    kind = form["kind"][:32]
     return _attempt(lambda: agencies.upload_document(actor, _agency_ref(actor), kind, image.stream, image.mimetype),
                     _profile_page, _profile_url() + "#documents")
 

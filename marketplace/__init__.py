@@ -2,56 +2,16 @@
 
 from __future__ import annotations
 
-import io
-import json
 import uuid
-from typing import IO, Any
+from typing import Any
 
-from flask import Flask, Request, g, request
-from flask.json.provider import DefaultJSONProvider
+from flask import Flask, g, request
 from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.wrappers import Response
 
 from marketplace.config import Settings, load_settings
-from marketplace.errors import MalformedJson, PayloadTooLarge, register_error_handlers
-
-
-class _StrictJSONProvider(DefaultJSONProvider):
-    """Refuses duplicate keys: ``{"a": 1, "a": 2}`` is ambiguous, not "last one wins"."""
-
-    def loads(self, s: str | bytes, **kwargs: Any) -> Any:
-        kwargs.setdefault("object_pairs_hook", _no_duplicates)
-        kwargs.setdefault("parse_constant", _no_constants)
-        return json.loads(s, **kwargs)
-
-
-def _no_constants(name: str) -> Any:
-    """``NaN`` and ``Infinity`` are Python extensions, not JSON (RFC 8259)."""
-    raise ValueError(f"{name} is not valid JSON")
-
-
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in result:
-            raise ValueError(f"duplicate key {key!r}")
-        result[key] = value
-    return result
-
-
-class _Request(Request):
-    def on_json_loading_failed(self, e: ValueError | None) -> Any:
-        raise MalformedJson()
-
-    def _get_file_stream(
-        self,
-        total_content_length: int | None,
-        content_type: str | None,
-        filename: str | None = None,
-        content_length: int | None = None,
-    ) -> IO[bytes]:
-        """Uploads stay in memory (bounded by MAX_CONTENT_LENGTH): plaintext images never touch disk."""
-        return io.BytesIO()
+from marketplace.errors import PayloadTooLarge, register_error_handlers
+from marketplace.webhelpers import StrictJSONProvider, StrictRequest
 
 
 def create_app(overrides: dict[str, Any] | None = None, *, start_background: bool = True) -> Flask:
@@ -62,8 +22,8 @@ def create_app(overrides: dict[str, Any] | None = None, *, start_background: boo
     logs.configure(settings.log_level)
 
     app = Flask(__name__, static_folder="static", template_folder="templates")
-    app.request_class = _Request
-    app.json = _StrictJSONProvider(app)
+    app.request_class = StrictRequest
+    app.json = StrictJSONProvider(app)
     app.config.update(settings.flask_config())
     app.config["PASSWORD_HASH_PROFILE"] = (overrides or {}).get("PASSWORD_HASH_PROFILE", "default")
     if settings.trusted_proxy_count:

@@ -8,51 +8,10 @@ from typing import Any
 import flask_smorest
 from flask import Blueprint, Flask, abort, render_template, send_from_directory
 from flask_smorest import Api
-from marshmallow import RAISE
-from webargs.flaskparser import FlaskParser
-from werkzeug.datastructures import CombinedMultiDict
 from werkzeug.wrappers import Response
 
-from marketplace.errors import MalformedJson
 from marketplace.schemas import ErrorSchema
-
-
-class StrictParser(FlaskParser):
-    """Unknown query parameters are refused like unknown body fields; bad JSON gets ``malformed_json``."""
-
-    DEFAULT_UNKNOWN_BY_LOCATION = {**FlaskParser.DEFAULT_UNKNOWN_BY_LOCATION, "query": RAISE, "querystring": RAISE,
-                                   "multipart": RAISE}
-    __location_map__ = {**FlaskParser.__location_map__, "multipart": "load_multipart"}
-
-    def load_multipart(self, req: Any, schema: Any) -> Any:
-        """Form fields and files of one multipart/form-data body, read by one schema.
-
-        Two ``arguments`` (``form`` and ``files``) would parse, but OpenAPI 3 has one request body, so
-        flask-smorest documents the second as an invalid ``in: formData`` parameter.
-        """
-        return self._makeproxy(CombinedMultiDict([req.form, req.files]), schema)
-
-    def _raw_load_json(self, req: Any) -> Any:
-        from webargs import core
-
-        if not (req.mimetype == "application/json" or req.mimetype.endswith("+json")):
-            return core.missing
-        data = req.get_data(cache=True)
-        if not data:
-            return core.missing
-        try:
-            return _strict_loads(data)
-        except ValueError as exc:  # bad syntax, bad encoding, duplicate keys
-            raise MalformedJson() from exc
-
-    def _handle_invalid_json_error(self, error: Any, req: Any, *args: Any, **kwargs: Any) -> Any:
-        raise MalformedJson()
-
-
-def _strict_loads(data: bytes) -> Any:
-    from flask import current_app
-
-    return current_app.json.loads(data)
+from marketplace.webhelpers import StrictParser
 
 
 class ApiBlueprint(flask_smorest.Blueprint):
@@ -82,6 +41,9 @@ JSON API of the CareJar car-rental marketplace.
 * Staff tokens need a TOTP code (`POST /api/v1/auth/mfa`) before they reach anything else.
 * Unknown fields in a request are refused (`unknown_field`); times are ISO 8601 in UTC; money is in
   minor units (fils) with a currency.
+* A body that is not valid JSON, or has duplicate keys, is `400 malformed_json`; one that nests arrays or
+  objects deeper than 32 levels is `400 json_too_deep`. In a `multipart/form-data` upload, an unknown
+  field or a part without a name (named `""` in `details.unknown`) is `422 unknown_field`.
 """
 
 

@@ -431,3 +431,131 @@ def test_phone_numbers_take_ascii_digits_only(client):
 
     response = client.post("/api/v1/auth/register", json=registration_body(phone="+٩٧١٥٠١٢٣٤٥٦٧"))
     assert response.status_code == 422
+
+
+# ---- an error handler never fails (issue 7 item 3) --------------------------------------------------------
+
+
+def _deep_dict(levels: int) -> dict[str, Any]:
+    value: dict[str, Any] = {"x": ["Unknown field."]}
+    for _ in range(levels):
+        value = {"nested": value}
+    return value
+
+
+class _Unprintable:
+    def __str__(self) -> str:
+        raise RuntimeError("no text")
+
+
+# what a handler may meet: None and non-string keys, bytes, nested and deep objects, huge strings and numbers
+ODD_VALUES: list[Any] = [
+    None,
+    {None: ["Unknown field."], "a": ["Unknown field."]},
+    {"multipart": {None: ["Unknown field."], "image": ["Missing data for required field."], "": ["Unknown field."]}},
+    {"json": {1: ["Unknown field."], (1, 2): "x", b"key": [b"\xff\xfe"], "ok": {3: ["Unknown field."]}}},
+    {"files": "Unknown field.", "query": None, "form": [None, 1]},
+    [None, 1, b"\xff", {"a": None}],
+    b"\xff\xfe raw bytes",
+    "x" * 1_000_000,
+    {"big": 10**5000, "nan": float("nan"), "inf": float("-inf"), "set": {1, 2}, "obj": object(),
+     "bad": _Unprintable()},
+    _deep_dict(2000),
+    {"x" * 100_000: ["Unknown field."]},
+    "Unknown field.",
+    12345,
+    _Unprintable(),
+]
+
+
+def _odd_exceptions(exc_class: type[BaseException]) -> list[BaseException]:
+    from marshmallow import ValidationError
+    from werkzeug import exceptions as wz
+
+    from marketplace import errors
+
+    if issubclass(exc_class, errors.AppError):
+        headers: Any = {"X-Fine": "1", "X-None": None, "X-Split": "a\r\nSet-Cookie: x=1", 7: "seven", "é": "x"}
+        made: list[BaseException] = [errors.AppError(details=v) for v in ODD_VALUES if isinstance(v, dict)]
+        made += [errors.Unprocessable("x" * 1_000_000, headers=headers), errors.AppError(b"bytes")]  # type: ignore[arg-type]
+        return made
+    if issubclass(exc_class, ValidationError):
+        return [ValidationError(v) if v is not None else ValidationError("") for v in ODD_VALUES]
+    if issubclass(exc_class, wz.HTTPException):
+        made = []
+        for value in ODD_VALUES:
+            unprocessable = wz.UnprocessableEntity()
+            unprocessable.data = {"messages": value}  # type: ignore[attr-defined]
+            made.append(unprocessable)
+            weird = wz.UnprocessableEntity()
+            weird.data = value  # type: ignore[attr-defined]
+            made.append(weird)
+        made += [wz.TooManyRequests(retry_after=5), wz.MethodNotAllowed(valid_methods=["GET"]),
+                 wz.HTTPException("no code"), wz.ImATeapot("x" * 100_000), wz.RequestEntityTooLarge()]
+        odd_code = wz.BadRequest()
+        odd_code.code = 999
+        return [*made, odd_code]
+    return [RuntimeError("x" * 1_000_000), ValueError(b"\xff"), RecursionError(), Exception(None)]
+
+
+def _registered_handlers(app: Flask) -> list[tuple[type[BaseException], Any]]:
+    found = []
+    for by_code in app.error_handler_spec.values():
+        for handlers in by_code.values():
+            found += list(handlers.items())
+    return found
+
+
+@pytest.mark.parametrize("path", ["/api/v1/me", "/console/kyc"])
+def test_every_error_handler_answers_odd_values_with_a_well_formed_error(app, path, caplog):  # IN-05
+    handlers = _registered_handlers(app)
+    assert {cls.__name__ for cls, _ in handlers} >= {"AppError", "ValidationError", "HTTPException", "Exception"}
+    with caplog.at_level(logging.WARNING, logger="marketplace"):
+        for exc_class, handler in handlers:
+            for exc in _odd_exceptions(exc_class):
+                with app.test_request_context(path):
+                    from flask import g
+
+                    rid = g.request_id = str(uuid.uuid4())
+                    response = app.make_response(handler(exc))
+                assert 400 <= response.status_code <= 599, (exc_class, exc)
+                assert len(response.get_data()) < 200_000, (exc_class, type(exc))
+                if path.startswith("/api/"):
+                    body = json.loads(response.get_data())  # strict JSON: no NaN, no bytes
+                    assert set(body) == {"error"}
+                    err = body["error"]
+                    assert isinstance(err["code"], str) and err["code"], exc
+                    assert isinstance(err["message"], str) and isinstance(err["details"], dict)
+                    assert err["request_id"] == rid
+                    assert "\r" not in "".join(f"{k}{v}" for k, v in response.headers.items())
+                else:
+                    assert response.mimetype == "text/html"
+    # every odd value was answered by the handler itself, not by the last-resort fallback
+    assert not [r for r in caplog.records if r.getMessage() == "error handler failed"]
+
+
+def test_the_nameless_part_messages_become_a_sorted_unknown_list(app):  # AZ-08, issue 7 item 3
+    from marketplace.errors import validation_details
+
+    code, details = validation_details({"multipart": {None: ["Unknown field."], "zeta": ["Unknown field."],
+                                                      "": ["Unknown field."], 3: ["Unknown field."]}})
+    assert code == "unknown_field"
+    assert details["unknown"] == ["", "3", "zeta"]
+
+
+def test_a_handler_that_fails_answers_the_fallback_and_logs_it(app, monkeypatch, caplog):  # IN-05
+    from marketplace import errors
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("the response could not be built")
+
+    monkeypatch.setattr(errors, "jsonify", broken)
+    client = app.test_client()
+    with caplog.at_level(logging.ERROR, logger="marketplace"):
+        unknown = client.post(LOGIN, json={"email": "a@example.com", "password": "x", "role": "admin"})
+        missing = client.get("/api/v1/nothing-here")
+    assert unknown.status_code == 422 and missing.status_code == 404
+    assert error(unknown) == {"code": "validation_error", "message": errors.Unprocessable.message, "details": {},
+                              "request_id": unknown.headers["X-Request-ID"]}
+    assert error(missing)["code"] == "not_found"
+    assert [r for r in caplog.records if r.getMessage() == "error handler failed" and r.exc_info]

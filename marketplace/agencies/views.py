@@ -13,9 +13,9 @@ from marketplace.agencies import schemas as s
 from marketplace.agencies import service
 from marketplace.api import ApiBlueprint
 from marketplace.extensions import limiter
-from marketplace.kyc.views import ImageFileIn, multipart
 from marketplace.schemas import StatusSchema, decode_id_cursor, encode_cursor
 from marketplace.security import current_actor, public
+from marketplace.webhelpers import ImageFileIn, upload_arguments
 
 # POST /api/v1/agencies (public sign-up)
 agencies_bp = ApiBlueprint("agencies", __name__, url_prefix="/api/v1/agencies", description="Agency sign-up")
@@ -84,9 +84,8 @@ def list_documents(query: dict[str, Any]) -> dict[str, Any]:
 @agency_api_bp.route("/documents", methods=["POST"])
 @limiter.limit(_limit("upload_session"), key_func=_upload_key)
 @agency_api_bp.arguments(s.AgencyQueryIn, location="query")
-@agency_api_bp.arguments(AgencyDocumentUploadIn, location="multipart")
+@upload_arguments(agency_api_bp, AgencyDocumentUploadIn)
 @agency_api_bp.response(201, s.AgencyDocumentOut)
-@multipart
 def upload_document(query: dict[str, Any], args: dict[str, Any]) -> Any:
     """Owner: upload or replace a verification document photo (only before the agency is verified)."""
     image = args["image"]

@@ -15,10 +15,10 @@ from marketplace.extensions import limiter
 from marketplace.fleet import schemas as s
 from marketplace.fleet import service as fleet
 from marketplace.fleet.models import AvailabilityBlock, Vehicle, VehiclePhoto
-from marketplace.kyc.views import multipart
 from marketplace.permissions import Permission
 from marketplace.schemas import decode_cursor, decode_id_cursor, paginate
 from marketplace.security import Actor, current_actor, public, requires
+from marketplace.webhelpers import upload_arguments
 
 # GET /api/v1/vehicles, GET /api/v1/vehicles/{id} (public)
 vehicles_bp = ApiBlueprint("vehicles", __name__, url_prefix="/api/v1/vehicles", description="Search cars (public)")
@@ -228,15 +228,14 @@ def _upload_limit() -> str:
 
 @agency_fleet_bp.route("/<string:vehicle_id>/photos", methods=["POST"])
 @limiter.limit(_upload_limit, key_func=_upload_key)
-@agency_fleet_bp.arguments(s.PhotoFileIn, location="files")
+@upload_arguments(agency_fleet_bp, s.PhotoFileIn)
 @agency_fleet_bp.response(201, s.PhotoOut)
 @requires(Permission.AGENCY_VEHICLE_WRITE)
-@multipart
-def add_photo(files: dict[str, Any], vehicle_id: str) -> dict[str, Any]:
+def add_photo(args: dict[str, Any], vehicle_id: str) -> dict[str, Any]:
     """Upload a listing photo (JPEG or PNG; metadata removed, pixels re-encoded; public once listed)."""
     actor = current_actor()
     vehicle = fleet.get_for_agency(actor, vehicle_id)
-    image = files["image"]
+    image = args["image"]
     photo = fleet.add_photo(actor, vehicle, image.stream, image.mimetype)
     return {"id": photo.public_id, "url": _photo_url(vehicle.public_id, photo.public_id), "width": photo.width,
             "height": photo.height}

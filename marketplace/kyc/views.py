@@ -6,7 +6,6 @@ import hashlib
 from typing import Any
 
 from flask import Response, current_app, request
-from flask_smorest.fields import Upload
 
 from marketplace.api import ApiBlueprint
 from marketplace.errors import NotFound
@@ -14,24 +13,15 @@ from marketplace.extensions import limiter
 from marketplace.kyc import schemas as s
 from marketplace.kyc import service
 from marketplace.kyc.models import KycCase
-from marketplace.schemas import StrictSchema
 from marketplace.security import current_actor
 from marketplace.transactions import writes
+from marketplace.webhelpers import ImageFileIn, image_response, upload_arguments
 
 kyc_bp = ApiBlueprint("kyc", __name__, url_prefix="/api/v1", description="Identity verification (KYC)")
 
 
-class ImageFileIn(StrictSchema):
-    image = Upload(required=True, metadata={"description": "JPEG, PNG or WebP; metadata is removed"})
-
-
 class DocumentUploadIn(ImageFileIn, s.DocumentFormIn):
     """One multipart/form-data body: the document's ``kind`` and its ``image``."""
-
-
-def multipart(view: Any) -> Any:
-    view._accepts_multipart = True
-    return view
 
 
 def _upload_key() -> str:
@@ -85,21 +75,19 @@ def put_identity(args: dict[str, Any]) -> dict[str, Any]:
 
 @kyc_bp.route("/me/kyc/selfie", methods=["POST"])
 @limiter.limit(_upload_limit, key_func=_upload_key)
-@kyc_bp.arguments(ImageFileIn, location="files")
+@upload_arguments(kyc_bp, ImageFileIn)
 @kyc_bp.response(201, s.UploadedOut)
-@multipart
-def upload_selfie(files: dict[str, Any]) -> dict[str, Any]:
+def upload_selfie(args: dict[str, Any]) -> dict[str, Any]:
     """Upload your live selfie (needs the current face-data consent first)."""
-    image = files["image"]
+    image = args["image"]
     blob = service.upload(current_actor(), "selfie", image.stream, image.mimetype)
     return {"id": blob.public_id, "kind": blob.kind, "width": blob.width, "height": blob.height}
 
 
 @kyc_bp.route("/me/kyc/documents", methods=["POST"])
 @limiter.limit(_upload_limit, key_func=_upload_key)
-@kyc_bp.arguments(DocumentUploadIn, location="multipart")
+@upload_arguments(kyc_bp, DocumentUploadIn)
 @kyc_bp.response(201, s.UploadedOut)
-@multipart
 def upload_document(args: dict[str, Any]) -> dict[str, Any]:
     """Upload a photo of your ID document or driving licence (front or back)."""
     image = args["image"]
@@ -137,25 +125,7 @@ def my_selfie() -> dict[str, Any]:
 @kyc_bp.response(200, description="The image (JPEG), never cached", content_type="image/jpeg")
 def image(token: str) -> Response:
     """Open a signed image link once (only by the person it was issued to)."""
-    return spend_image_grant(token)
-
-
-def spend_image_grant(token: str) -> Response:
-    """Spend a grant and serve the image.
-
-    Every view writes (the grant is spent, an audit row appended) and a review page's images are fetched by
-    the browser all at once: the routes are marked ``@writes``, so on SQLite their transaction begins
-    IMMEDIATE and those requests queue for the write lock instead of failing with "database is locked".
-    """
+    # spending a grant writes (the grant, an audit row) and a page's images are fetched all at once: under
+    # ``@writes`` the transaction begins IMMEDIATE on SQLite, so those requests queue for the write lock
     data, blob = service.open_granted_image(current_actor(), token)
     return image_response(data, blob.mime)
-
-
-def image_response(data: bytes, mime: str) -> Response:
-    response = Response(data, mimetype=mime)
-    response.headers["Cache-Control"] = "no-store, max-age=0"
-    response.headers["Pragma"] = "no-cache"
-    response.headers["Content-Disposition"] = 'inline; filename="image.jpg"'
-    response.headers["Content-Security-Policy"] = "sandbox; default-src 'none'"
-    response.headers["X-Content-Type-Options"] = "nosniff"
-    return response
