@@ -87,7 +87,7 @@ class AgencyInvoiceArgs(PageArgsSchema):
     agency = fields.UUID(load_default=None, metadata={"description": "Needed only if you work for several"})
 
 
-_PDF_DOC = {"responses": {"200": {"content": {PDF: {"schema": {"type": "string", "format": "binary"}}}}}}
+_PDF_DOC = {"responses": {200: {"content": {PDF: {"schema": {"type": "string", "format": "binary"}}}}}}
 
 
 def _page(items: list[invoices.Invoice], limit: int, scope: str) -> dict[str, Any]:

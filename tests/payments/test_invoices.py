@@ -166,7 +166,7 @@ def _race(app: Flask, work: list[Any]) -> list[BaseException]:
             barrier.wait()
             try:
                 transactions.run(job)
-            except BaseException as exc:  # noqa: BLE001 - collected and asserted on below
+            except BaseException as exc:  # collected and asserted on below
                 errors.append(exc)
             finally:
                 db.session.remove()
