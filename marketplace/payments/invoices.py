@@ -451,7 +451,8 @@ def issue_credit_note(
     last = _lock_series(original.issuer_key, series)
     found = _existing(original.issuer_key, DocumentType.CREDIT_NOTE, key)
     if found is not None:
-        if found.original_id != original.id:
+        if found.original_id != original.id or (isinstance(lines_or_amount, Money)
+                                                and found.total_fils != lines_or_amount.fils):
             raise InvoiceSourceConflict(details={"number": found.number})
         return found
     left = remaining(original)

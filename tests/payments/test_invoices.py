@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import threading
+import time
 from datetime import date
 from typing import Any
 
@@ -207,6 +208,36 @@ def test_concurrent_invoices_get_consecutive_numbers(app: Flask, app_ctx: None) 
     assert numbers == [count - count // 4 + 1]
 
 
+@pytest.mark.postgres_only
+def test_without_the_row_lock_the_race_is_lost(app: Flask, app_ctx: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    # CC-06 negative control: the same race with the series read but not locked takes one number twice
+    user_id = make_customer().user_id
+    real_take = invoices._take_number
+
+    def unlocked(issuer_key: str, series: str) -> int:
+        last = db.session.execute(select(invoices.InvoiceSequence.last_number).where(
+            invoices.InvoiceSequence.issuer_key == issuer_key, invoices.InvoiceSequence.series == series)
+        ).scalar_one_or_none()
+        return int(last or 0)
+
+    def slow_take(issuer_key: str, series: str, last: int) -> int:
+        time.sleep(0.3)  # every racer has read the same last number by now
+        return real_take(issuer_key, series, last)
+
+    make_invoice(invoices.PLATFORM, make_customer().user())  # the series row exists
+    monkeypatch.setattr(invoices, "_lock_series", unlocked)
+    monkeypatch.setattr(invoices, "_take_number", slow_take)
+
+    def issue(n: int) -> Any:
+        def work() -> None:
+            invoices.issue_invoice(invoices.PLATFORM, db.session.get(User, user_id), [LineIn("Fee", Money(100))],
+                                   SUPPLY, source=("control", n))
+        return work
+
+    errors = _race(app, [issue(n) for n in range(4)])
+    assert errors, "without the lock every racer still got its own number: the test proves nothing"
+
+
 # ---- credit notes --------------------------------------------------------------------------------
 
 
@@ -247,6 +278,23 @@ def test_a_credit_note_by_line_is_limited_per_line(app_ctx: None) -> None:  # en
     assert [(line.original_line_no, line.net_fils, line.vat_fils) for line in note.lines] == [
         (2, original.lines[1].net_fils, original.lines[1].vat_fils)]
     assert invoices.remaining(original).total.fils == original.lines[0].net_fils + original.lines[0].vat_fils
+
+
+def test_the_platform_invoices_an_agency_with_its_trn(app_ctx: None) -> None:  # enforces P-23
+    agency = make_agency(name="Gulf Fleet LLC")
+    invoice = make_invoice(invoices.PLATFORM, agency, nets=(5000,))
+    doc = invoices.invoice_json(invoice)
+    assert doc["recipient"] == {"name": "Gulf Fleet LLC", "address": "Sheikh Zayed Road, Dubai, AE",
+                                "trn": agency.trn}
+    assert f"TRN: {agency.trn}" in _pdf_text(invoices.render_pdf(invoice))
+    assert invoices.list_for_agency(_owner(agency), agency) == [invoice]
+
+
+def _owner(agency: Agency) -> Any:
+    from marketplace.permissions import Role
+    from tests.factories import actor_for, make_staff
+
+    return actor_for(make_staff(Role.AGENCY_OWNER, agency=agency))
 
 
 # ---- immutable -----------------------------------------------------------------------------------
