@@ -80,6 +80,7 @@ def _import_models() -> None:
     from marketplace.kyc import models as _kyc  # noqa: F401
     from marketplace.notifications import models as _notifications  # noqa: F401
     from marketplace.notifications import service as _notification_jobs  # noqa: F401
+    from marketplace.payments import invoices as _invoices  # noqa: F401
     from marketplace.users import jobs as _user_jobs  # noqa: F401
     from marketplace.users import models as _users  # noqa: F401
     from marketplace.vault import models as _vault  # noqa: F401
@@ -112,6 +113,10 @@ def _register_routes(app: Flask) -> None:
     register_gated(app, bookings_bp, Gate(GateKind.API), api=api)
     for blueprint in (agency_api_bp, agency_fleet_bp, agency_bookings_bp):
         register_gated(app, blueprint, Gate(GateKind.API_STAFF, Permission.AGENCY_ACCESS), api=api)
+    from marketplace.payments.invoice_views import agency_invoices_bp, invoices_bp
+
+    register_gated(app, invoices_bp, Gate(GateKind.API), api=api)
+    register_gated(app, agency_invoices_bp, Gate(GateKind.API_STAFF, Permission.AGENCY_ACCESS), api=api)
 
     from marketplace.console.views import console_bp
 

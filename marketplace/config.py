@@ -83,6 +83,10 @@ class Settings:
     password_hash_workers: int = 1
     password_hash_waiting: int = 1
     password_hash_wait: timedelta = timedelta(seconds=10)
+    # the platform as the supplier on its own tax invoices (P-23): its legal name, address and TRN
+    platform_legal_name: str = "CareJar Technologies FZ-LLC"
+    platform_address: str = "Dubai Internet City, Dubai, United Arab Emirates"
+    platform_trn: str = "100000000000003"
 
     @property
     def production(self) -> bool:
@@ -212,6 +216,10 @@ def load_settings(overrides: Mapping[str, Any] | None = None) -> Settings:  # no
     if not 0 <= stripe_retries <= 10:
         raise ConfigError("STRIPE_MAX_NETWORK_RETRIES must be between 0 and 10")
 
+    platform_trn = (env.get("PLATFORM_TRN") or Settings.platform_trn).replace(" ", "").replace("-", "")
+    if not (len(platform_trn) == 15 and platform_trn.isdigit()):
+        raise ConfigError("PLATFORM_TRN must be the platform's 15-digit VAT registration number")
+
     return Settings(
         env=app_env,
         secret_key=secret_key,
@@ -257,6 +265,9 @@ def load_settings(overrides: Mapping[str, Any] | None = None) -> Settings:  # no
         password_hash_workers=max(1, _int(env, "PASSWORD_HASH_WORKERS", 1)),
         password_hash_waiting=max(0, _int(env, "PASSWORD_HASH_WAITING", 1)),
         password_hash_wait=timedelta(seconds=max(1, _int(env, "PASSWORD_HASH_WAIT_SECONDS", 10))),
+        platform_legal_name=env.get("PLATFORM_LEGAL_NAME") or Settings.platform_legal_name,
+        platform_address=env.get("PLATFORM_ADDRESS") or Settings.platform_address,
+        platform_trn=platform_trn,
     )
 
 

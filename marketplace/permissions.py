@@ -41,6 +41,7 @@ class Permission(StrEnum):
     AUDIT_READ = "console:audit:read"
     OUTBOX_READ = "console:outbox:read"
     STAFF_MANAGE = "console:staff:manage"
+    INVOICE_READ = "console:invoice:read"
     # agency app and the agency JSON API
     AGENCY_ACCESS = "agency:app:access"
     AGENCY_PROFILE_WRITE = "agency:profile:write"
@@ -51,11 +52,13 @@ class Permission(StrEnum):
     AGENCY_HANDOVER_PERFORM = "agency:handover:perform"
     AGENCY_CHARGE_CREATE = "agency:charge:create"
     AGENCY_PAYOUT_READ = "agency:payout:read"
+    AGENCY_INVOICE_READ = "agency:invoice:read"
 
 
 P = Permission
 _AGENCY_FLOOR = {P.AGENCY_ACCESS, P.AGENCY_VEHICLE_READ, P.AGENCY_BOOKING_READ, P.AGENCY_HANDOVER_PERFORM}
-_AGENCY_MANAGE = _AGENCY_FLOOR | {P.AGENCY_VEHICLE_WRITE, P.AGENCY_CHARGE_CREATE, P.AGENCY_PAYOUT_READ}
+_AGENCY_MANAGE = _AGENCY_FLOOR | {P.AGENCY_VEHICLE_WRITE, P.AGENCY_CHARGE_CREATE, P.AGENCY_PAYOUT_READ,
+                                  P.AGENCY_INVOICE_READ}
 
 ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
     Role.CUSTOMER: frozenset({P.ACCOUNT_READ, P.ACCOUNT_WRITE}),
@@ -63,10 +66,12 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
     Role.AGENCY_MANAGER: frozenset(_AGENCY_MANAGE | {P.AGENCY_STAFF_MANAGE}),
     Role.AGENCY_OWNER: frozenset(_AGENCY_MANAGE | {P.AGENCY_STAFF_MANAGE, P.AGENCY_PROFILE_WRITE}),
     Role.KYC_REVIEWER: frozenset({P.CONSOLE_ACCESS, P.KYC_CASE_READ, P.KYC_CASE_DECIDE, P.KYC_IMAGE_VIEW}),
-    Role.DISPUTES_AGENT: frozenset({P.CONSOLE_ACCESS, P.DISPUTE_DECIDE, P.KYC_IMAGE_VIEW}),
-    Role.DPO: frozenset({P.CONSOLE_ACCESS, P.PRIVACY_REQUEST_MANAGE, P.BREACH_MANAGE, P.AUDIT_READ}),
+    # invoices: disputes (evidence packs, P-24), the DPO (access requests, P-25) and admins read any
+    Role.DISPUTES_AGENT: frozenset({P.CONSOLE_ACCESS, P.DISPUTE_DECIDE, P.KYC_IMAGE_VIEW, P.INVOICE_READ}),
+    Role.DPO: frozenset({P.CONSOLE_ACCESS, P.PRIVACY_REQUEST_MANAGE, P.BREACH_MANAGE, P.AUDIT_READ, P.INVOICE_READ}),
     Role.ADMIN: frozenset(
-        {P.CONSOLE_ACCESS, P.STAFF_MANAGE, P.AGENCY_VERIFY, P.AUDIT_READ, P.OUTBOX_READ, P.BREACH_MANAGE}
+        {P.CONSOLE_ACCESS, P.STAFF_MANAGE, P.AGENCY_VERIFY, P.AUDIT_READ, P.OUTBOX_READ, P.BREACH_MANAGE,
+         P.INVOICE_READ}
     ),
 }
 

@@ -121,8 +121,10 @@ def _clean_database(app: Flask) -> None:
                 conn.execute(text("SET LOCAL session_replication_role = replica"))
                 conn.execute(text("TRUNCATE " + ", ".join(f'"{t}"' for t in tables) + " RESTART IDENTITY CASCADE"))
             else:
+                # the append-only audit log and the immutable invoices refuse DELETE by trigger
                 triggers = conn.execute(text(
-                    "SELECT name, sql FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'audit_events'"
+                    "SELECT name, sql FROM sqlite_master WHERE type = 'trigger' "
+                    "AND tbl_name IN ('audit_events', 'invoices', 'invoice_lines')"
                 )).all()
                 for name, _ in triggers:
                     conn.execute(text(f'DROP TRIGGER "{name}"'))

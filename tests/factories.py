@@ -310,3 +310,16 @@ def booking_body(
     }
     body.update(overrides)
     return body
+
+
+def make_invoice(issuer: Any, recipient: Any, *, nets: tuple[int, ...] = (30000, 3000), source: str | None = None,
+                 booking: Any = None) -> Any:
+    """A tax invoice (P-23) through the invoice service: one line per net amount in fils, VAT worked out."""
+    from marketplace.money import Money
+    from marketplace.payments import invoices
+
+    lines = [invoices.LineIn(f"Item {n}", Money(net), kind=f"item{n}") for n, net in enumerate(nets, start=1)]
+    invoice = invoices.issue_invoice(issuer, recipient, lines, date.today(),
+                                     source=("test", source or f"src-{next(_seq)}"), booking=booking)
+    db.session.commit()
+    return invoice

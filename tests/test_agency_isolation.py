@@ -27,6 +27,7 @@ from tests.factories import (
     booking_body,
     csrf_from,
     make_agency,
+    make_invoice,
     make_staff,
     make_vehicle,
     make_verified_customer,
@@ -66,14 +67,17 @@ class World:
                              headers=auth_headers(client, self.customer))
         assert booked.status_code == 201, booked.get_json()
         self.reference = booked.get_json()["reference"]
+        booking = db.session.execute(select(Booking).where(Booking.reference == self.reference)).scalar_one()
+        # agency 1's tax invoice to the customer for the rental (P-23): its number is one of agency 1's ids
+        self.invoice1 = make_invoice(self.ag1, self.customer.user(), nets=(30000,), booking=booking).number
         self.params = {"vehicle_id": self.vehicle1.public_id, "photo_id": self.photo1, "block_id": self.block1,
-                       "reference": self.reference, "user_id": self.desk1.public_id}
+                       "reference": self.reference, "user_id": self.desk1.public_id, "number": self.invoice1}
         user = self.customer.user()
         self.customer_private = [v for v in (user.email, user.phone, user.address_line1) if v]
 
     def ag1_identifiers(self) -> list[str]:
         return [self.vehicle1.public_id, self.photo1, self.block1, self.reference, self.desk1.public_id,
-                self.ag1.public_id, "First Rentals", "Lexus", "Noura"]
+                self.ag1.public_id, self.invoice1, "First Rentals", "Lexus", "Noura"]
 
     def ag1_state(self) -> Any:
         db.session.expire_all()
@@ -204,7 +208,7 @@ def test_agency_sees_no_customer_contact_address_or_payment_data(app, client, ap
         assert detail["licence"]["number"] == "DXB-778899"
     else:
         web_login(client, world.manager1, "agency")
-        for path in ("/agency/", "/agency/bookings", f"/agency/bookings/{world.reference}"):
+        for path in ("/agency/", "/agency/bookings", f"/agency/bookings/{world.reference}", "/agency/invoices"):
             page = client.get(path)
             assert page.status_code == 200, path
             text = page.get_data(as_text=True)
