@@ -32,6 +32,7 @@ from marketplace.permissions import AGENCY_ROLES, Role
 from marketplace.security import Actor, SystemActor, require_recent_auth
 from marketplace.users import mfa, passwords, sessions
 from marketplace.users.consent_texts import CURRENT as CURRENT_TEXTS
+from marketplace.users.consent_texts import ConsentText
 from marketplace.users.models import (
     AccountStatus,
     AccountType,
@@ -514,6 +515,11 @@ def _grant(user: User, kind: ConsentKind, version: str, *, device: str | None = 
     db.session.add(consent)
     db.session.flush()
     return consent
+
+
+def mit_mandate_text() -> ConsentText:
+    """The MIT mandate (P-20) as shown at booking: version, exact text and its SHA-256."""
+    return CURRENT_TEXTS[ConsentKind.MIT_MANDATE]
 
 
 def active_consent(user: User, kind: ConsentKind) -> Consent | None:
