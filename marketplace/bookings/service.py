@@ -31,7 +31,7 @@ from marketplace.kyc.service import ensure_cleared_to_drive
 from marketplace.notifications import service as notifications
 from marketplace.permissions import Permission
 from marketplace.security import Actor, require
-from marketplace.transactions import EXCLUSION_VIOLATION, UNIQUE_VIOLATION, Retry, serialised
+from marketplace.transactions import EXCLUSION_VIOLATION, UNIQUE_VIOLATION, Retry, keep, serialised
 from marketplace.users.consent_texts import CURRENT as CURRENT_TEXTS
 from marketplace.users.models import ConsentKind, User
 from marketplace.users.service import grant_consent
@@ -400,7 +400,9 @@ def ensure_payable(booking: Booking, *, now: datetime | None = None) -> None:
     """Only a pending booking inside its payment window may be paid; an overdue one expires first."""
     now = now or utcnow()
     if booking.status == BookingStatus.PENDING_PAYMENT and booking.pay_by is not None and booking.pay_by <= now:
-        expire(str(booking.id))
+        booking_id = booking.id
+        keep(lambda: expire(str(booking_id)))  # the refusal rolls back; the expiry stands
+        raise NotPayable(details={"status": BookingStatus.EXPIRED})
     if booking.status != BookingStatus.PENDING_PAYMENT:
         raise NotPayable(details={"status": booking.status})
 

@@ -35,10 +35,17 @@ def luhn(digits: str) -> bool:
     return total % 10 == 0
 
 
+_HASH = re.compile(r"^(?:[0-9a-f]{32}|[0-9a-f]{40}|[0-9a-f]{64})$")  # a digest, e.g. the mandate text's SHA-256
+
+
 def looks_like_card_number(text: str) -> bool:
+    """13-19 digits (spaces or dashes allowed between them) passing the Luhn check; card numbers never
+    start with 0 (ISO/IEC 7812), and a hex digest is not one."""
+    if _HASH.match(text):
+        return False
     for match in _DIGIT_RUN.finditer(text):
         digits = re.sub(r"[ -]", "", match.group())
-        if 13 <= len(digits) <= 19 and luhn(digits):
+        if 13 <= len(digits) <= 19 and digits[0] != "0" and luhn(digits):
             return True
     return False
 
