@@ -24,7 +24,8 @@ from marketplace.payments.models import (
     WebhookEvent,
 )
 from marketplace.payments.schemas import card_data_path, looks_like_card_number
-from tests.factories import auth_headers, make_verified_customer, pay, save_card
+from tests.conftest import drain_jobs
+from tests.factories import auth_headers, make_verified_customer, pay
 from tests.payments.helpers import raw_client, sdk_confirm_setup
 from tests.payments.test_views import _booking, _setup, assert_ledger_ok, post_event
 
@@ -123,6 +124,7 @@ def test_setup_intent_succeeded_saves_the_card_without_the_app(app, client, app_
     # localstripe sends no setup_intent.* events: a signed synthetic one, as Stripe would send
     response = post_event(client, "setup_intent.succeeded", body)
     assert response.status_code == 200 and response.get_json()["outcome"] == "applied"
+    drain_jobs(app)  # saving the card is a job (it calls Stripe), scheduled with the event row
     cards = client.get("/api/v1/me/payment-methods", headers=headers).get_json()["items"]
     assert [(c["brand"], c["last4"]) for c in cards] == [("visa", "4242")]
     # the app's own confirm afterwards finds the same card

@@ -16,6 +16,7 @@ from marketplace.extensions import db
 from marketplace.payments import service
 from marketplace.payments.errors import PaymentProviderUnavailable
 from marketplace.payments.models import MandateAcceptance, PaymentIntentRow, Refund, SavedCard
+from tests.conftest import drain_jobs
 from tests.factories import (
     auth_headers,
     book,
@@ -252,6 +253,7 @@ def test_a_late_cancellation_refunds_all_but_the_fee_and_a_late_event_never_undo
     assert pay(client, headers, reference, card).status_code == 200
     response = client.post(f"/api/v1/bookings/{reference}/cancel", json={"reason": "plans changed"}, headers=headers)
     assert response.status_code == 200, response.get_json()
+    drain_jobs(app)  # the refund and the deposit release are jobs after the commit
     booking = _booking(reference)
     fee = booking.cancellation_fee_fils
     assert 0 < fee < booking.total_fils
@@ -274,6 +276,7 @@ def test_an_early_cancellation_refunds_everything(app, client, app_ctx, stripe_g
     headers, card, reference = _setup(client, stripe_gateway, start_in_hours=96)
     assert pay(client, headers, reference, card).status_code == 200
     assert client.post(f"/api/v1/bookings/{reference}/cancel", json={"reason": "x"}, headers=headers).status_code == 200
+    drain_jobs(app)
     booking = _booking(reference)
     assert db.session.execute(select(Refund.amount_fils)).scalars().all() == [booking.total_fils]
     assert service.balance(service.Account.CUSTOMER_FUNDS, booking_id=booking.id) == 0
