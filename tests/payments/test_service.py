@@ -20,12 +20,13 @@ from marketplace.payments.models import (
     JournalEntry,
     JournalLine,
     PaymentIntentRow,
+    Refund,
     SavedCard,
     WebhookEvent,
 )
 from marketplace.payments.schemas import card_data_path, looks_like_card_number
 from tests.conftest import drain_jobs
-from tests.factories import auth_headers, make_verified_customer, pay
+from tests.factories import auth_headers, make_verified_customer, pay, save_card
 from tests.payments.helpers import raw_client, sdk_confirm_setup
 from tests.payments.test_views import _booking, _setup, assert_ledger_ok, post_event
 
@@ -245,3 +246,70 @@ def test_ledger_check_fails_on_a_planted_imbalance(app, client, app_ctx, stripe_
     db.session.commit()
     result = app.test_cli_runner().invoke(args=["ledger", "check"])
     assert result.exit_code == 1 and "does not balance" in result.output
+
+
+def test_a_refund_job_killed_after_stripe_refunded_never_refunds_twice(app, client, app_ctx, stripe_gateway):
+    # the extension replays Idempotency-Key like Stripe (stock localstripe ignores it, STRIPE.md §3.4)
+    from tests.payments.test_views import _LostAnswer
+
+    headers, card, reference = _setup(client, stripe_gateway, start_in_hours=96, deposit=0)
+    assert pay(client, headers, reference, card).status_code == 200
+    gateway = app.extensions["payments_gateway"]
+    app.extensions["payments_gateway"] = lost = _LostAnswer(gateway, "refund")
+    assert client.post(f"/api/v1/bookings/{reference}/cancel", json={"reason": "x"}, headers=headers).status_code == 200
+    drain_jobs(app)  # the job reaches Stripe, then "dies" before recording the answer
+    app.extensions["payments_gateway"] = gateway
+    assert lost.lost == 1
+    refund = db.session.execute(select(Refund)).scalar_one()
+    assert refund.state == "pending" and refund.stripe_refund_id is None
+    service.execute_refund(refund.id)  # the job again: same row, same key
+    db.session.commit()
+    stripe_refunds = raw_client(stripe_gateway).v1.refunds.list(params={"limit": 10}).data
+    assert len(stripe_refunds) == 1
+    db.session.expire_all()
+    assert db.session.get(Refund, refund.id).stripe_refund_id == stripe_refunds[0].id
+    assert_ledger_ok(app)
+
+
+# ---- nothing secret is stored (P-19) -----------------------------------------------------------------------
+
+
+_UUID = __import__("re").compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+
+
+def _leaks(app: Any, needles: list[str]) -> list[str]:
+    """Every stored cell holding one of ``needles`` or anything that looks like a card number."""
+    from sqlalchemy import text
+
+    found = []
+    with app.app_context(), db.engine.connect() as conn:
+        for table in db.metadata.sorted_tables:
+            for row in conn.execute(text(f'SELECT * FROM "{table.name}"')):  # noqa: S608 - our own table names
+                for cell in row:
+                    value = str(cell)
+                    found += [f"{table.name}: {needle}" for needle in needles if needle in value]
+                    if not _UUID.match(value) and looks_like_card_number(value):
+                        found.append(f"{table.name}: a card number")
+    return found
+
+
+def test_no_card_number_cvv_or_secret_is_stored_after_the_payment_flows(app, client, app_ctx, stripe_gateway,
+                                                                        caplog):  # enforces P-19
+    from tests.stripe_fixtures import SECRET_KEY, WEBHOOK_SECRET
+
+    headers, card, reference = _setup(client, stripe_gateway, start_in_hours=96)
+    save_card(client, headers, stripe_gateway, "5555555555554444")
+    assert pay(client, headers, reference, card).status_code == 200
+    assert client.post(f"/api/v1/bookings/{reference}/cancel", json={"reason": "x"}, headers=headers).status_code == 200
+    drain_jobs(app)
+    needles = ["4242424242424242", "5555555555554444", SECRET_KEY, WEBHOOK_SECRET, "_secret_"]  # a SetupIntent client secret
+    assert _leaks(app, needles) == []
+    assert not any(needle in caplog.text for needle in needles[:4])
+    # planted-leak control: the scan finds a card number and a secret where they should never be
+    row = db.session.execute(select(SavedCard)).scalars().first()
+    assert row is not None
+    row.brand = "4242424242424242"[:20]
+    db.session.execute(JournalEntry.__table__.update().values(memo=f"oops {SECRET_KEY}"))
+    db.session.commit()
+    leaks = _leaks(app, needles)
+    assert "saved_cards: a card number" in leaks and f"journal_entries: {SECRET_KEY}" in leaks
