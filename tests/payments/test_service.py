@@ -302,7 +302,7 @@ def test_no_card_number_cvv_or_secret_is_stored_after_the_payment_flows(app, cli
     assert pay(client, headers, reference, card).status_code == 200
     assert client.post(f"/api/v1/bookings/{reference}/cancel", json={"reason": "x"}, headers=headers).status_code == 200
     drain_jobs(app)
-    needles = ["4242424242424242", "5555555555554444", SECRET_KEY, WEBHOOK_SECRET, "_secret_"]  # a SetupIntent client secret
+    needles = ["4242424242424242", "5555555555554444", SECRET_KEY, WEBHOOK_SECRET, "_secret_"]  # _secret_: seti_
     assert _leaks(app, needles) == []
     assert not any(needle in caplog.text for needle in needles[:4])
     # planted-leak control: the scan finds a card number and a secret where they should never be
