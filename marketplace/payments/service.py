@@ -58,7 +58,8 @@ log = logging.getLogger(__name__)
 CIT_HOLD_WINDOW = timedelta(days=7)  # STRIPE.md §1.2, when the provider gives no capture_before
 MIT_HOLD_WINDOW = {"visa": timedelta(days=4, hours=18)}  # a re-hold by our job; other brands 7 days
 REHOLD_MARGIN = timedelta(hours=24)  # re-hold this long before the authorisation lapses
-STALE_AFTER = timedelta(minutes=15)  # a payment, hold or refund still open this long is asked about
+STALE_AFTER = timedelta(minutes=15)
+HOLD_FALLBACK_AFTER = timedelta(minutes=10)  # a payment, hold or refund still open this long is asked about
 LIVE_BOOKING = frozenset({BookingStatus.PENDING_PAYMENT, BookingStatus.CONFIRMED, BookingStatus.IN_PROGRESS,
                           BookingStatus.RETURNED})
 PAID_STATUSES = frozenset({BookingStatus.CONFIRMED, BookingStatus.IN_PROGRESS, BookingStatus.RETURNED,
@@ -541,6 +542,11 @@ def _on_paid(row_id: int) -> None:
     confirmed = bookings.confirm_paid(row.booking_id, payment_ref=row.stripe_intent_id or str(row_id))
     _hook("issue_for_payment", row_id)
     booking = bookings.get(row.booking_id)
+    if confirmed and booking.deposit_fils > 0:
+        # the pay request holds the deposit at once; should its answer be lost (the webhook confirmed), this
+        # job holds it later (a no-op when a hold exists), late enough not to race the request's own hold
+        jobs.schedule("payments.hold_deposit", booking.id, due_at=utcnow() + HOLD_FALLBACK_AFTER,
+                      dedupe_key=f"deposit-hold:{booking.id}:after-payment")
     if not confirmed and booking.status not in PAID_STATUSES:
         # paid after the booking expired or was cancelled: the money goes back, and people look at it
         bookings.flag_booking(booking.id, "paid after it expired or was cancelled: refunded in full")

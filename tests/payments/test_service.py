@@ -313,3 +313,26 @@ def test_no_card_number_cvv_or_secret_is_stored_after_the_payment_flows(app, cli
     db.session.commit()
     leaks = _leaks(app, needles)
     assert "saved_cards: a card number" in leaks and f"journal_entries: {SECRET_KEY}" in leaks
+
+
+def test_when_the_webhook_confirmed_a_job_holds_the_deposit_later(app, client, app_ctx, stripe_gateway):  # P-22
+    from tests.payments.test_views import _LostAnswer
+
+    headers, card, reference = _setup(client, stripe_gateway)
+    gateway = app.extensions["payments_gateway"]
+    app.extensions["payments_gateway"] = _LostAnswer(gateway, "pay_booking")
+    assert pay(client, headers, reference, card).status_code == 503
+    app.extensions["payments_gateway"] = gateway
+    intent = raw_client(stripe_gateway).v1.payment_intents.list(params={"limit": 1}).data[0].to_dict()
+    assert post_event(client, "payment_intent.succeeded", intent).status_code == 200
+    booking_id = _booking(reference).id
+    assert service.current_deposit(booking_id) is None
+    from marketplace import jobs
+
+    with time_machine.travel(utcnow() + timedelta(minutes=11), tick=False):
+        jobs.sweep()
+        drain_jobs(app)
+    db.session.expire_all()
+    deposit = service.current_deposit(booking_id)
+    assert deposit is not None and deposit.state == "held"
+    assert_ledger_ok(app)
