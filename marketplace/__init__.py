@@ -154,11 +154,12 @@ def _register_routes(app: Flask) -> None:
     for blueprint in (agency_api_bp, agency_fleet_bp, agency_bookings_bp):
         register_gated(app, blueprint, Gate(GateKind.API_STAFF, Permission.AGENCY_ACCESS), api=api)
 
-    from marketplace.payments.views import booking_payments_bp, cards_bp, webhook_bp
+    from marketplace.payments.views import agency_payouts_bp, booking_payments_bp, cards_bp, webhook_bp
 
     register_gated(app, cards_bp, Gate(GateKind.API), api=api)
     register_gated(app, booking_payments_bp, Gate(GateKind.API), api=api)
     register_gated(app, webhook_bp, Gate(GateKind.PUBLIC), api=api)  # Stripe-Signature is its gate
+    register_gated(app, agency_payouts_bp, Gate(GateKind.API_STAFF, Permission.AGENCY_ACCESS), api=api)
 
     from marketplace.console.views import console_bp
 

@@ -423,6 +423,13 @@ def confirm_paid(booking_id: int, *, payment_ref: str) -> bool:
     return True
 
 
+def completed_ids(*, ended_before: datetime, limit: int = 100) -> list[int]:
+    """Completed bookings whose rental ended before ``ended_before`` (the payouts' escrow clock)."""
+    return list(db.session.execute(select(Booking.id).where(
+        Booking.status == BookingStatus.COMPLETED, Booking.ends_at < ended_before)
+        .order_by(Booking.id).limit(limit)).scalars())
+
+
 def flag_booking(booking_id: int, reason: str) -> None:
     """Ask people to look at a booking (a deposit re-hold failed, money arrived after expiry)."""
     booking = get(booking_id)

@@ -37,3 +37,8 @@ def rehold_deposits() -> None:
 @jobs.periodic
 def reconcile() -> None:
     service.reconcile()
+
+
+@jobs.periodic
+def release_payouts() -> None:
+    service.release_payouts()

@@ -173,3 +173,32 @@ class JournalLine(Model):
     booking_id: Mapped[int | None] = mapped_column(ForeignKey("bookings.id"))
     account: Mapped[str] = mapped_column(String(32))
     amount_fils: Mapped[int] = mapped_column(Integer)
+
+
+class PayoutAccount(Model):
+    """An agency's Stripe connected account (separate charges and transfers, STRIPE.md §1.4)."""
+
+    __tablename__ = "payout_accounts"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    agency_id: Mapped[int] = mapped_column(ForeignKey("agencies.id"), unique=True)
+    stripe_account_id: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Payout(Model):
+    """A booking's money to its agency, less the platform fee and VAT, once the escrow ends (key ``transfer:<id>``)."""
+
+    __tablename__ = "payouts"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    booking_id: Mapped[int] = mapped_column(ForeignKey("bookings.id"), unique=True)
+    agency_id: Mapped[int] = mapped_column(ForeignKey("agencies.id"), index=True)
+    amount_fils: Mapped[int] = mapped_column(Integer)
+    platform_fee_fils: Mapped[int] = mapped_column(Integer)
+    idempotency_key: Mapped[str | None] = mapped_column(String(120), unique=True)
+    state: Mapped[str] = mapped_column(String(20), default="pending")  # pending | paid | failed
+    stripe_transfer_id: Mapped[str | None] = mapped_column(String(64), unique=True)
+    error_code: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    settled_at: Mapped[datetime | None]

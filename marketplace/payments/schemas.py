@@ -164,3 +164,18 @@ class MandateOut(OutSchema):
 class WebhookOut(OutSchema):
     received = fields.Boolean(required=True)
     outcome = fields.String(required=True)
+
+
+class PayoutOut(OutSchema):
+    booking = fields.String(required=True)
+    amount = fields.Integer(required=True, metadata={"description": "fils paid to the agency"})
+    platform_fee = fields.Integer(required=True, metadata={"description": "fils kept as the platform fee"})
+    currency = fields.String(required=True)
+    state = fields.String(required=True)
+    transfer_id = fields.String(allow_none=True)
+    created_at = fields.DateTime(required=True)
+    settled_at = fields.DateTime(allow_none=True)
+
+
+class PayoutListOut(OutSchema):
+    items = fields.List(fields.Nested(PayoutOut), required=True)

@@ -43,6 +43,8 @@ from marketplace.payments.models import (
     MandateAcceptance,
     PaymentCustomer,
     PaymentIntentRow,
+    Payout,
+    PayoutAccount,
     Refund,
     SavedCard,
     WebhookEvent,
@@ -58,8 +60,9 @@ log = logging.getLogger(__name__)
 CIT_HOLD_WINDOW = timedelta(days=7)  # STRIPE.md §1.2, when the provider gives no capture_before
 MIT_HOLD_WINDOW = {"visa": timedelta(days=4, hours=18)}  # a re-hold by our job; other brands 7 days
 REHOLD_MARGIN = timedelta(hours=24)  # re-hold this long before the authorisation lapses
-STALE_AFTER = timedelta(minutes=15)
-HOLD_FALLBACK_AFTER = timedelta(minutes=10)  # a payment, hold or refund still open this long is asked about
+STALE_AFTER = timedelta(minutes=15)  # a payment, hold or refund still open this long is asked about
+HOLD_FALLBACK_AFTER = timedelta(minutes=10)
+ESCROW_HOLDING = timedelta(days=3)  # after the rental completes, before the agency is paid (P-22)
 LIVE_BOOKING = frozenset({BookingStatus.PENDING_PAYMENT, BookingStatus.CONFIRMED, BookingStatus.IN_PROGRESS,
                           BookingStatus.RETURNED})
 PAID_STATUSES = frozenset({BookingStatus.CONFIRMED, BookingStatus.IN_PROGRESS, BookingStatus.RETURNED,
@@ -175,9 +178,11 @@ def ledger_check() -> LedgerReport:
     in_flight = _sum(select(func.sum(Refund.amount_fils)).where(Refund.state == RefundState.PROCESSING))
     held = _sum(select(func.sum(PaymentIntentRow.amount_fils)).where(
         PaymentIntentRow.kind == IntentKind.DEPOSIT, PaymentIntentRow.state == IntentState.HELD))
-    expected = {Account.CASH: paid + captured - refunded, Account.REFUNDS: -in_flight,
+    transferred = _sum(select(func.sum(Payout.amount_fils)).where(Payout.state == "paid"))
+    owed = _sum(select(func.sum(Payout.amount_fils)).where(Payout.state != "paid"))
+    expected = {Account.CASH: paid + captured - refunded - transferred, Account.REFUNDS: -in_flight,
                 Account.DEPOSITS_HELD: held, Account.DEPOSITS_CAPTURED: -captured,
-                Account.PAYOUTS: 0}
+                Account.PAYOUTS: -owed}
     for account, want in expected.items():
         got = balance(account)
         if got != want:
@@ -975,3 +980,91 @@ def flagged() -> list[Any]:
     intents = db.session.execute(select(PaymentIntentRow).where(PaymentIntentRow.needs_review.is_not(None))).scalars()
     refunds = db.session.execute(select(Refund).where(Refund.needs_review.is_not(None))).scalars()
     return [*intents, *refunds]
+
+
+# ---- escrow and payouts (P-22) -----------------------------------------------------------------------------
+
+
+def connect_payout_account(agency_id: int, stripe_account_id: str) -> PayoutAccount:
+    """Record the agency's onboarded connected account (the onboarding flow itself is not built yet)."""
+    row = db.session.execute(select(PayoutAccount).where(PayoutAccount.agency_id == agency_id)).scalar_one_or_none()
+    if row is None:
+        row = PayoutAccount(agency_id=agency_id, stripe_account_id=stripe_account_id)
+        db.session.add(row)
+    else:
+        row.stripe_account_id = stripe_account_id
+    db.session.flush()
+    return row
+
+
+def release_payouts(*, now: datetime | None = None, limit: int = 50) -> int:
+    """Bookings completed longer than the holding period ago: what is left of the customer's money is
+    recognised (agency's rental, platform fee, VAT) and the agency's part transferred under ``transfer:<id>``."""
+    now = now or utcnow()
+    paid_out = 0
+    for booking_id in bookings.completed_ids(ended_before=now - ESCROW_HOLDING, limit=limit):
+        payout = db.session.execute(select(Payout).where(Payout.booking_id == booking_id)).scalar_one_or_none()
+        if payout is None:
+            payout = _owe_agency(booking_id)
+        if payout is not None and payout.state == "pending":
+            paid_out += _transfer(payout.id)
+    return paid_out
+
+
+def _owe_agency(booking_id: int) -> Payout | None:
+    booking = bookings.get(booking_id)
+    paid = booking_payment(booking_id)
+    account = db.session.execute(select(PayoutAccount).where(
+        PayoutAccount.agency_id == booking.agency_id)).scalar_one_or_none()
+    if paid is None or paid.state != IntentState.SUCCEEDED or account is None:
+        return None
+    held = -balance(Account.CUSTOMER_FUNDS, booking_id=booking_id)
+    if held > 0:
+        _recognise(booking, Money(held), source=f"complete:{booking_id}")
+    owed = -balance(Account.AGENCY_PAYABLE, booking_id=booking_id)
+    if owed <= 0:
+        return None
+    payout = Payout(booking_id=booking_id, agency_id=booking.agency_id, amount_fils=owed,
+                    platform_fee_fils=-balance(Account.PLATFORM_FEE, booking_id=booking_id))
+    db.session.add(payout)
+    db.session.flush()
+    payout.idempotency_key = f"transfer:{payout.id}"
+    post("payout", f"payout:{payout.id}:owed", [(Account.AGENCY_PAYABLE, Money(owed)), (Account.PAYOUTS, -Money(owed))],
+         booking_id=booking_id, memo="agency payout due")
+    return payout
+
+
+def _transfer(payout_id: int) -> int:
+    payout = db.session.get(Payout, payout_id)
+    assert payout is not None and payout.idempotency_key is not None
+    account = db.session.execute(select(PayoutAccount.stripe_account_id).where(
+        PayoutAccount.agency_id == payout.agency_id)).scalar_one()
+    reference = bookings.get(payout.booking_id).reference
+    key, amount = payout.idempotency_key, Money(payout.amount_fils)
+    try:
+        result = outside(lambda: _gateway().transfer_to_agency(
+            account, amount, transfer_group=f"booking_{reference}", key=key, metadata={"payout": str(payout_id)}))
+    except (PaymentInvalid, IdempotencyConflict) as exc:
+        failed = db.session.get(Payout, payout_id)
+        assert failed is not None
+        failed.state, failed.error_code = "failed", exc.code
+        db.session.flush()
+        return 0
+    done = db.session.get(Payout, payout_id)
+    assert done is not None
+    if done.state != "pending":
+        return 0
+    done.state, done.stripe_transfer_id, done.settled_at = "paid", result.id, utcnow()
+    post("payout", f"payout:{payout_id}:paid", [(Account.PAYOUTS, amount), (Account.CASH, -amount)],
+         booking_id=done.booking_id, memo=f"transfer {result.id}")
+    return 1
+
+
+def payouts_for_agency(actor: Actor) -> list[Payout]:
+    require(actor, Permission.AGENCY_BOOKING_READ)
+    return list(db.session.execute(select(Payout).where(Payout.agency_id.in_(actor.agency_ids or {-1}))
+                                   .order_by(Payout.id.desc()).limit(200)).scalars())
+
+
+def booking_reference(booking_id: int) -> str:
+    return str(bookings.get(booking_id).reference)

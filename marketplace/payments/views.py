@@ -11,13 +11,16 @@ from marketplace.payments import schemas as s
 from marketplace.payments import service
 from marketplace.payments.gateway import current_gateway
 from marketplace.payments.models import PaymentIntentRow, SavedCard
-from marketplace.security import current_actor, public
+from marketplace.permissions import Permission
+from marketplace.security import current_actor, public, requires
 from marketplace.users import service as users
 
 cards_bp = ApiBlueprint("payment_methods", __name__, url_prefix="/api/v1/me/payment-methods",
                         description="Saved cards (tokenised by Stripe: brand, last four and expiry only)")
 booking_payments_bp = ApiBlueprint("booking_payments", __name__, url_prefix="/api/v1/bookings",
                                    description="Paying a booking with a saved card, and its MIT mandate")
+agency_payouts_bp = ApiBlueprint("agency_payouts", __name__, url_prefix="/api/v1/agency/payouts",
+                                 description="The agency's payout statements")
 webhook_bp = ApiBlueprint("stripe_webhook", __name__, url_prefix="/api/v1/payments",
                           description="Stripe events (public, signature-checked)")
 
@@ -118,6 +121,20 @@ def mandate(reference: str) -> dict[str, Any]:
             "text": text.text if text.sha256 == row.text_sha256 else "", "language": row.language,
             "accepted_at": row.accepted_at, "ip_address": row.ip_address, "device": row.device,
             "card": {"brand": row.card_brand, "last4": row.card_last4}}
+
+
+# ---- the agency's payouts ----------------------------------------------------------------------------------
+
+
+@agency_payouts_bp.route("", methods=["GET"])
+@agency_payouts_bp.response(200, s.PayoutListOut)
+@requires(Permission.AGENCY_BOOKING_READ)
+def agency_payouts() -> dict[str, Any]:
+    """Your agency's payouts: each completed booking's money less the platform fee, after the holding period."""
+    return {"items": [{"booking": service.booking_reference(p.booking_id), "amount": p.amount_fils,
+                       "platform_fee": p.platform_fee_fils, "currency": "AED", "state": p.state,
+                       "transfer_id": p.stripe_transfer_id, "created_at": p.created_at, "settled_at": p.settled_at}
+                      for p in service.payouts_for_agency(current_actor())]}
 
 
 # ---- Stripe's webhook (STRIPE.md §1.6) ----------------------------------------------------------------

@@ -183,10 +183,44 @@ def upgrade():
         batch_op.create_index(batch_op.f('ix_refunds_booking_id'), ['booking_id'], unique=False)
         batch_op.create_index('ix_refunds_open', ['state', 'created_at'], unique=False)
         batch_op.create_index(batch_op.f('ix_refunds_payment_id'), ['payment_id'], unique=False)
-
+    op.create_table('payout_accounts',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('agency_id', sa.Integer(), nullable=False),
+    sa.Column('stripe_account_id', sa.String(length=64), nullable=False),
+    sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
+    sa.ForeignKeyConstraint(['agency_id'], ['agencies.id'], name=op.f('fk_payout_accounts_agency_id_agencies')),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_payout_accounts')),
+    sa.UniqueConstraint('agency_id', name=op.f('uq_payout_accounts_agency_id')),
+    sa.UniqueConstraint('stripe_account_id', name=op.f('uq_payout_accounts_stripe_account_id'))
+    )
+    op.create_table('payouts',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('booking_id', sa.Integer(), nullable=False),
+    sa.Column('agency_id', sa.Integer(), nullable=False),
+    sa.Column('amount_fils', sa.Integer(), nullable=False),
+    sa.Column('platform_fee_fils', sa.Integer(), nullable=False),
+    sa.Column('idempotency_key', sa.String(length=120), nullable=True),
+    sa.Column('state', sa.String(length=20), nullable=False),
+    sa.Column('stripe_transfer_id', sa.String(length=64), nullable=True),
+    sa.Column('error_code', sa.String(length=64), nullable=True),
+    sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
+    sa.Column('settled_at', sa.DateTime(timezone=True), nullable=True),
+    sa.ForeignKeyConstraint(['agency_id'], ['agencies.id'], name=op.f('fk_payouts_agency_id_agencies')),
+    sa.ForeignKeyConstraint(['booking_id'], ['bookings.id'], name=op.f('fk_payouts_booking_id_bookings')),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_payouts')),
+    sa.UniqueConstraint('booking_id', name=op.f('uq_payouts_booking_id')),
+    sa.UniqueConstraint('idempotency_key', name=op.f('uq_payouts_idempotency_key')),
+    sa.UniqueConstraint('stripe_transfer_id', name=op.f('uq_payouts_stripe_transfer_id'))
+    )
+    with op.batch_alter_table('payouts', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_payouts_agency_id'), ['agency_id'], unique=False)
 
 
 def downgrade():
+    with op.batch_alter_table('payouts', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_payouts_agency_id'))
+    op.drop_table('payouts')
+    op.drop_table('payout_accounts')
     with op.batch_alter_table('refunds', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_refunds_payment_id'))
         batch_op.drop_index('ix_refunds_open')

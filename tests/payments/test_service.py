@@ -336,3 +336,43 @@ def test_when_the_webhook_confirmed_a_job_holds_the_deposit_later(app, client, a
     deposit = service.current_deposit(booking_id)
     assert deposit is not None and deposit.state == "held"
     assert_ledger_ok(app)
+
+
+# ---- escrow and payouts (P-22) --------------------------------------------------------------------------------
+
+
+def test_a_completed_booking_is_paid_out_after_the_holding_period_less_the_fee(app, client, app_ctx, stripe_gateway):
+    # enforces P-22; Connect transfers come from the extension's stubs (stock localstripe has none)
+    from marketplace.agencies.models import Agency
+    from marketplace.bookings.models import Booking
+    from marketplace.payments.models import Payout
+    from marketplace.permissions import Role
+    from tests.factories import make_agency, make_staff
+
+    headers, card, reference = _setup(client, stripe_gateway, deposit=0)
+    assert pay(client, headers, reference, card).status_code == 200
+    booking = _booking(reference)
+    account = raw_client(stripe_gateway).v1.accounts.create(params={"type": "express", "country": "AE"})
+    service.connect_payout_account(booking.agency_id, account.id)
+    booking.status = "completed"  # the handover and return flow is step 7's
+    db.session.commit()
+    ended = _booking(reference).ends_at
+    assert service.release_payouts(now=ended + timedelta(days=2)) == 0  # still in escrow
+    assert service.release_payouts(now=ended + timedelta(days=4)) == 1
+    db.session.commit()
+    assert service.release_payouts(now=ended + timedelta(days=5)) == 0  # a re-run pays once
+    db.session.commit()
+    payout = db.session.execute(select(Payout)).scalar_one()
+    booking = db.session.get(Booking, booking.id)
+    assert (payout.state, payout.amount_fils, payout.platform_fee_fils) == (
+        "paid", booking.rental_fils, booking.platform_fee_fils)
+    transfers = raw_client(stripe_gateway).v1.transfers.list(params={"limit": 10}).data
+    assert [(t.amount, t.destination) for t in transfers] == [(booking.rental_fils, account.id)]
+    assert service.balance(service.Account.CUSTOMER_FUNDS, booking_id=booking.id) == 0
+    assert service.balance(service.Account.PLATFORM_FEE, booking_id=booking.id) == -booking.platform_fee_fils
+    assert_ledger_ok(app)
+    staff = make_staff(Role.AGENCY_OWNER, agency=db.session.get(Agency, booking.agency_id))
+    items = client.get("/api/v1/agency/payouts", headers=auth_headers(client, staff)).get_json()["items"]
+    assert [(i["booking"], i["amount"], i["state"]) for i in items] == [(reference, booking.rental_fils, "paid")]
+    other = make_staff(Role.AGENCY_OWNER, agency=make_agency())
+    assert client.get("/api/v1/agency/payouts", headers=auth_headers(client, other)).get_json()["items"] == []
