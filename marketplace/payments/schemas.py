@@ -97,6 +97,11 @@ class CardConfirmIn(CardSafeSchema):
                                                              validate.Regexp(r"^seti_[A-Za-z0-9_]+$")])
 
 
+class CardPatchIn(CardSafeSchema):
+    is_default = fields.Boolean(required=True, validate=validate.Equal(True),
+                                metadata={"description": "true makes this card the default"})
+
+
 class CardOut(OutSchema):
     id = fields.String(required=True)
     brand = fields.String(required=True)

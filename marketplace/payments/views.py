@@ -78,6 +78,14 @@ def make_default(card_id: str) -> dict[str, Any]:
     return card_out(service.set_default_card(current_actor(), card_id))
 
 
+@cards_bp.route("/<string:card_id>", methods=["PATCH"])
+@cards_bp.arguments(s.CardPatchIn)
+@cards_bp.response(200, s.CardOut)
+def patch_card(args: dict[str, Any], card_id: str) -> dict[str, Any]:
+    """Make this card the default (the same as `POST .../{id}/default`)."""
+    return card_out(service.set_default_card(current_actor(), card_id))
+
+
 @cards_bp.route("/<string:card_id>", methods=["DELETE"])
 @cards_bp.response(204)
 def remove(card_id: str) -> tuple[str, int]:

@@ -67,6 +67,10 @@ def test_cards_are_saved_listed_by_brand_last4_expiry_made_default_and_removed(a
     assert client.post(f"/api/v1/me/payment-methods/{second}/default", headers=headers).status_code == 200
     listed = client.get("/api/v1/me/payment-methods", headers=headers).get_json()["items"]
     assert [c["is_default"] for c in listed] == [False, True]
+    assert client.patch(f"/api/v1/me/payment-methods/{first}", json={"is_default": True},
+                        headers=headers).get_json()["is_default"] is True
+    assert client.patch(f"/api/v1/me/payment-methods/{second}", json={"is_default": True},
+                        headers=headers).status_code == 200
     assert client.delete(f"/api/v1/me/payment-methods/{second}", headers=headers).status_code == 204
     listed = client.get("/api/v1/me/payment-methods", headers=headers).get_json()["items"]
     assert [(c["id"], c["is_default"]) for c in listed] == [(first, True)]
