@@ -194,9 +194,9 @@ def ledger_check() -> LedgerReport:
         .group_by(PaymentIntentRow.booking_id)).all()
     paid_by_booking = {booking_id: int(amount) for booking_id, amount in rows}
     for booking_id, amount in paid_by_booking.items():
-        if amount > bookings.get(booking_id).total_fils:
-            report.problems.append(f"booking {booking_id} was paid more than its total")
         out = _refunded(booking_id)
+        if amount - out > bookings.get(booking_id).total_fils:
+            report.problems.append(f"booking {booking_id} keeps more than its total")
         if out > amount:
             report.problems.append(f"booking {booking_id} refunds {out} exceed the {amount} paid")
         if balance(Account.CUSTOMER_FUNDS, booking_id=booking_id) > 0:
@@ -460,7 +460,12 @@ def pay_booking(actor: Actor, reference: str, *, card_public_id: str, mandate: M
         intent = outside(lambda: _gateway().pay_booking(customer_id=customer, payment_method_id=pm, amount=amount,
                                                         key=key, metadata=metadata,
                                                         transfer_group=f"booking_{reference}"))
-    except (CardDeclined, AuthenticationRequired, PaymentInvalid, IdempotencyConflict) as exc:
+    except IdempotencyConflict:
+        # a twin request under the same key is in flight, or our parameters changed: the outcome is not a
+        # failure we may record; the row stays pending for the webhook or reconciliation, and people look
+        keep(lambda: _flag_intent(row_id, "idempotency conflict on pay: check at Stripe"))
+        raise
+    except (CardDeclined, AuthenticationRequired, PaymentInvalid) as exc:
         code = getattr(exc, "decline_code", None) or exc.code
         seen, review = getattr(exc, "intent_id", None), not isinstance(exc, CardDeclined | AuthenticationRequired)
         keep(lambda: _record_failure(row_id, code, seen, review=review))
@@ -472,6 +477,10 @@ def pay_booking(actor: Actor, reference: str, *, card_public_id: str, mandate: M
     booking = bookings.get(booking_id)
     view = payment_view(booking, intent.client_secret if intent.needs_customer else None)
     return PaymentView(view.booking, view.payment, deposit or view.deposit, view.client_secret)
+
+
+def _flag_intent(row_id: int, reason: str) -> None:
+    db.session.execute(update(PaymentIntentRow).where(PaymentIntentRow.id == row_id).values(needs_review=reason))
 
 
 def _record_failure(row_id: int, code: str, intent_id: str | None, *, review: bool = False) -> None:
@@ -552,7 +561,13 @@ def _on_paid(row_id: int) -> None:
         # job holds it later (a no-op when a hold exists), late enough not to race the request's own hold
         jobs.schedule("payments.hold_deposit", booking.id, due_at=utcnow() + HOLD_FALLBACK_AFTER,
                       dedupe_key=f"deposit-hold:{booking.id}:after-payment")
-    if not confirmed and booking.status not in PAID_STATUSES:
+    others = db.session.execute(select(PaymentIntentRow.id).where(
+        PaymentIntentRow.booking_id == row.booking_id, PaymentIntentRow.kind == IntentKind.BOOKING,
+        PaymentIntentRow.state == IntentState.SUCCEEDED, PaymentIntentRow.id != row_id)).first()
+    if not confirmed and others is not None:
+        bookings.flag_booking(booking.id, "paid twice: the second payment is refunded in full")
+        create_refund(row_id, amount, reason="duplicate_payment")
+    elif not confirmed and booking.status not in PAID_STATUSES:
         # paid after the booking expired or was cancelled: the money goes back, and people look at it
         bookings.flag_booking(booking.id, "paid after it expired or was cancelled: refunded in full")
         create_refund(row_id, amount, reason="paid_after_expiry")
@@ -722,7 +737,8 @@ def create_refund(payment_row_id: int, amount: Money, *, reason: str) -> Refund 
     paid less what was already refunded."""
     payment = db.session.get(PaymentIntentRow, payment_row_id)
     assert payment is not None and payment.state == IntentState.SUCCEEDED
-    left = payment.amount_fils - _refunded(payment.booking_id)
+    left = payment.amount_fils - _sum(select(func.sum(Refund.amount_fils)).where(
+        Refund.payment_id == payment.id, Refund.state != RefundState.FAILED))
     fils = min(amount.fils, left)
     if fils <= 0:
         return None

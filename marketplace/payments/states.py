@@ -33,7 +33,9 @@ MOVES: dict[IntentState, frozenset[IntentState]] = {
     S.CAPTURED: frozenset(),
     S.RELEASED: frozenset(),
     S.LAPSED: frozenset(),
-    S.FAILED: frozenset(),
+    # Stripe's word that money moved wins over our record of a failure (a decline seen on a request whose
+    # twin succeeded): the money is recorded, and refunded if the booking was already paid
+    S.FAILED: frozenset({S.SUCCEEDED}),
 }
 
 

@@ -308,3 +308,27 @@ def post_event(client: Any, kind: str, obj: dict[str, Any], *, event_id: str | N
                                                                       timestamp=int(time.time()))
     return client.post("/api/v1/payments/stripe/webhook", data=body, content_type="application/json",
                        headers={"Stripe-Signature": signature} if signature else {})
+
+
+def test_a_second_payment_stripe_reports_for_a_paid_booking_is_refunded(app, client, app_ctx, stripe_gateway):
+    headers, card, reference = _setup(client, stripe_gateway, deposit=0)
+    assert pay(client, headers, reference, card).status_code == 200
+    first = db.session.execute(select(PaymentIntentRow)).scalar_one()
+    twin = PaymentIntentRow(booking_id=first.booking_id, kind="booking", attempt=2, idempotency_key="pay:twin",
+                            amount_fils=first.amount_fils, card_id=first.card_id, state="failed",
+                            error_code="idempotency_conflict")
+    db.session.add(twin)
+    db.session.commit()
+    pm = db.session.get(SavedCard, first.card_id).stripe_payment_method_id
+    customer = service.customer_id_for(_booking(reference).customer_id)
+    intent = raw_client(stripe_gateway).v1.payment_intents.create(params={
+        "amount": first.amount_fils, "currency": "aed", "customer": customer, "payment_method": pm,
+        "allowed_payment_method_types": ["card"], "confirm": True, "metadata": {"payment": str(twin.id)}})
+    assert post_event(client, "payment_intent.succeeded", intent.to_dict()).status_code == 200
+    drain_jobs(app)
+    db.session.expire_all()
+    assert db.session.get(PaymentIntentRow, twin.id).state == "succeeded"  # Stripe's word wins
+    refunds = db.session.execute(select(Refund)).scalars().all()
+    assert [(r.payment_id, r.amount_fils, r.state) for r in refunds] == [(twin.id, first.amount_fils, "succeeded")]
+    assert "paid twice" in (_booking(reference).flag_reason or "")
+    assert_ledger_ok(app)
