@@ -621,9 +621,12 @@ def hold_deposit(booking_id: int, *, off_session: bool = False, replaces: int | 
     try:
         intent = outside(lambda: _gateway().hold_deposit(customer_id=customer, payment_method_id=pm, amount=amount,
                                                          key=key, metadata=metadata, off_session=off_session))
-    except (CardDeclined, AuthenticationRequired, PaymentInvalid, IdempotencyConflict) as exc:
+    except IdempotencyConflict:
+        _flag_intent(row_id, "idempotency conflict on a hold: check at Stripe")  # outcome unknown: stays open
+        return db.session.get(PaymentIntentRow, row_id)
+    except (CardDeclined, AuthenticationRequired, PaymentInvalid) as exc:
         _record_failure(row_id, getattr(exc, "decline_code", None) or exc.code, getattr(exc, "intent_id", None),
-                        review=not isinstance(exc, CardDeclined | AuthenticationRequired))
+                        review=isinstance(exc, PaymentInvalid))
         if replaces is None:
             bookings.flag_booking(booking_id, f"deposit hold failed ({exc.code}): post-rental charges use the mandate")
         return db.session.get(PaymentIntentRow, row_id)
