@@ -14,7 +14,7 @@ from agency_app.profile_views import _agency_ref
 from agency_app.views import _render, agency_bp
 from marketplace.agencies import service as agencies
 from marketplace.errors import Unprocessable
-from marketplace.payments import invoices
+from marketplace.payments import service as invoices
 from marketplace.permissions import Permission
 from marketplace.schemas import decode_cursor, encode_cursor
 from marketplace.security import current_actor, requires

@@ -81,6 +81,8 @@ def _import_models() -> None:
     from marketplace.notifications import models as _notifications  # noqa: F401
     from marketplace.notifications import service as _notification_jobs  # noqa: F401
     from marketplace.payments import invoices as _invoices  # noqa: F401
+    from marketplace.payments import jobs as _payment_jobs  # noqa: F401
+    from marketplace.payments import models as _payments  # noqa: F401
     from marketplace.users import jobs as _user_jobs  # noqa: F401
     from marketplace.users import models as _users  # noqa: F401
     from marketplace.vault import models as _vault  # noqa: F401
@@ -117,6 +119,13 @@ def _register_routes(app: Flask) -> None:
 
     register_gated(app, invoices_bp, Gate(GateKind.API), api=api)
     register_gated(app, agency_invoices_bp, Gate(GateKind.API_STAFF, Permission.AGENCY_ACCESS), api=api)
+
+    from marketplace.payments.views import agency_payouts_bp, booking_payments_bp, cards_bp, webhook_bp
+
+    register_gated(app, cards_bp, Gate(GateKind.API), api=api)
+    register_gated(app, booking_payments_bp, Gate(GateKind.API), api=api)
+    register_gated(app, webhook_bp, Gate(GateKind.PUBLIC), api=api)  # Stripe-Signature is its gate
+    register_gated(app, agency_payouts_bp, Gate(GateKind.API_STAFF, Permission.AGENCY_ACCESS), api=api)
 
     from marketplace.console.views import console_bp
 

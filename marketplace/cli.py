@@ -23,10 +23,11 @@ staff_cli = AppGroup("staff", help="Staff accounts.")
 audit_cli = AppGroup("audit", help="The hash-chained audit log.")
 jobs_cli = AppGroup("jobs", help="Background workers and the durable-work sweeper.")
 demo_cli = AppGroup("demo", help="Demo data for a local run.")
+ledger_cli = AppGroup("ledger", help="The double-entry payments ledger.")
 
 
 def register(app: Flask) -> None:
-    for group in (staff_cli, audit_cli, jobs_cli, demo_cli, keys_cli):
+    for group in (staff_cli, audit_cli, jobs_cli, demo_cli, keys_cli, ledger_cli):
         app.cli.add_command(group)
 
 
@@ -71,6 +72,24 @@ def unlock_mfa(email: str) -> None:
     except NotFound as exc:
         raise click.ClickException("No staff account uses this e-mail.") from exc
     click.echo(f"MFA of {email} is unlocked." if was_locked else f"MFA of {email} was not locked.")
+
+
+# ---- ledger --------------------------------------------------------------------------------------
+
+
+@ledger_cli.command("check")
+def check_ledger() -> None:
+    """Prove the journal balances and agrees with the payment, refund and booking rows; exit 1 if not."""
+    from marketplace.payments import service as payments
+
+    with unit_of_work():
+        report = payments.ledger_check()
+    if report.ok:
+        click.echo(f"ledger ok: {report.entries} entries balance and match the payment rows")
+        return
+    for problem in report.problems:
+        click.echo(f"ledger problem: {problem}", err=True)
+    sys.exit(1)
 
 
 # ---- audit ---------------------------------------------------------------------------------------

@@ -355,6 +355,28 @@ def unit_of_work() -> Iterator[UnitOfWork]:
         g.pop(_G_KEY, None)
 
 
+def outside(call: Callable[[], T]) -> T:
+    """Commit the unit's work so far, run ``call`` with no transaction open, then go on in a fresh one.
+
+    For a request to an outside system that must follow a durable row: a Stripe call carries an
+    idempotency key derived from a payment row, so that row is committed first (a crash during the call
+    leaves the row, and the retry reuses its key), and no database lock is held while Stripe answers.
+    The unit then carries on: what follows is committed at the edge as usual, and a failure rolls back only
+    what came after this point (record a refusal's outcome with ``keep``). ``call`` must use plain values
+    read before: touching an ORM object here would open a transaction again. Outside any unit of work
+    (a test or a shell calling a service) the caller's transaction is committed."""
+    unit = current()
+    if unit is not None:
+        kept, unit.kept = unit.kept, []
+        for func in kept:
+            func()
+    _commit()
+    result = call()
+    if unit is not None:
+        unit.begin()
+    return result
+
+
 def apart(func: Callable[[Session], object]) -> None:
     """Run ``func(session)`` in a short transaction on a connection of its own and commit it. For a write
     outside any unit of work that must not touch its caller's transaction (a refusal in a shell)."""

@@ -94,7 +94,7 @@ def make_vehicle(agency: Agency, **fields: Any) -> Vehicle:
         year=2024, category=fields.pop("category", "economy"), plate=f"DXB T {n:05d}", seats=5,
         transmission="automatic", city=fields.pop("city", "Dubai"), latitude=Decimal("25.2"),
         longitude=Decimal("55.27"), daily_price_fils=fields.pop("daily_price_fils", 15000),
-        deposit_fils=100000, status=fields.pop("status", VehicleStatus.LISTED), **fields,
+        deposit_fils=fields.pop("deposit_fils", 100000), status=fields.pop("status", VehicleStatus.LISTED), **fields,
     )
     db.session.add(vehicle)
     db.session.commit()
@@ -323,3 +323,39 @@ def make_invoice(issuer: Any, recipient: Any, *, nets: tuple[int, ...] = (30000,
                                      source=("test", source or f"src-{next(_seq)}"), booking=booking)
     db.session.commit()
     return invoice
+
+
+def mandate_acceptance() -> dict[str, Any]:
+    """What the app sends when the customer ticked the MIT mandate box under its exact text (P-20)."""
+    text = CURRENT[ConsentKind.MIT_MANDATE]
+    return {"version": text.version, "text_sha256": text.sha256, "accepted": True}
+
+
+def save_card(client: FlaskClient, headers: dict[str, str], server: Any, number: str = "4242424242424242") -> str:
+    """Save a card the way the app does: start the setup, let the "SDK" confirm it with localstripe (the card
+    number goes there, never to us), then tell the API. Returns the saved card's id."""
+    from marketplace.payments.gateway import CardSetup
+    from tests.payments.helpers import sdk_confirm_setup
+
+    started = client.post("/api/v1/me/payment-methods/setup", headers=headers)
+    assert started.status_code == 201, started.get_json()
+    data = started.get_json()
+    status, body = sdk_confirm_setup(server, CardSetup(data["setup_intent_id"], "requires_payment_method",
+                                                       data["client_secret"]), number)
+    assert status == 200, body
+    saved = client.post("/api/v1/me/payment-methods", json={"setup_intent_id": data["setup_intent_id"]},
+                        headers=headers)
+    assert saved.status_code == 201, saved.get_json()
+    return str(saved.get_json()["id"])
+
+
+def book(client: FlaskClient, headers: dict[str, str], vehicle: Vehicle, **overrides: Any) -> str:
+    """A pending booking through the API; returns its reference."""
+    response = client.post("/api/v1/bookings", json=booking_body(vehicle, **overrides), headers=headers)
+    assert response.status_code == 201, response.get_json()
+    return str(response.get_json()["reference"])
+
+
+def pay(client: FlaskClient, headers: dict[str, str], reference: str, card_id: str) -> Any:
+    return client.post(f"/api/v1/bookings/{reference}/pay", headers=headers,
+                       json={"payment_method_id": card_id, "mit_mandate": mandate_acceptance()})

@@ -20,7 +20,7 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import pytest
 
@@ -133,3 +133,17 @@ def stock_localstripe_server() -> Iterator[LocalStripe]:
 def stock_localstripe(stock_localstripe_server: LocalStripe) -> LocalStripe:
     stock_localstripe_server.reset()
     return stock_localstripe_server
+
+
+@pytest.fixture
+def stripe_gateway(app: Any, localstripe: LocalStripe) -> Iterator[LocalStripe]:
+    """The app's gateway pointed at this test's (emptied) localstripe; the previous one restored after."""
+    previous = app.extensions.get("payments_gateway")
+    app.extensions["payments_gateway"] = localstripe.gateway()
+    try:
+        yield localstripe
+    finally:
+        if previous is None:
+            app.extensions.pop("payments_gateway", None)
+        else:
+            app.extensions["payments_gateway"] = previous

@@ -37,6 +37,7 @@ from schemathesis.specs.openapi.checks import (
 
 from marketplace.extensions import db
 from tests import factories
+from tests.stripe_fixtures import localstripe, localstripe_server, stripe_gateway  # noqa: F401 - fixtures
 
 CHECKS = [not_a_server_error, response_schema_conformance, content_type_conformance, negative_data_rejection]
 MAX_EXAMPLES = 25  # per operation and generation mode (positive, negative)
@@ -232,6 +233,7 @@ def test_fuzz_every_operation_unauthenticated(app: Flask, client: FlaskClient, a
     assert cases > 0
 
 
+@pytest.mark.usefixtures("stripe_gateway")  # payment operations reach a real localstripe: a card setup is a 201
 def test_fuzz_every_operation_as_a_customer(
     app: Flask, client: FlaskClient, api_schema: Any, customer_headers: Callable[[], dict[str, str]],
 ) -> None:  # IN-03

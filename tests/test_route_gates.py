@@ -37,6 +37,7 @@ PUBLIC_ROUTES: frozenset[tuple[str, str]] = frozenset({
     ("/api/v1/vehicles", "GET"),
     ("/api/v1/vehicles/<string:vehicle_id>", "GET"),
     ("/api/v1/vehicles/<string:vehicle_id>/photos/<string:photo_id>", "GET"),
+    ("/api/v1/payments/stripe/webhook", "POST"),  # Stripe's events: the signature on the raw body is the gate
     ("/api/v1/agencies", "POST"),  # an agency applies to join (P-12); verified by staff before going live
     ("/console/login", "GET"),
     ("/console/login", "POST"),

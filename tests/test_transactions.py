@@ -183,6 +183,25 @@ def writing_get() -> Any:
     return {"immediate": unit.immediate}
 
 
+@edge_bp.post("/outside")
+def outside_call() -> Any:
+    _work("before-call")
+
+    def call() -> str:  # an outside system's request (Stripe): its key's row is already durable
+        probe.calls["in-transaction"] += int(db.session().in_transaction())
+        probe.calls["seen-by-others"] += _actions(edge_app_ref[0])["test:work"]
+        return "answered"
+
+    answer = transactions.outside(call)
+    _work("after-call")
+    if probe.fail_times:
+        raise Forbidden()
+    return {"answer": answer}
+
+
+edge_app_ref: list[Flask] = []
+
+
 @pytest.fixture(scope="module")
 def edge_app(app: Flask, app_overrides: dict[str, Any]) -> Iterator[Flask]:
     from marketplace import create_app
@@ -190,6 +209,7 @@ def edge_app(app: Flask, app_overrides: dict[str, Any]) -> Iterator[Flask]:
     second = create_app(app_overrides, start_background=False)
     second.config["TESTING"] = True
     register_gated(second, edge_bp, Gate(GateKind.PUBLIC))
+    edge_app_ref[:] = [app]
     yield second
     with second.app_context():
         db.engine.dispose()
@@ -205,6 +225,19 @@ def edge(edge_app: Flask) -> Iterator[Any]:
 def _actions(app: Flask) -> Counter[str]:
     with app.app_context():
         return Counter(db.session.execute(select(AuditEvent.action)).scalars())
+
+
+def test_outside_commits_the_rows_first_and_calls_with_no_transaction_open(app: Flask, edge: Any) -> None:
+    # STRIPE.md §1.5: the row carrying an idempotency key is committed before the call that uses the key
+    assert edge.post("/edge-probe/outside").get_json() == {"answer": "answered"}
+    assert probe.calls["in-transaction"] == 0 and probe.calls["seen-by-others"] == 1
+    assert _actions(app) == {"test:work": 2}
+
+
+def test_a_failure_after_outside_rolls_back_only_what_came_after(app: Flask, edge: Any) -> None:
+    probe.fail_times = 1
+    assert edge.post("/edge-probe/outside").status_code == 403
+    assert _actions(app) == {"test:work": 1}  # the row before the call stays: its key must outlive a crash
 
 
 def test_a_view_that_answers_is_committed_once(app: Flask, edge: Any) -> None:

@@ -558,3 +558,11 @@ def reinstate(actor: Actor, public_id: str, note: str | None = None) -> Agency:
     _notify(agency, "agency_reinstated")
     audit.record(actor, "agency:reinstate", agency, note=" ".join((note or "").split())[:300] or None)
     return agency
+
+
+def agency_by_id(agency_id: int) -> Agency:
+    """An agency known by database id (another area holding a foreign key, e.g. a booking's supplier)."""
+    agency = db.session.get(Agency, agency_id)
+    if agency is None:
+        raise NotFound()
+    return agency

@@ -11,6 +11,7 @@ import hashlib
 import json
 import math
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import TYPE_CHECKING, Any
@@ -32,7 +33,7 @@ from marketplace.kyc.service import ensure_cleared_to_drive
 from marketplace.notifications import service as notifications
 from marketplace.permissions import Permission
 from marketplace.security import Actor, require
-from marketplace.transactions import UNIQUE_VIOLATION, Retry
+from marketplace.transactions import UNIQUE_VIOLATION, Retry, keep
 from marketplace.users.consent_texts import CURRENT as CURRENT_TEXTS
 from marketplace.users.models import ConsentKind, User
 from marketplace.users.service import grant_consent
@@ -257,6 +258,16 @@ def cancellation_fee(booking: Booking, *, now: datetime | None = None) -> int:
     return min(booking.total_fils, price(booking.daily_rate_fils, 1)[3])
 
 
+# what must happen when a booking is cancelled, registered by the areas above (payments refunds per the
+# policy): bookings may not import them (layers), so they register here; each runs in the cancel's unit
+_CANCEL_LISTENERS: list[Callable[[Booking], None]] = []
+
+
+def on_cancelled(func: Callable[[Booking], None]) -> Callable[[Booking], None]:
+    _CANCEL_LISTENERS.append(func)
+    return func
+
+
 def _free_car(booking: Booking) -> None:
     availability.release(Holder.booking(booking.id))
 
@@ -279,7 +290,72 @@ def cancel(actor: Actor, booking: Booking, *, reason: str, by_agency: bool = Fal
                          context={"user": customer, "booking": booking, "fee": fee, "by_agency": by_agency})
     db.session.flush()
     audit.record(actor, "booking:cancel", booking, fee_fils=fee, by_agency=by_agency)
+    for listener in _CANCEL_LISTENERS:
+        listener(booking)
     return booking
+
+
+# ---- payment (the payments area calls these) ------------------------------------------------------
+
+
+def locked(booking_id: int) -> Booking:
+    """The booking, row-locked for the rest of the transaction (PostgreSQL; SQLite writers are serialised)."""
+    booking = db.session.execute(select(Booking).where(Booking.id == booking_id).with_for_update()).scalar_one()
+    return booking
+
+
+def get(booking_id: int) -> Booking:
+    booking = db.session.get(Booking, booking_id)
+    if booking is None:
+        raise NotFound()
+    return booking
+
+
+class NotPayable(Conflict):
+    code = "booking_not_payable"
+    message = "This booking is not awaiting payment (it may have expired or been cancelled)."
+
+
+def ensure_payable(booking: Booking, *, now: datetime | None = None) -> None:
+    """Only a pending booking inside its payment window may be paid; an overdue one expires first."""
+    now = now or utcnow()
+    if booking.status == BookingStatus.PENDING_PAYMENT and booking.pay_by is not None and booking.pay_by <= now:
+        booking_id = booking.id
+        keep(lambda: expire(str(booking_id)))  # the refusal rolls back; the expiry stands
+        raise NotPayable(details={"status": BookingStatus.EXPIRED})
+    if booking.status != BookingStatus.PENDING_PAYMENT:
+        raise NotPayable(details={"status": booking.status})
+
+
+def confirm_paid(booking_id: int, *, payment_ref: str) -> bool:
+    """pending_payment -> confirmed once the booking money is captured; True only for the call that moved it.
+
+    Whichever comes first (the API answer or the webhook) confirms; the other finds it confirmed. A booking
+    that expired or was cancelled meanwhile is not revived: False, and the caller refunds."""
+    booking = locked(booking_id)
+    if booking.status != BookingStatus.PENDING_PAYMENT:
+        return False
+    booking.status = BookingStatus.CONFIRMED
+    _event(booking, None, "status", from_status=BookingStatus.PENDING_PAYMENT, to_status=BookingStatus.CONFIRMED,
+           payment=payment_ref)
+    db.session.flush()
+    audit.record(None, "booking:confirm", booking, payment=payment_ref)
+    return True
+
+
+def completed_ids(*, ended_before: datetime, limit: int = 100) -> list[int]:
+    """Completed bookings whose rental ended before ``ended_before`` (the payouts' escrow clock)."""
+    return list(db.session.execute(select(Booking.id).where(
+        Booking.status == BookingStatus.COMPLETED, Booking.ends_at < ended_before)
+        .order_by(Booking.id).limit(limit)).scalars())
+
+
+def flag_booking(booking_id: int, reason: str) -> None:
+    """Ask people to look at a booking (a deposit re-hold failed, money arrived after expiry)."""
+    booking = get(booking_id)
+    booking.flagged_at = utcnow()
+    booking.flag_reason = reason[:200]
+    db.session.flush()
 
 
 @jobs.handler("booking.expire")

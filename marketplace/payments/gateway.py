@@ -178,6 +178,7 @@ class PaymentGateway(Protocol):
     def transfer_to_agency(self, account_id: str, amount: Money, *, transfer_group: str, key: str,
                            source_charge_id: str | None = None,
                            metadata: Mapping[str, str] | None = None) -> TransferResult: ...
+    def retrieve_refund(self, refund_id: str) -> RefundResult: ...
     def verify_webhook(self, raw_body: bytes, signature_header: str | None) -> dict[str, Any]: ...
 
 
@@ -364,10 +365,12 @@ class Gateway:
             raise ValueError("refund a charge (ch_) or a payment intent (pi_)")
         with _stripe_errors("refund", key):
             refund = self._client.v1.refunds.create(params=params, options={"idempotency_key": key})
-        data = _plain(refund)
-        return RefundResult(id=data["id"], status=data.get("status") or "pending",
-                            amount=Money(int(data["amount"])), charge_id=_id(data.get("charge")),
-                            pending_reason=data.get("pending_reason"))
+        return refund_from(_plain(refund))
+
+    def retrieve_refund(self, refund_id: str) -> RefundResult:
+        with _stripe_errors("retrieve_refund"):
+            refund = self._client.v1.refunds.retrieve(refund_id)
+        return refund_from(_plain(refund))
 
     def transfer_to_agency(self, account_id: str, amount: Money, *, transfer_group: str, key: str,
                            source_charge_id: str | None = None,
@@ -445,6 +448,17 @@ def _id(value: Any) -> str | None:
 
 def _money(value: Any) -> Money | None:
     return Money(int(value)) if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def intent_from(data: Mapping[str, Any]) -> Intent:
+    """A PaymentIntent from a verified webhook event's ``data.object`` (either shape, as below)."""
+    return _intent(data)
+
+
+def refund_from(data: Mapping[str, Any]) -> RefundResult:
+    """A Refund from Stripe's answer or a verified event's ``data.object``."""
+    return RefundResult(id=data["id"], status=data.get("status") or "pending", amount=Money(int(data["amount"])),
+                        charge_id=_id(data.get("charge")), pending_reason=data.get("pending_reason"))
 
 
 def _intent(data: Mapping[str, Any]) -> Intent:

@@ -625,3 +625,71 @@ def invoice_json(invoice: Invoice) -> dict[str, Any]:
 def render_pdf(invoice: Invoice) -> bytes:
     """The invoice as a PDF (fpdf2), with the same fields as ``invoice_json``."""
     return invoice_pdf.render(invoice_json(invoice))
+
+
+# ---- the payment flows' documents ---------------------------------------------------------------------------
+
+BOOKING_PAYMENT = "booking_payment"
+BOOKING_REFUND = "booking_refund"
+
+
+def _booking_breakdown(booking: Booking) -> Breakdown:
+    """The booking's quote as lines (rental, platform fee), with the VAT split it was quoted with."""
+    return money.taxed([("rental", Money(booking.rental_fils)), ("platform_fee", Money(booking.platform_fee_fils))])
+
+
+def issue_for_booking_payment(payment_row_id: int, booking: Booking, recipient: User, agency: Agency) -> list[Invoice]:
+    """P-23: a captured booking payment gets two tax invoices for exactly what was quoted: the agency's for
+    the rental (the agency supplies the car) and the platform's for its booking fee. Idempotent per payment
+    (a webhook after the API answer finds them issued). An agency without a TRN and address on file cannot
+    issue a tax invoice: the platform's is still issued and the booking is left for people to look at
+    (the caller flags it). Flushes, never commits."""
+    breakdown = _booking_breakdown(booking)
+    if breakdown.vat.fils != booking.vat_fils or breakdown.total.fils != booking.total_fils:
+        raise ValueError(f"booking {booking.reference}: its stored VAT or total disagrees with its quote")
+    supply = booking.starts_at.replace(tzinfo=booking.starts_at.tzinfo or BUSINESS_TZ).astimezone(BUSINESS_TZ).date()
+    source = (BOOKING_PAYMENT, payment_row_id)
+    issued: list[Invoice] = []
+    rental = breakdown.line("rental")
+    if rental.net.fils > 0 and can_issue(agency):
+        days = (booking.rental_fils // booking.daily_rate_fils
+                if booking.daily_rate_fils and booking.rental_fils % booking.daily_rate_fils == 0 else 1)
+        issued.append(issue_invoice(agency, recipient,
+                                    [LineIn.from_line(rental, f"Car rental, booking {booking.reference}",
+                                                      quantity=max(days, 1))],
+                                    supply, source=source, booking=booking))
+    fee = breakdown.line("platform_fee")
+    if fee.net.fils > 0:
+        issued.append(issue_invoice(PLATFORM, recipient,
+                                    [LineIn.from_line(fee, f"Booking service fee, booking {booking.reference}")],
+                                    supply, source=source, booking=booking))
+    return issued
+
+
+def can_issue(agency: Agency) -> bool:
+    """Whether an agency has what a tax invoice needs from its supplier (TRN and address)."""
+    supplier = agency_party(agency)
+    return bool(supplier.trn and supplier.address)
+
+
+def credit_for_booking_refund(refund_row_id: int, payment_row_id: int, amount: Money, reason: str) -> list[Invoice]:
+    """A settled refund of a booking payment: credit notes against that payment's invoices, the amount shared
+    over rental and fee in the booking's proportions (as the ledger recognises it), each capped at what is
+    left of its invoice. Idempotent per refund. Flushes, never commits."""
+    originals = db.session.execute(
+        select(Invoice).where(Invoice.source_kind == BOOKING_PAYMENT, Invoice.source_ref == str(payment_row_id),
+                              Invoice.doc_type == DocumentType.INVOICE).order_by(Invoice.id)
+    ).scalars().all()
+    if not originals:
+        return []
+    whole = Money(sum(inv.total_fils for inv in originals))
+    part = amount if amount <= whole else whole
+    shares = Breakdown(tuple(Line(inv.issuer_key, Money(inv.net_fils), Money(inv.vat_fils)) for inv in originals))
+    split = shares.portion(part)
+    notes: list[Invoice] = []
+    for inv, line in zip(originals, split.lines, strict=True):
+        left = remaining(inv).total
+        credit = line.gross if line.gross <= left else left
+        if credit.fils > 0:
+            notes.append(issue_credit_note(inv, credit, reason, source=(BOOKING_REFUND, refund_row_id)))
+    return notes

@@ -32,6 +32,7 @@ from marketplace.permissions import AGENCY_ROLES, Role
 from marketplace.security import Actor, SystemActor, require_recent_auth
 from marketplace.users import mfa, passwords, sessions
 from marketplace.users.consent_texts import CURRENT as CURRENT_TEXTS
+from marketplace.users.consent_texts import ConsentText
 from marketplace.users.models import (
     AccountStatus,
     AccountType,
@@ -516,6 +517,11 @@ def _grant(user: User, kind: ConsentKind, version: str, *, device: str | None = 
     return consent
 
 
+def mit_mandate_text() -> ConsentText:
+    """The MIT mandate (P-20) as shown at booking: version, exact text and its SHA-256."""
+    return CURRENT_TEXTS[ConsentKind.MIT_MANDATE]
+
+
 def active_consent(user: User, kind: ConsentKind) -> Consent | None:
     return db.session.execute(
         select(Consent)
@@ -774,3 +780,11 @@ def unlock_staff_mfa(email: str) -> tuple[User, bool]:
 def public_id_of(user_id: int) -> str | None:
     """The public id of a user known by database id (another area holding a foreign key asks this)."""
     return db.session.execute(select(User.public_id).where(User.id == user_id)).scalar_one_or_none()
+
+
+def user_by_id(user_id: int) -> User:
+    """A user known by database id (another area holding a foreign key, e.g. an invoice's recipient)."""
+    user = db.session.get(User, user_id)
+    if user is None:
+        raise NotFound()
+    return user

@@ -1,7 +1,7 @@
 """payments: tax invoices and credit notes (P-23)
 
 Revision ID: 0010
-Revises: 0008
+Revises: 0009
 Create Date: 2026-12-02 17:08:56
 
 - invoice_sequences: the last number of each issuer's series (INV, CN); its row is locked to number an
@@ -26,7 +26,7 @@ $$ LANGUAGE plpgsql
 
 # revision identifiers, used by Alembic.
 revision = '0010'
-down_revision = '0008'
+down_revision = '0009'
 branch_labels = None
 depends_on = None
 

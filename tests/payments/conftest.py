@@ -6,4 +6,5 @@ from tests.stripe_fixtures import (  # noqa: F401 - pytest fixtures
     localstripe_server,
     stock_localstripe,
     stock_localstripe_server,
+    stripe_gateway,
 )

@@ -126,6 +126,7 @@ class FakeStripe:
         self._intents: dict[str, _Intent] = {}
         self._charges: dict[str, _Charge] = {}
         self._transfers: dict[str, TransferResult] = {}
+        self._refunds: dict[str, RefundResult] = {}
         self._accounts: set[str] = set()
         self._keys: dict[str, tuple[str, datetime, Any]] = {}
         self._faults: list[bool] = []
@@ -323,11 +324,20 @@ class FakeStripe:
                 raise PaymentInvalid(stripe_code="amount_too_large", param="amount")
             charge.refunded += fils
             result = RefundResult(self._new("re"), "succeeded", Money(fils), charge.id)
+            self._refunds[result.id] = result
             self._emit("charge.refunded", {"id": charge.id, "object": "charge", "amount_refunded": charge.refunded,
                                            "payment_intent": charge.intent_id})
             return result
 
         return self._call("refund", key, (charge_or_intent, fils, dict(metadata or {})), refund)
+
+    def retrieve_refund(self, refund_id: str) -> RefundResult:
+        def read() -> RefundResult:
+            if refund_id not in self._refunds:
+                raise PaymentInvalid(stripe_code="resource_missing")
+            return self._refunds[refund_id]
+
+        return self._read("retrieve_refund", read)
 
     def transfer_to_agency(self, account_id: str, amount: Money, *, transfer_group: str, key: str,
                            source_charge_id: str | None = None,

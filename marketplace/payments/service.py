@@ -1,0 +1,1105 @@
+"""Payment rules: saved cards (P-19), the MIT mandate (P-20), paying a booking, deposits (P-22), refunds,
+webhooks, reconciliation and the double-entry ledger.
+
+Every Stripe call follows the same three steps (``transactions.outside``): the row that carries the call's
+idempotency key is committed first, Stripe is asked with no transaction open, and the answer is recorded
+in the next transaction of the same unit of work. A crash anywhere leaves a row whose key replays the same
+call; webhooks and the reconciliation job settle what the API answer did not. States only move forward
+(``states.MOVES``), so a late or repeated event changes nothing.
+
+Tax invoices (P-23, ``invoices.py``) are issued in the same transaction as the payment's capture is
+recorded (the agency's for the rental, the platform's for its fee), and a settled refund gets its credit
+notes in the transaction that records it settled.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import func, select, update
+
+from marketplace import jobs, money
+from marketplace.agencies import service as agencies
+from marketplace.bookings import service as bookings
+from marketplace.bookings.states import BookingStatus
+from marketplace.errors import Conflict, Forbidden, NotFound, Unprocessable
+from marketplace.extensions import db, utcnow
+from marketplace.money import Money
+from marketplace.payments import invoices
+from marketplace.payments.errors import (
+    AuthenticationRequired,
+    CardDeclined,
+    IdempotencyConflict,
+    PaymentInvalid,
+    PaymentProviderUnavailable,
+)
+from marketplace.payments.gateway import Intent, IntentStatus, current_gateway, intent_from, refund_from
+from marketplace.payments.models import (
+    CardSetup,
+    JournalEntry,
+    JournalLine,
+    MandateAcceptance,
+    PaymentCustomer,
+    PaymentIntentRow,
+    Payout,
+    PayoutAccount,
+    Refund,
+    SavedCard,
+    WebhookEvent,
+)
+from marketplace.payments.states import OPEN, Account, IntentKind, IntentState, RefundState, may_move
+from marketplace.permissions import Permission
+from marketplace.security import Actor, require
+from marketplace.transactions import UNIQUE_VIOLATION, keep, outside, serialised
+from marketplace.users import service as users
+
+log = logging.getLogger(__name__)
+
+CIT_HOLD_WINDOW = timedelta(days=7)  # STRIPE.md §1.2, when the provider gives no capture_before
+MIT_HOLD_WINDOW = {"visa": timedelta(days=4, hours=18)}  # a re-hold by our job; other brands 7 days
+REHOLD_MARGIN = timedelta(hours=24)  # re-hold this long before the authorisation lapses
+STALE_AFTER = timedelta(minutes=15)  # a payment, hold or refund still open this long is asked about
+HOLD_FALLBACK_AFTER = timedelta(minutes=10)
+ESCROW_HOLDING = timedelta(days=3)  # after the rental completes, before the agency is paid (P-22)
+LIVE_BOOKING = frozenset({BookingStatus.PENDING_PAYMENT, BookingStatus.CONFIRMED, BookingStatus.IN_PROGRESS,
+                          BookingStatus.RETURNED})
+PAID_STATUSES = frozenset({BookingStatus.CONFIRMED, BookingStatus.IN_PROGRESS, BookingStatus.RETURNED,
+                           BookingStatus.COMPLETED})
+
+# the invoices area plugs in here (see the module docstring): name -> function(row id)
+
+
+class PaymentMethodInUse(Conflict):
+    code = "payment_method_in_use"
+    message = "This card secures a live booking or an unpaid charge and cannot be removed now."
+
+
+class CardSetupIncomplete(Conflict):
+    code = "card_setup_incomplete"
+    message = "The card has not been confirmed with the bank yet."
+
+
+class MandateNotAccepted(Unprocessable):
+    code = "mandate_not_accepted"
+    message = "Accept the current post-rental charges (MIT) mandate, exactly as shown."
+
+
+class PaymentInProgress(Conflict):
+    code = "payment_in_progress"
+    message = "A payment for this booking is still being processed. Try again shortly."
+
+
+class StaffCannotPay(Forbidden):
+    code = "booking_not_allowed"
+    message = "Only customer accounts have saved cards and pay bookings."
+
+
+def _gateway() -> Any:
+    return current_gateway()
+
+
+def _invoice_payment(row_id: int, booking_id: int) -> None:
+    """P-23: the captured payment's tax invoices (idempotent per payment row)."""
+    booking = bookings.get(booking_id)
+    agency = agencies.agency_by_id(booking.agency_id)
+    invoices.issue_for_booking_payment(row_id, booking, users.user_by_id(booking.customer_id), agency)
+    if booking.rental_fils > 0 and not invoices.can_issue(agency):
+        bookings.flag_booking(booking_id, "no rental tax invoice: the agency has no TRN or address on file")
+
+
+def _credit_refund(refund: Refund) -> None:
+    """P-23: credit notes for a settled refund against the payment's invoices (idempotent per refund)."""
+    invoices.credit_for_booking_refund(refund.id, refund.payment_id, Money(refund.amount_fils),
+                                       "Refund of booking payment")
+
+
+# ---- keys: derived from our rows, never random (STRIPE.md §1.5) ----------------------------------------------
+
+
+def pay_key(booking_id: int, attempt: int) -> str:
+    return f"pay:{booking_id}:attempt:{attempt}"
+
+
+def hold_key(booking_id: int, attempt: int) -> str:
+    return f"deposit:{booking_id}:hold:{attempt}"
+
+
+# ---- the ledger -----------------------------------------------------------------------------------------------
+
+
+def post(kind: str, source: str, lines: list[tuple[Account, Money]], *, booking_id: int | None,
+         memo: str = "") -> bool:
+    """One balanced entry (debits positive, credits negative); posting the same ``source`` twice does nothing."""
+    if sum(amount.fils for _, amount in lines) != 0:
+        raise ValueError(f"unbalanced entry {source}")
+    if db.session.execute(select(JournalEntry.id).where(JournalEntry.source == source)).first() is not None:
+        return False
+    entry = JournalEntry(kind=kind, source=source, booking_id=booking_id, memo=memo)
+    db.session.add(entry)
+    db.session.flush()
+    for account, amount in lines:
+        if amount.fils:
+            db.session.add(JournalLine(entry_id=entry.id, booking_id=booking_id, account=account,
+                                       amount_fils=amount.fils))
+    db.session.flush()
+    return True
+
+
+def balance(account: Account, *, booking_id: int | None = None) -> int:
+    stmt = select(func.coalesce(func.sum(JournalLine.amount_fils), 0)).where(JournalLine.account == account)
+    if booking_id is not None:
+        stmt = stmt.where(JournalLine.booking_id == booking_id)
+    return int(db.session.execute(stmt).scalar_one())
+
+
+@dataclass
+class LedgerReport:
+    entries: int = 0
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def _sum(stmt: Any) -> int:
+    return int(db.session.execute(stmt).scalar_one() or 0)
+
+
+def ledger_check() -> LedgerReport:
+    """The books balance, and agree with the payment, refund and booking rows (``flask ledger check``)."""
+    report = LedgerReport(entries=_sum(select(func.count()).select_from(JournalEntry)))
+    unbalanced = db.session.execute(
+        select(JournalLine.entry_id).group_by(JournalLine.entry_id).having(func.sum(JournalLine.amount_fils) != 0)
+    ).scalars().all()
+    report.problems += [f"entry {entry_id} does not balance" for entry_id in unbalanced]
+    total = _sum(select(func.coalesce(func.sum(JournalLine.amount_fils), 0)))
+    if total != 0:
+        report.problems.append(f"the journal sums to {total}, not 0")
+    paid = _sum(select(func.sum(PaymentIntentRow.amount_fils)).where(
+        PaymentIntentRow.kind == IntentKind.BOOKING, PaymentIntentRow.state == IntentState.SUCCEEDED))
+    captured = _sum(select(func.sum(PaymentIntentRow.captured_fils)).where(
+        PaymentIntentRow.kind == IntentKind.DEPOSIT, PaymentIntentRow.state == IntentState.CAPTURED))
+    refunded = _sum(select(func.sum(Refund.amount_fils)).where(Refund.state == RefundState.SUCCEEDED))
+    in_flight = _sum(select(func.sum(Refund.amount_fils)).where(Refund.state == RefundState.PROCESSING))
+    held = _sum(select(func.sum(PaymentIntentRow.amount_fils)).where(
+        PaymentIntentRow.kind == IntentKind.DEPOSIT, PaymentIntentRow.state == IntentState.HELD))
+    transferred = _sum(select(func.sum(Payout.amount_fils)).where(Payout.state == "paid"))
+    owed = _sum(select(func.sum(Payout.amount_fils)).where(Payout.state != "paid"))
+    expected = {Account.CASH: paid + captured - refunded - transferred, Account.REFUNDS: -in_flight,
+                Account.DEPOSITS_HELD: held, Account.DEPOSITS_CAPTURED: -captured,
+                Account.PAYOUTS: -owed}
+    for account, want in expected.items():
+        got = balance(account)
+        if got != want:
+            report.problems.append(f"{account} is {got}, the rows say {want}")
+    # per booking: never refunded above what was paid; what customers paid is all accounted for
+    rows = db.session.execute(
+        select(PaymentIntentRow.booking_id, func.sum(PaymentIntentRow.amount_fils))
+        .where(PaymentIntentRow.kind == IntentKind.BOOKING, PaymentIntentRow.state == IntentState.SUCCEEDED)
+        .group_by(PaymentIntentRow.booking_id)).all()
+    paid_by_booking = {booking_id: int(amount) for booking_id, amount in rows}
+    for booking_id, amount in paid_by_booking.items():
+        out = _refunded(booking_id)
+        if amount - out > bookings.get(booking_id).total_fils:
+            report.problems.append(f"booking {booking_id} keeps more than its total")
+        if out > amount:
+            report.problems.append(f"booking {booking_id} refunds {out} exceed the {amount} paid")
+        if balance(Account.CUSTOMER_FUNDS, booking_id=booking_id) > 0:
+            report.problems.append(f"booking {booking_id} customer funds are positive")
+    for booking_id in db.session.execute(select(MandateAcceptance.booking_id).distinct()).scalars():
+        status = bookings.get(booking_id).status
+        if status in PAID_STATUSES and booking_id not in paid_by_booking:
+            report.problems.append(f"booking {booking_id} is {status} without a captured payment")
+    return report
+
+
+# ---- customers and saved cards (P-19) ---------------------------------------------------------------------
+
+
+def _customer_only(actor: Actor) -> None:
+    require(actor, Permission.ACCOUNT_WRITE)
+    if actor.is_staff:
+        raise StaffCannotPay()
+
+
+def customer_id_for(user_id: int) -> str | None:
+    row = db.session.execute(select(PaymentCustomer).where(PaymentCustomer.user_id == user_id)).scalar_one_or_none()
+    return row.stripe_customer_id if row is not None else None
+
+
+def _ensure_customer(actor: Actor) -> str:
+    user_id, user_ref, email = actor.user.id, actor.user.public_id, actor.user.email
+    found = customer_id_for(user_id)
+    if found:
+        return found
+    if db.session.execute(select(PaymentCustomer.id).where(PaymentCustomer.user_id == user_id)).first() is None:
+        db.session.add(PaymentCustomer(user_id=user_id))
+        db.session.flush()
+    key = f"customer:{user_id}"
+    stripe_id = outside(lambda: _gateway().ensure_customer(user_ref, email, key=key))
+    row = db.session.execute(select(PaymentCustomer).where(PaymentCustomer.user_id == user_id)).scalar_one()
+    row.stripe_customer_id = stripe_id
+    db.session.flush()
+    return str(stripe_id)
+
+
+@dataclass(frozen=True)
+class SetupStarted:
+    setup_intent_id: str
+    client_secret: str
+
+
+def start_card_setup(actor: Actor) -> SetupStarted:
+    """A SetupIntent (off-session use) for the customer's SDK to confirm with Stripe directly."""
+    _customer_only(actor)
+    customer = _ensure_customer(actor)
+    user_id, user_ref = actor.user.id, actor.user.public_id
+    setup = CardSetup(user_id=user_id)
+    db.session.add(setup)
+    db.session.flush()
+    setup_id = setup.id
+    started = outside(lambda: _gateway().start_card_setup(
+        customer, key=f"setup:{setup_id}", metadata={"setup": str(setup_id), "user": user_ref}))
+    row = db.session.get(CardSetup, setup_id)
+    assert row is not None
+    row.stripe_setup_intent_id = started.setup_intent_id
+    row.status = started.status
+    db.session.flush()
+    return SetupStarted(started.setup_intent_id, started.client_secret)
+
+
+def complete_card_setup(actor: Actor, setup_intent_id: str) -> SavedCard:
+    """After the SDK confirmed it: read the SetupIntent, attach the card if Stripe did not, keep its details."""
+    _customer_only(actor)
+    setup = db.session.execute(select(CardSetup).where(
+        CardSetup.user_id == actor.user.id, CardSetup.stripe_setup_intent_id == setup_intent_id)).scalar_one_or_none()
+    if setup is None:
+        raise NotFound()
+    return save_card_from_setup(setup.id)
+
+
+def save_card_from_setup(setup_id: int) -> SavedCard:
+    """Idempotent: the API confirm and the ``setup_intent.succeeded`` job both end here."""
+    setup = db.session.get(CardSetup, setup_id)
+    assert setup is not None
+    if setup.card_id is not None:
+        card = db.session.get(SavedCard, setup.card_id)
+        assert card is not None
+        return card
+    user_id, seti = setup.user_id, setup.stripe_setup_intent_id
+    customer = customer_id_for(user_id)
+    if seti is None or customer is None:
+        raise CardSetupIncomplete()
+    outcome = outside(lambda: _gateway().card_setup_outcome(seti))
+    if outcome.status != "succeeded" or not outcome.payment_method_id:
+        raise CardSetupIncomplete(details={"status": outcome.status})
+    pm = outcome.payment_method_id
+    details = outside(lambda: _gateway().attach_if_needed(pm, customer, key=f"attach:{setup_id}"))
+    card = db.session.execute(select(SavedCard).where(
+        SavedCard.stripe_payment_method_id == details.payment_method_id)).scalar_one_or_none()
+    if card is None:
+        has_default = db.session.execute(select(SavedCard.id).where(
+            SavedCard.user_id == user_id, SavedCard.removed_at.is_(None), SavedCard.is_default)).first() is not None
+        card = SavedCard(user_id=user_id, stripe_payment_method_id=details.payment_method_id, brand=details.brand,
+                         last4=details.last4, exp_month=details.exp_month, exp_year=details.exp_year,
+                         is_default=not has_default)
+        db.session.add(card)
+        db.session.flush()
+    setup = db.session.get(CardSetup, setup_id)
+    assert setup is not None
+    setup.card_id, setup.status = card.id, "succeeded"
+    db.session.flush()
+    return card
+
+
+def list_cards(actor: Actor) -> list[SavedCard]:
+    return list(db.session.execute(select(SavedCard).where(
+        SavedCard.user_id == actor.user.id, SavedCard.removed_at.is_(None)).order_by(SavedCard.id)).scalars())
+
+
+def card_for(actor: Actor, public_id: str) -> SavedCard:
+    card = db.session.execute(select(SavedCard).where(
+        SavedCard.public_id == public_id, SavedCard.user_id == actor.user.id,
+        SavedCard.removed_at.is_(None))).scalar_one_or_none()
+    if card is None:
+        raise NotFound()
+    return card
+
+
+def set_default_card(actor: Actor, public_id: str) -> SavedCard:
+    _customer_only(actor)
+    chosen = card_for(actor, public_id)
+    for card in list_cards(actor):
+        card.is_default = card.id == chosen.id
+    db.session.flush()
+    return chosen
+
+
+def _card_in_use(card_id: int) -> bool:
+    open_intent = db.session.execute(select(PaymentIntentRow.id).where(
+        PaymentIntentRow.card_id == card_id,
+        PaymentIntentRow.state.in_([*OPEN, IntentState.HELD]))).first()
+    if open_intent is not None:
+        return True
+    booking_ids = set(db.session.execute(select(MandateAcceptance.booking_id).where(
+        MandateAcceptance.card_id == card_id)).scalars())
+    # a returned booking keeps its card for post-rental charges (P-20: within 90 days of the return)
+    return any(bookings.get(booking_id).status in LIVE_BOOKING for booking_id in booking_ids)
+
+
+def remove_card(actor: Actor, public_id: str) -> None:
+    """Refused while a live booking or an open payment needs the card; else detached at Stripe and hidden."""
+    _customer_only(actor)
+    card = card_for(actor, public_id)
+    if _card_in_use(card.id):
+        raise PaymentMethodInUse()
+    card_id, pm = card.id, card.stripe_payment_method_id
+    outside(lambda: _gateway().detach_card(pm, key=f"detach:{card_id}"))
+    removed = db.session.get(SavedCard, card_id)
+    assert removed is not None
+    was_default = removed.is_default
+    removed.removed_at, removed.is_default = utcnow(), False
+    db.session.flush()
+    if was_default:
+        remaining = list_cards(actor)
+        if remaining:
+            remaining[0].is_default = True
+            db.session.flush()
+
+
+# ---- paying a booking ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PaymentView:
+    booking: Any
+    payment: PaymentIntentRow | None
+    deposit: PaymentIntentRow | None
+    client_secret: str | None = None
+
+
+def _intents(booking_id: int, kind: IntentKind) -> list[PaymentIntentRow]:
+    return list(db.session.execute(select(PaymentIntentRow).where(
+        PaymentIntentRow.booking_id == booking_id, PaymentIntentRow.kind == kind)
+        .order_by(PaymentIntentRow.attempt)).scalars())
+
+
+def booking_payment(booking_id: int) -> PaymentIntentRow | None:
+    """The latest attempt to pay the booking (the succeeded one if any)."""
+    rows = _intents(booking_id, IntentKind.BOOKING)
+    paid = [row for row in rows if row.state == IntentState.SUCCEEDED]
+    return paid[-1] if paid else (rows[-1] if rows else None)
+
+
+def current_deposit(booking_id: int) -> PaymentIntentRow | None:
+    rows = _intents(booking_id, IntentKind.DEPOSIT)
+    live = [row for row in rows if row.state in (IntentState.HELD, *OPEN)]
+    return live[-1] if live else (rows[-1] if rows else None)
+
+
+def payment_view(booking: Any, client_secret: str | None = None) -> PaymentView:
+    return PaymentView(booking, booking_payment(booking.id), current_deposit(booking.id), client_secret)
+
+
+def payment_status(actor: Actor, reference: str) -> PaymentView:
+    return payment_view(bookings.get_for_customer(actor, reference))
+
+
+def mandate_for(actor: Actor, reference: str) -> MandateAcceptance:
+    """The customer's own mandate acceptance for a booking (the latest one), shown back to them (P-20)."""
+    booking = bookings.get_for_customer(actor, reference)
+    row = db.session.execute(select(MandateAcceptance).where(
+        MandateAcceptance.booking_id == booking.id, MandateAcceptance.user_id == actor.user.id)
+        .order_by(MandateAcceptance.id.desc()).limit(1)).scalar_one_or_none()
+    if row is None:
+        raise NotFound()
+    return row
+
+
+@dataclass(frozen=True)
+class MandateShown:
+    """What the customer's app showed and the customer actively accepted (an unticked box they ticked)."""
+
+    version: str
+    text_sha256: str
+    ip_address: str | None = None
+    user_agent: str | None = None
+    device: str | None = None
+    channel: str = "app"
+    language: str = "en"
+
+
+def pay_booking(actor: Actor, reference: str, *, card_public_id: str, mandate: MandateShown) -> PaymentView:
+    """Pay a pending booking with a saved card, accepting the MIT mandate; confirms it exactly once."""
+    _customer_only(actor)
+    booking = bookings.get_for_customer(actor, reference)
+    booking_id, total = booking.id, booking.total_fils
+    paid = booking_payment(booking_id)
+    if paid is not None and paid.state == IntentState.SUCCEEDED:
+        return payment_view(booking)  # already paid: the answer again, nothing charged
+    bookings.ensure_payable(booking)
+    text = users.mit_mandate_text()
+    if mandate.version != text.version or mandate.text_sha256 != text.sha256:
+        raise MandateNotAccepted(details={"current_version": text.version, "text_sha256": text.sha256})
+    card = card_for(actor, card_public_id)
+    customer = _ensure_customer(actor)
+    card = card_for(actor, card_public_id)
+    row = paid if paid is not None and paid.state in OPEN else None
+    if row is not None and row.card_id != card.id:
+        raise PaymentInProgress(details={"state": row.state})
+    if row is None:
+        attempt = (paid.attempt + 1) if paid is not None else 1
+        row = PaymentIntentRow(booking_id=booking_id, kind=IntentKind.BOOKING, attempt=attempt,
+                               idempotency_key=pay_key(booking_id, attempt), amount_fils=total, card_id=card.id)
+        db.session.add(row)
+    db.session.add(MandateAcceptance(
+        user_id=actor.user.id, booking_id=booking_id, card_id=card.id, stripe_customer_id=customer,
+        stripe_payment_method_id=card.stripe_payment_method_id, card_brand=card.brand, card_last4=card.last4,
+        text_version=text.version, text_sha256=text.sha256, language=mandate.language, accepted_at=utcnow(),
+        ip_address=mandate.ip_address, user_agent=(mandate.user_agent or "")[:300] or None,
+        device=mandate.device, channel=mandate.channel))
+    db.session.flush()
+    row_id, key, amount, pm = row.id, row.idempotency_key, Money(row.amount_fils), card.stripe_payment_method_id
+    metadata = {"payment": str(row_id), "booking": reference, "kind": IntentKind.BOOKING}
+    try:
+        intent = outside(lambda: _gateway().pay_booking(customer_id=customer, payment_method_id=pm, amount=amount,
+                                                        key=key, metadata=metadata,
+                                                        transfer_group=f"booking_{reference}"))
+    except IdempotencyConflict:
+        # a twin request under the same key is in flight, or our parameters changed: the outcome is not a
+        # failure we may record; the row stays pending for the webhook or reconciliation, and people look
+        keep(lambda: _flag_intent(row_id, "idempotency conflict on pay: check at Stripe"))
+        raise
+    except (CardDeclined, AuthenticationRequired, PaymentInvalid) as exc:
+        code = getattr(exc, "decline_code", None) or exc.code
+        seen, review = getattr(exc, "intent_id", None), not isinstance(exc, CardDeclined | AuthenticationRequired)
+        keep(lambda: _record_failure(row_id, code, seen, review=review))
+        raise
+    apply_intent(row_id, intent)
+    deposit = None
+    if bookings.get(booking_id).status == BookingStatus.CONFIRMED:
+        deposit = _hold_after_payment(booking_id)
+    booking = bookings.get(booking_id)
+    view = payment_view(booking, intent.client_secret if intent.needs_customer else None)
+    return PaymentView(view.booking, view.payment, deposit or view.deposit, view.client_secret)
+
+
+def _flag_intent(row_id: int, reason: str) -> None:
+    db.session.execute(update(PaymentIntentRow).where(PaymentIntentRow.id == row_id).values(needs_review=reason))
+
+
+def _record_failure(row_id: int, code: str, intent_id: str | None, *, review: bool = False) -> None:
+    row = db.session.get(PaymentIntentRow, row_id)
+    assert row is not None
+    if not may_move(row.state, IntentState.FAILED):
+        return
+    row.state, row.error_code = IntentState.FAILED, code[:64]
+    if intent_id and row.stripe_intent_id is None:
+        row.stripe_intent_id = intent_id
+    if review:
+        row.needs_review = f"refused by Stripe: {code}"[:200]
+    db.session.flush()
+
+
+def _locked_intent(row_id: int) -> PaymentIntentRow:
+    return db.session.execute(select(PaymentIntentRow).where(PaymentIntentRow.id == row_id)
+                              .with_for_update()).scalar_one()
+
+
+def _move(row_id: int, target: IntentState, **values: Any) -> bool:
+    """Move a row forward, once: a conditional update, so two racing writers cannot both apply it."""
+    allowed = [state for state in IntentState if may_move(state, target)]
+    result = db.session.execute(update(PaymentIntentRow).where(
+        PaymentIntentRow.id == row_id, PaymentIntentRow.state.in_(allowed)).values(state=target, **values))
+    db.session.expire_all()
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+def apply_intent(row_id: int, intent: Intent) -> None:  # noqa: PLR0912 - one branch per Stripe status
+    """Record what Stripe says of an intent (an API answer, a webhook, a reconciliation read); monotonic."""
+    row = _locked_intent(row_id)
+    now = utcnow()
+    ids: dict[str, Any] = {"stripe_intent_id": intent.id, "updated_at": now}
+    if intent.charge_id:
+        ids["stripe_charge_id"] = intent.charge_id
+    if row.kind == IntentKind.BOOKING:
+        if intent.status is IntentStatus.SUCCEEDED:
+            if _move(row_id, IntentState.SUCCEEDED, settled_at=now, error_code=None, **ids):
+                _on_paid(row_id)
+        elif intent.status is IntentStatus.CANCELED:
+            _move(row_id, IntentState.FAILED, error_code="canceled", **ids)
+        elif intent.needs_customer and intent.last_error_code:
+            _move(row_id, IntentState.FAILED, error_code=(intent.decline_code or intent.last_error_code)[:64], **ids)
+        elif intent.needs_customer:
+            _move(row_id, IntentState.REQUIRES_ACTION, **ids)
+        else:
+            db.session.execute(update(PaymentIntentRow).where(PaymentIntentRow.id == row_id).values(**ids))
+        return
+    if intent.status is IntentStatus.REQUIRES_CAPTURE:
+        before = intent.capture_before or _hold_deadline(row, now)
+        if _move(row_id, IntentState.HELD, capture_before=before, **ids):
+            _post_hold(row_id)
+    elif intent.status is IntentStatus.CANCELED:
+        if _move(row_id, IntentState.RELEASED, settled_at=now, **ids):
+            _post_release(row_id)
+    elif intent.status is IntentStatus.SUCCEEDED:
+        received = intent.amount_received.fils if intent.amount_received is not None else row.captured_fils
+        if received and _move(row_id, IntentState.CAPTURED, captured_fils=received, settled_at=now, **ids):
+            _post_capture(row_id)
+    elif intent.needs_customer and intent.last_error_code:
+        _move(row_id, IntentState.FAILED, error_code=intent.last_error_code[:64], **ids)
+    elif intent.needs_customer:
+        _move(row_id, IntentState.REQUIRES_ACTION, **ids)
+
+
+def _on_paid(row_id: int) -> None:
+    row = db.session.get(PaymentIntentRow, row_id)
+    assert row is not None
+    amount = Money(row.amount_fils)
+    post("payment", f"payment:{row_id}", [(Account.CASH, amount), (Account.CUSTOMER_FUNDS, -amount)],
+         booking_id=row.booking_id, memo=f"booking payment {row.stripe_intent_id}")
+    confirmed = bookings.confirm_paid(row.booking_id, payment_ref=row.stripe_intent_id or str(row_id))
+    _invoice_payment(row_id, row.booking_id)
+    booking = bookings.get(row.booking_id)
+    if confirmed and booking.deposit_fils > 0:
+        # the pay request holds the deposit at once; should its answer be lost (the webhook confirmed), this
+        # job holds it later (a no-op when a hold exists), late enough not to race the request's own hold
+        jobs.schedule("payments.hold_deposit", booking.id, due_at=utcnow() + HOLD_FALLBACK_AFTER,
+                      dedupe_key=f"deposit-hold:{booking.id}:after-payment")
+    others = db.session.execute(select(PaymentIntentRow.id).where(
+        PaymentIntentRow.booking_id == row.booking_id, PaymentIntentRow.kind == IntentKind.BOOKING,
+        PaymentIntentRow.state == IntentState.SUCCEEDED, PaymentIntentRow.id != row_id)).first()
+    if not confirmed and others is not None:
+        bookings.flag_booking(booking.id, "paid twice: the second payment is refunded in full")
+        create_refund(row_id, amount, reason="duplicate_payment")
+    elif not confirmed and booking.status not in PAID_STATUSES:
+        # paid after the booking expired or was cancelled: the money goes back, and people look at it
+        bookings.flag_booking(booking.id, "paid after it expired or was cancelled: refunded in full")
+        create_refund(row_id, amount, reason="paid_after_expiry")
+
+
+# ---- deposits (P-22) ------------------------------------------------------------------------------------
+
+
+def _hold_deadline(row: PaymentIntentRow, now: datetime) -> datetime:
+    if row.replaces_id is None:
+        return now + CIT_HOLD_WINDOW
+    card = db.session.get(SavedCard, row.card_id)
+    return now + MIT_HOLD_WINDOW.get(card.brand if card else "", CIT_HOLD_WINDOW)
+
+
+def _hold_after_payment(booking_id: int) -> PaymentIntentRow | None:
+    """The first hold, with the customer present; a failure never undoes the payment (the agency is told)."""
+    try:
+        return hold_deposit(booking_id)
+    except PaymentProviderUnavailable:
+        jobs.schedule("payments.hold_deposit", booking_id, due_at=utcnow() + timedelta(minutes=5),
+                      dedupe_key=f"deposit-hold:{booking_id}:{len(_intents(booking_id, IntentKind.DEPOSIT))}")
+        return current_deposit(booking_id)
+
+
+def hold_deposit(booking_id: int, *, off_session: bool = False, replaces: int | None = None) -> PaymentIntentRow | None:
+    """Authorise the booking's deposit on the card it was paid with (manual capture), once per attempt."""
+    booking = bookings.get(booking_id)
+    if booking.deposit_fils <= 0:
+        return None
+    existing = current_deposit(booking_id)
+    if replaces is None and existing is not None and existing.state == IntentState.HELD:
+        return existing
+    paid = booking_payment(booking_id)
+    if paid is None or paid.state != IntentState.SUCCEEDED:
+        raise Conflict(details={"reason": "the booking is not paid"})
+    customer = customer_id_for(booking.customer_id)
+    card = db.session.get(SavedCard, paid.card_id)
+    assert customer is not None and card is not None
+    if existing is not None and existing.state in OPEN and replaces is None:
+        row = existing  # an unknown outcome: ask again under the same key
+    else:
+        attempt = max((r.attempt for r in _intents(booking_id, IntentKind.DEPOSIT)), default=0) + 1
+        row = PaymentIntentRow(booking_id=booking_id, kind=IntentKind.DEPOSIT, attempt=attempt,
+                               idempotency_key=hold_key(booking_id, attempt), amount_fils=booking.deposit_fils,
+                               card_id=card.id, replaces_id=replaces)
+        db.session.add(row)
+        db.session.flush()
+    row_id, key, amount, pm = row.id, row.idempotency_key, Money(row.amount_fils), card.stripe_payment_method_id
+    metadata = {"payment": str(row_id), "booking": booking.reference, "kind": IntentKind.DEPOSIT}
+    try:
+        intent = outside(lambda: _gateway().hold_deposit(customer_id=customer, payment_method_id=pm, amount=amount,
+                                                         key=key, metadata=metadata, off_session=off_session))
+    except IdempotencyConflict:
+        _flag_intent(row_id, "idempotency conflict on a hold: check at Stripe")  # outcome unknown: stays open
+        return db.session.get(PaymentIntentRow, row_id)
+    except (CardDeclined, AuthenticationRequired, PaymentInvalid) as exc:
+        _record_failure(row_id, getattr(exc, "decline_code", None) or exc.code, getattr(exc, "intent_id", None),
+                        review=isinstance(exc, PaymentInvalid))
+        if replaces is None:
+            bookings.flag_booking(booking_id, f"deposit hold failed ({exc.code}): post-rental charges use the mandate")
+        return db.session.get(PaymentIntentRow, row_id)
+    apply_intent(row_id, intent)
+    return db.session.get(PaymentIntentRow, row_id)
+
+
+def _post_hold(row_id: int) -> None:
+    row = db.session.get(PaymentIntentRow, row_id)
+    assert row is not None
+    amount = Money(row.amount_fils)
+    post("deposit_hold", f"hold:{row_id}:held", [(Account.DEPOSITS_HELD, amount),
+                                                 (Account.DEPOSIT_AUTHORISATIONS, -amount)],
+         booking_id=row.booking_id, memo="deposit authorised")
+
+
+def _post_release(row_id: int) -> None:
+    row = db.session.get(PaymentIntentRow, row_id)
+    assert row is not None
+    if db.session.execute(select(JournalEntry.id).where(JournalEntry.source == f"hold:{row_id}:held")).first() is None:
+        return
+    amount = Money(row.amount_fils)
+    post("deposit_release", f"hold:{row_id}:ended", [(Account.DEPOSIT_AUTHORISATIONS, amount),
+                                                     (Account.DEPOSITS_HELD, -amount)],
+         booking_id=row.booking_id, memo=f"deposit {row.state}")
+
+
+def _post_capture(row_id: int) -> None:
+    row = db.session.get(PaymentIntentRow, row_id)
+    assert row is not None
+    _post_release(row_id)  # the authorisation ends either way
+    captured = Money(row.captured_fils)
+    post("deposit_capture", f"hold:{row_id}:captured", [(Account.CASH, captured),
+                                                        (Account.DEPOSITS_CAPTURED, -captured)],
+         booking_id=row.booking_id, memo="deposit captured toward accepted post-rental charges")
+
+
+def _held(booking_id: int) -> PaymentIntentRow | None:
+    row = current_deposit(booking_id)
+    return row if row is not None and row.state == IntentState.HELD else None
+
+
+def release_deposit(booking_id: int) -> PaymentIntentRow | None:
+    """Release the hold in full (a clean return, a cancellation; step 7 calls this)."""
+    row = _held(booking_id)
+    if row is None:
+        return None
+    row_id, intent_id = row.id, row.stripe_intent_id
+    assert intent_id is not None
+    intent = outside(lambda: _gateway().release_deposit(intent_id, key=f"deposit:{booking_id}:release:{row_id}"))
+    apply_intent(row_id, intent)
+    return db.session.get(PaymentIntentRow, row_id)
+
+
+def capture_deposit(booking_id: int, amount: Money) -> PaymentIntentRow:
+    """Capture part of the hold toward accepted post-rental charges, once; the rest is released (step 7)."""
+    row = _held(booking_id)
+    if row is None:
+        raise Conflict(details={"reason": "no deposit is held"})
+    if not 0 < amount.fils <= row.amount_fils:
+        raise Unprocessable(details={"amount": ["between one fil and the amount held"]})
+    row_id, intent_id = row.id, row.stripe_intent_id
+    assert intent_id is not None
+    intent = outside(lambda: _gateway().capture_deposit(intent_id, amount,
+                                                        key=f"deposit:{booking_id}:capture:{row_id}"))
+    if intent.amount_received is None:  # localstripe leaves it out: our ledger knows what we asked for
+        db.session.execute(update(PaymentIntentRow).where(PaymentIntentRow.id == row_id)
+                           .values(captured_fils=amount.fils))
+    apply_intent(row_id, intent)
+    row = db.session.get(PaymentIntentRow, row_id)
+    assert row is not None
+    return row
+
+
+def rehold_due_deposits(*, now: datetime | None = None, limit: int = 50) -> int:
+    """Re-hold deposits whose authorisation lapses before the car is back: the new hold first, then release
+    the old; if the new hold fails, the old one runs out and the agency relies on the mandate (flagged)."""
+    now = now or utcnow()
+    due = db.session.execute(select(PaymentIntentRow.id, PaymentIntentRow.booking_id).where(
+        PaymentIntentRow.kind == IntentKind.DEPOSIT, PaymentIntentRow.state == IntentState.HELD,
+        PaymentIntentRow.capture_before < now + REHOLD_MARGIN).limit(limit)).all()
+    done = 0
+    for old_id, booking_id in due:
+        booking = bookings.get(booking_id)
+        if booking.status not in (BookingStatus.CONFIRMED, BookingStatus.IN_PROGRESS):
+            continue
+        new = hold_deposit(booking_id, off_session=True, replaces=old_id)
+        if new is not None and new.state == IntentState.HELD:
+            old = db.session.get(PaymentIntentRow, old_id)
+            assert old is not None and old.stripe_intent_id is not None
+            intent_id = old.stripe_intent_id
+            intent = outside(lambda i=intent_id, o=old_id, b=booking_id: _gateway().release_deposit(  # type: ignore[misc]
+                i, key=f"deposit:{b}:release:{o}"))
+            apply_intent(old_id, intent)
+            done += 1
+        else:
+            bookings.flag_booking(booking_id, "deposit re-hold failed: post-rental charges will use the MIT mandate")
+    return done
+
+
+# ---- refunds ----------------------------------------------------------------------------------------------
+
+
+def _refunded(booking_id: int) -> int:
+    return _sum(select(func.sum(Refund.amount_fils)).where(
+        Refund.booking_id == booking_id, Refund.state != RefundState.FAILED))
+
+
+def create_refund(payment_row_id: int, amount: Money, *, reason: str) -> Refund | None:
+    """A refund row (committed with the unit), sent to Stripe by a job after the commit; capped at what was
+    paid less what was already refunded."""
+    payment = db.session.get(PaymentIntentRow, payment_row_id)
+    assert payment is not None and payment.state == IntentState.SUCCEEDED
+    left = payment.amount_fils - _sum(select(func.sum(Refund.amount_fils)).where(
+        Refund.payment_id == payment.id, Refund.state != RefundState.FAILED))
+    fils = min(amount.fils, left)
+    if fils <= 0:
+        return None
+    refund = Refund(payment_id=payment.id, booking_id=payment.booking_id, amount_fils=fils, reason=reason[:40])
+    db.session.add(refund)
+    db.session.flush()
+    refund.idempotency_key = f"refund:{refund.id}"
+    db.session.flush()
+    jobs.schedule("payments.refund", refund.id, dedupe_key=f"refund:{refund.id}")
+    return refund
+
+
+@bookings.on_cancelled
+def _refund_on_cancel(booking: Any) -> None:
+    """Cancellation refunds per the policy (bookings.cancellation_fee): everything paid but the fee; the
+    retained part is recognised as the agency's, the platform's fee and VAT; the deposit is released."""
+    paid = booking_payment(booking.id)
+    if paid is not None and paid.state == IntentState.SUCCEEDED:
+        fee = booking.cancellation_fee_fils or 0
+        left = paid.amount_fils - _refunded(booking.id)
+        refund = create_refund(paid.id, Money(max(0, booking.total_fils - fee)), reason="cancellation")
+        retained = left - (refund.amount_fils if refund else 0)
+        if retained > 0:
+            _recognise(booking, Money(retained), source=f"cancel:{booking.id}:retained")
+    if current_deposit(booking.id) is not None:
+        jobs.schedule("payments.release_deposit", booking.id, dedupe_key=f"deposit-release:{booking.id}:cancel")
+
+
+def _recognise(booking: Any, amount: Money, *, source: str) -> None:
+    """Customer funds earned: the agency's rental, the platform fee and the VAT, in the booking's proportions."""
+    breakdown = money.taxed([("rental", Money(booking.rental_fils)),
+                             ("platform_fee", Money(booking.platform_fee_fils))])
+    part = breakdown.portion(amount) if amount <= breakdown.total else breakdown
+    post("recognise", source, [(Account.CUSTOMER_FUNDS, part.total),
+                               (Account.AGENCY_PAYABLE, -part.line("rental").net),
+                               (Account.PLATFORM_FEE, -part.line("platform_fee").net),
+                               (Account.VAT_PAYABLE, -part.vat)], booking_id=booking.id)
+
+
+def execute_refund(refund_id: int) -> None:
+    """The refund job: ask Stripe under ``refund:<id>`` (a re-run replays, never refunds twice)."""
+    refund = db.session.get(Refund, refund_id)
+    if refund is None or refund.state != RefundState.PENDING:
+        return
+    payment = db.session.get(PaymentIntentRow, refund.payment_id)
+    assert payment is not None
+    target = payment.stripe_charge_id or payment.stripe_intent_id
+    assert target is not None and refund.idempotency_key is not None
+    key, amount = refund.idempotency_key, Money(refund.amount_fils)
+    metadata = {"refund": str(refund_id), "booking_payment": str(payment.id)}
+    try:
+        result = outside(lambda: _gateway().refund(target, amount, key=key, metadata=metadata))
+    except (PaymentInvalid, IdempotencyConflict, CardDeclined) as exc:
+        refund = db.session.get(Refund, refund_id)
+        assert refund is not None
+        refund.state, refund.error_code = RefundState.FAILED, exc.code
+        refund.needs_review = f"refund refused by Stripe: {exc.code}"
+        db.session.flush()
+        return
+    apply_refund(refund_id, result.id, result.status)
+
+
+def apply_refund(refund_id: int, stripe_id: str | None, status: str) -> None:
+    """Record a refund's state from Stripe (answer, event or reconciliation): pending -> processing -> succeeded."""
+    refund = db.session.execute(select(Refund).where(Refund.id == refund_id).with_for_update()).scalar_one()
+    if stripe_id and refund.stripe_refund_id is None:
+        refund.stripe_refund_id = stripe_id
+    amount = Money(refund.amount_fils)
+    if status in ("pending", "requires_action", "succeeded") and refund.state == RefundState.PENDING:
+        refund.state = RefundState.PROCESSING
+        post("refund", f"refund:{refund_id}:accepted", [(Account.CUSTOMER_FUNDS, amount), (Account.REFUNDS, -amount)],
+             booking_id=refund.booking_id, memo="refund accepted by Stripe")
+    if status == "succeeded" and refund.state == RefundState.PROCESSING:
+        refund.state, refund.settled_at = RefundState.SUCCEEDED, utcnow()
+        post("refund", f"refund:{refund_id}:settled", [(Account.REFUNDS, amount), (Account.CASH, -amount)],
+             booking_id=refund.booking_id, memo="refund settled")
+        _credit_refund(refund)
+    elif status in ("failed", "canceled") and refund.state in (RefundState.PENDING, RefundState.PROCESSING):
+        if refund.state == RefundState.PROCESSING:
+            post("refund", f"refund:{refund_id}:failed", [(Account.REFUNDS, amount),
+                                                          (Account.CUSTOMER_FUNDS, -amount)],
+                 booking_id=refund.booking_id, memo="refund failed")
+        refund.state, refund.needs_review = RefundState.FAILED, f"refund {status} at Stripe"
+    db.session.flush()
+
+
+def refunds_for(booking_id: int) -> list[Refund]:
+    return list(db.session.execute(select(Refund).where(Refund.booking_id == booking_id)
+                                   .order_by(Refund.id)).scalars())
+
+
+# ---- webhooks (STRIPE.md §1.6) -------------------------------------------------------------------------------
+
+
+def handle_event(event: dict[str, Any]) -> str:
+    """Apply a verified event once: its id goes in a unique row in the same transaction as its effect."""
+    event_id, kind = str(event["id"])[:80], str(event["type"])[:80]
+
+    def work() -> str:
+        if db.session.execute(select(WebhookEvent.id).where(WebhookEvent.event_id == event_id)).first():
+            return "duplicate"
+        row = WebhookEvent(event_id=event_id, type=kind, outcome="received")
+        db.session.add(row)
+        db.session.flush()
+        row.outcome = _dispatch(kind, (event.get("data") or {}).get("object") or {})
+        db.session.flush()
+        return row.outcome
+
+    def on_conflict(state: str | None) -> str | None:
+        return "duplicate" if state in (UNIQUE_VIOLATION, None) else None
+
+    return serialised(work, on_conflict=on_conflict)
+
+
+def _intent_row(obj: dict[str, Any]) -> PaymentIntentRow | None:
+    intent_id = obj.get("id") if str(obj.get("id", "")).startswith("pi_") else obj.get("payment_intent")
+    if isinstance(intent_id, str):
+        row = db.session.execute(select(PaymentIntentRow).where(
+            PaymentIntentRow.stripe_intent_id == intent_id)).scalar_one_or_none()
+        if row is not None:
+            return row
+    ours = (obj.get("metadata") or {}).get("payment")  # the intent id was never recorded (a crash)
+    if isinstance(ours, str) and ours.isdigit():
+        row = db.session.get(PaymentIntentRow, int(ours))
+        if row is not None and row.stripe_intent_id in (None, intent_id):
+            return row
+    return None
+
+
+def _dispatch(kind: str, obj: dict[str, Any]) -> str:  # noqa: PLR0911, PLR0912 - one branch per event type
+    if kind.startswith("payment_intent."):
+        row = _intent_row(obj)
+        if row is None:
+            return "unknown_intent"
+        try:
+            intent = intent_from(obj)
+        except (KeyError, ValueError):
+            return "unreadable"
+        if kind == "payment_intent.payment_failed" and intent.status is not IntentStatus.SUCCEEDED:
+            error = obj.get("last_payment_error") or {}
+            _record_failure(row.id, str(error.get("decline_code") or error.get("code") or "payment_failed"), intent.id)
+            return "failed"
+        apply_intent(row.id, intent)
+        return "applied"
+    if kind == "charge.expired":
+        row = _intent_row(obj)
+        if row is None or row.kind != IntentKind.DEPOSIT:
+            return "unknown_intent"
+        if _move(row.id, IntentState.LAPSED, settled_at=utcnow()):
+            _post_release(row.id)
+            bookings.flag_booking(row.booking_id, "deposit hold lapsed: post-rental charges will use the MIT mandate")
+        return "applied"
+    if kind in ("charge.refunded", "charge.refund.updated", "refund.updated", "refund.created"):
+        found = 0
+        for data in _refund_objects(kind, obj):
+            refund = db.session.execute(select(Refund).where(
+                Refund.stripe_refund_id == data.get("id"))).scalar_one_or_none()
+            if refund is None:
+                ours = (data.get("metadata") or {}).get("refund")
+                refund = db.session.get(Refund, int(ours)) if isinstance(ours, str) and ours.isdigit() else None
+            if refund is not None:
+                result = refund_from(data)
+                apply_refund(refund.id, result.id, result.status)
+                found += 1
+        return "applied" if found else "unknown_refund"
+    if kind == "setup_intent.succeeded":
+        setup = db.session.execute(select(CardSetup).where(
+            CardSetup.stripe_setup_intent_id == obj.get("id"))).scalar_one_or_none()
+        if setup is None:
+            return "unknown_setup"
+        if setup.card_id is None:
+            jobs.schedule("payments.save_card", setup.id, dedupe_key=f"save-card:{setup.id}")
+        return "applied"
+    if kind == "setup_intent.setup_failed":
+        setup = db.session.execute(select(CardSetup).where(
+            CardSetup.stripe_setup_intent_id == obj.get("id"))).scalar_one_or_none()
+        if setup is not None and setup.card_id is None:
+            setup.status = "failed"
+        return "applied" if setup is not None else "unknown_setup"
+    return "ignored"
+
+
+def _refund_objects(kind: str, obj: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    if kind == "charge.refunded":
+        yield from ((obj.get("refunds") or {}).get("data") or [])
+    else:
+        yield obj
+
+
+# ---- reconciliation ------------------------------------------------------------------------------------------
+
+
+def reconcile(*, now: datetime | None = None, limit: int = 50) -> dict[str, int]:
+    """Ask Stripe about every payment, hold and refund still open past its time; repair what the answer
+    settles, flag the rest (``needs_review``) for the console."""
+    now = now or utcnow()
+    counts = {"asked": 0, "repaired": 0, "flagged": 0}
+    open_too_long = PaymentIntentRow.state.in_(list(OPEN)) & (PaymentIntentRow.updated_at < now - STALE_AFTER)
+    hold_past_deadline = (PaymentIntentRow.state == IntentState.HELD) & (PaymentIntentRow.capture_before < now)
+    stale = db.session.execute(
+        select(PaymentIntentRow.id, PaymentIntentRow.stripe_intent_id, PaymentIntentRow.state)
+        .where(PaymentIntentRow.needs_review.is_(None), open_too_long | hold_past_deadline).limit(limit)).all()
+    for row_id, intent_id, state in stale:
+        if intent_id is None:
+            db.session.execute(update(PaymentIntentRow).where(PaymentIntentRow.id == row_id).values(
+                needs_review="no Stripe intent recorded: outcome unknown, retry under the same key"))
+            counts["flagged"] += 1
+            continue
+        counts["asked"] += 1
+        try:
+            intent = outside(lambda i=intent_id: _gateway().retrieve_intent(i))  # type: ignore[misc]
+        except PaymentProviderUnavailable:
+            continue
+        except PaymentInvalid as exc:
+            db.session.execute(update(PaymentIntentRow).where(PaymentIntentRow.id == row_id).values(
+                needs_review=f"Stripe does not know this intent: {exc.code}"))
+            counts["flagged"] += 1
+            continue
+        if state == IntentState.HELD and intent.status is IntentStatus.CANCELED:
+            if _move(row_id, IntentState.LAPSED, settled_at=now):
+                _post_release(row_id)
+            counts["repaired"] += 1
+            continue
+        apply_intent(row_id, intent)
+        after = db.session.get(PaymentIntentRow, row_id)
+        if after is not None and after.state != state:
+            counts["repaired"] += 1
+    refunds = db.session.execute(select(Refund.id, Refund.stripe_refund_id, Refund.state).where(
+        Refund.needs_review.is_(None), Refund.state.in_([RefundState.PENDING, RefundState.PROCESSING]),
+        Refund.created_at < now - STALE_AFTER).limit(limit)).all()
+    for refund_id, stripe_id, refund_state in refunds:
+        if stripe_id is None:
+            if refund_state == RefundState.PENDING:  # the job never reached Stripe: it runs again, same key
+                jobs.schedule("payments.refund", refund_id, dedupe_key=f"refund:{refund_id}:retry:{now:%Y%m%d%H%M}")
+                counts["repaired"] += 1
+            continue
+        counts["asked"] += 1
+        try:
+            result = outside(lambda s=stripe_id: _gateway().retrieve_refund(s))  # type: ignore[misc]
+        except PaymentProviderUnavailable:
+            continue
+        except PaymentInvalid as exc:
+            db.session.execute(update(Refund).where(Refund.id == refund_id).values(
+                needs_review=f"Stripe does not know this refund: {exc.code}"))
+            counts["flagged"] += 1
+            continue
+        apply_refund(refund_id, result.id, result.status)
+        counts["repaired"] += 1
+    db.session.flush()
+    return counts
+
+
+def flagged() -> list[Any]:
+    """What reconciliation could not settle, for the console."""
+    intents = db.session.execute(select(PaymentIntentRow).where(PaymentIntentRow.needs_review.is_not(None))).scalars()
+    refunds = db.session.execute(select(Refund).where(Refund.needs_review.is_not(None))).scalars()
+    return [*intents, *refunds]
+
+
+# ---- escrow and payouts (P-22) -----------------------------------------------------------------------------
+
+
+def connect_payout_account(agency_id: int, stripe_account_id: str) -> PayoutAccount:
+    """Record the agency's onboarded connected account (the onboarding flow itself is not built yet)."""
+    row = db.session.execute(select(PayoutAccount).where(PayoutAccount.agency_id == agency_id)).scalar_one_or_none()
+    if row is None:
+        row = PayoutAccount(agency_id=agency_id, stripe_account_id=stripe_account_id)
+        db.session.add(row)
+    else:
+        row.stripe_account_id = stripe_account_id
+    db.session.flush()
+    return row
+
+
+def release_payouts(*, now: datetime | None = None, limit: int = 50) -> int:
+    """Bookings completed longer than the holding period ago: what is left of the customer's money is
+    recognised (agency's rental, platform fee, VAT) and the agency's part transferred under ``transfer:<id>``."""
+    now = now or utcnow()
+    paid_out = 0
+    for booking_id in bookings.completed_ids(ended_before=now - ESCROW_HOLDING, limit=limit):
+        payout = db.session.execute(select(Payout).where(Payout.booking_id == booking_id)).scalar_one_or_none()
+        if payout is None:
+            payout = _owe_agency(booking_id)
+        if payout is not None and payout.state == "pending":
+            paid_out += _transfer(payout.id)
+    return paid_out
+
+
+def _owe_agency(booking_id: int) -> Payout | None:
+    booking = bookings.get(booking_id)
+    paid = booking_payment(booking_id)
+    account = db.session.execute(select(PayoutAccount).where(
+        PayoutAccount.agency_id == booking.agency_id)).scalar_one_or_none()
+    if paid is None or paid.state != IntentState.SUCCEEDED or account is None:
+        return None
+    held = -balance(Account.CUSTOMER_FUNDS, booking_id=booking_id)
+    if held > 0:
+        _recognise(booking, Money(held), source=f"complete:{booking_id}")
+    owed = -balance(Account.AGENCY_PAYABLE, booking_id=booking_id)
+    if owed <= 0:
+        return None
+    payout = Payout(booking_id=booking_id, agency_id=booking.agency_id, amount_fils=owed,
+                    platform_fee_fils=-balance(Account.PLATFORM_FEE, booking_id=booking_id))
+    db.session.add(payout)
+    db.session.flush()
+    payout.idempotency_key = f"transfer:{payout.id}"
+    post("payout", f"payout:{payout.id}:owed", [(Account.AGENCY_PAYABLE, Money(owed)), (Account.PAYOUTS, -Money(owed))],
+         booking_id=booking_id, memo="agency payout due")
+    return payout
+
+
+def _transfer(payout_id: int) -> int:
+    payout = db.session.get(Payout, payout_id)
+    assert payout is not None and payout.idempotency_key is not None
+    account = db.session.execute(select(PayoutAccount.stripe_account_id).where(
+        PayoutAccount.agency_id == payout.agency_id)).scalar_one()
+    reference = bookings.get(payout.booking_id).reference
+    key, amount = payout.idempotency_key, Money(payout.amount_fils)
+    try:
+        result = outside(lambda: _gateway().transfer_to_agency(
+            account, amount, transfer_group=f"booking_{reference}", key=key, metadata={"payout": str(payout_id)}))
+    except (PaymentInvalid, IdempotencyConflict) as exc:
+        failed = db.session.get(Payout, payout_id)
+        assert failed is not None
+        failed.state, failed.error_code = "failed", exc.code
+        db.session.flush()
+        return 0
+    done = db.session.get(Payout, payout_id)
+    assert done is not None
+    if done.state != "pending":
+        return 0
+    done.state, done.stripe_transfer_id, done.settled_at = "paid", result.id, utcnow()
+    post("payout", f"payout:{payout_id}:paid", [(Account.PAYOUTS, amount), (Account.CASH, -amount)],
+         booking_id=done.booking_id, memo=f"transfer {result.id}")
+    return 1
+
+
+def payouts_for_agency(actor: Actor) -> list[Payout]:
+    require(actor, Permission.AGENCY_BOOKING_READ)
+    return list(db.session.execute(select(Payout).where(Payout.agency_id.in_(actor.agency_ids or {-1}))
+                                   .order_by(Payout.id.desc()).limit(200)).scalars())
+
+
+def booking_reference(booking_id: int) -> str:
+    return str(bookings.get(booking_id).reference)
+
+
+# the invoice verbs the agency app's invoice pages use, as this area's public surface
+get_for_agency_staff = invoices.get_for_agency_staff
+list_for_agency = invoices.list_for_agency
+render_pdf = invoices.render_pdf
