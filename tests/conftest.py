@@ -86,6 +86,8 @@ def app_overrides(database_url: str, tmp_path_factory: pytest.TempPathFactory) -
         # the store outlives each test's rows, so a periodic listing would see other tests' files as orphans;
         # the reconciliation tests call vault.reconcile_store themselves
         "BLOB_RECONCILE_MINUTES": "0",
+        # configured as a deployment is (the webhook refuses everything, logging an error, without it)
+        "STRIPE_WEBHOOK_SECRET": "whsec_tests_" + "0" * 24,  # tests/stripe_fixtures.py WEBHOOK_SECRET
     }
 
 
