@@ -6,15 +6,17 @@ from pathlib import Path
 from typing import Any
 
 import flask_smorest
+from apispec import BasePlugin
 from flask import Blueprint, Flask, abort, render_template, send_from_directory
 from flask_smorest import Api
 from marshmallow import RAISE
 from webargs.flaskparser import FlaskParser
 from werkzeug.datastructures import CombinedMultiDict
+from werkzeug.routing import BaseConverter
 from werkzeug.wrappers import Response
 
 from marketplace.errors import MalformedJson
-from marketplace.schemas import ErrorSchema
+from marketplace.schemas import ErrorSchema, ImageUpload
 
 
 class StrictParser(FlaskParser):
@@ -71,6 +73,66 @@ class MarketplaceApi(Api):
     def _register_error_handlers(self) -> None:
         """``marketplace.errors`` owns every error response."""
 
+    def _init_spec(self, **kwargs: Any) -> None:
+        kwargs["extra_plugins"] = [*(kwargs.get("extra_plugins") or ()), ConstraintsPlugin()]
+        super()._init_spec(**kwargs)
+        self.ma_plugin.converter.add_attribute_function(validators2properties)
+
+
+# ---- every rule the code enforces, in the document ---------------------------------------------------------
+
+
+def validators2properties(self: Any, field: Any, ret: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+    """JSON Schema keywords a field's validators state (``marketplace.schemas.Documented``), and a nullable
+    nested object that is exactly the object or null.
+
+    apispec writes a nullable ``Nested`` as ``anyOf: [{type: object, nullable: true}, {$ref}]`` in OpenAPI 3.0,
+    whose first branch is any object at all; generated requests then carry fields the code refuses.
+    """
+    out: dict[str, Any] = {}
+    for validator in getattr(field, "validators", ()):
+        keywords = getattr(validator, "openapi", None)
+        if not isinstance(keywords, dict):
+            continue
+        for key, value in keywords.items():
+            if getattr(validator, "weak", False) and (key in ret or key in out):
+                continue
+            out[key] = value
+    branches = ret.get("anyOf")
+    if isinstance(branches, list) and len(branches) == 2 and {"type": "object", "nullable": True} in branches:
+        ref = next(b for b in branches if b != {"type": "object", "nullable": True})
+        out["anyOf"] = [ref, {"type": "object", "nullable": True, "enum": [None]}]
+    return out
+
+
+class ConstraintsPlugin(BasePlugin):
+    """Object-level keywords of an input schema (``StrictSchema.OPENAPI``, e.g. ``minProperties``), and the
+    content types of each image part of a multipart body (its ``encoding``)."""
+
+    def __init__(self) -> None:
+        self._parts: dict[str, dict[str, Any]] = {}  # component name -> {field: {"contentType": ...}}
+
+    def schema_helper(self, name: str, definition: dict[str, Any], **kwargs: Any) -> dict[str, Any] | None:
+        schema = kwargs.get("schema")
+        cls = schema if isinstance(schema, type) else type(schema)
+        fields_ = getattr(cls, "_declared_fields", {})
+        parts = {key: {"contentType": ", ".join(f.CONTENT_TYPES)} for key, f in fields_.items()
+                 if isinstance(f, ImageUpload)}
+        if parts:
+            self._parts[name] = parts
+        keywords: dict[str, Any] = getattr(cls, "OPENAPI", {})
+        return dict(keywords) or None
+
+    def operation_helper(self, path: str | None = None, operations: dict[str, Any] | None = None,
+                         **kwargs: Any) -> None:
+        for operation in (operations or {}).values():
+            content = operation.get("requestBody", {}).get("content", {})
+            for media, body in content.items():
+                ref = body.get("schema", {}).get("$ref", "") if isinstance(body.get("schema"), dict) else ""
+                parts = self._parts.get(ref.rsplit("/", 1)[-1])
+                if media == "multipart/form-data" and parts:
+                    body["encoding"] = parts
+
 
 API_DESCRIPTION = """\
 JSON API of the CareJar car-rental marketplace.
@@ -85,8 +147,25 @@ JSON API of the CareJar car-rental marketplace.
 """
 
 
+class PatternConverter(BaseConverter):
+    """``<pattern("CJ-[A-Z0-9]{4}-[A-Z0-9]{4}"):reference>``: a path segment of one form, stated in the document.
+
+    A plain ``<string:reference>`` beside a static ``/quote`` also matches ``quote``, so ``/bookings/quote``
+    would answer (and advertise in ``Allow``) the methods of ``/bookings/{reference}`` too.
+    """
+
+    def __init__(self, url_map: Any, pattern: str) -> None:
+        super().__init__(url_map)
+        self.regex = pattern
+
+
+def _pattern_param(converter: PatternConverter) -> dict[str, Any]:
+    return {"type": "string", "pattern": f"^{converter.regex}$"}
+
+
 def create_api(app: Flask) -> Api:
     app.config.setdefault("OPENAPI_SWAGGER_UI_PATH", None)
+    app.url_map.converters["pattern"] = PatternConverter
     api = MarketplaceApi(
         app,
         spec_kwargs={
@@ -100,6 +179,7 @@ def create_api(app: Flask) -> Api:
             "security": [{"bearerAuth": []}],
         },
     )
+    api.register_converter(PatternConverter, _pattern_param)
     gates: dict[str, str] = app.extensions.setdefault("route_gates", {})
     gates["api-docs"] = "public"  # flask-smorest's blueprint serving /api/openapi.json
     app.register_blueprint(docs_bp)

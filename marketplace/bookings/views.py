@@ -25,6 +25,8 @@ agency_bookings_bp = ApiBlueprint("agency_bookings", __name__, url_prefix="/api/
                                   description="The agency's bookings (minimised customer data)")
 
 _KEY = re.compile(r"^[A-Za-z0-9_\-:.]{8,80}$")
+# a booking reference as bookings.service.new_reference makes it; a static sibling (``/quote``) never matches it
+REFERENCE = '<pattern("CJ-[A-Z0-9]{4}-[A-Z0-9]{4}"):reference>'
 
 
 def _money(b: Any) -> dict[str, Any]:
@@ -70,6 +72,7 @@ def agency_booking_out(b: Booking) -> dict[str, Any]:
 
 
 @bookings_bp.route("/quote", methods=["POST"])
+@bookings_bp.doc(description=s.PERIOD_RULES)
 @bookings_bp.arguments(s.QuoteIn)
 @bookings_bp.response(200, s.QuoteOut)
 def quote(args: dict[str, Any]) -> dict[str, Any]:
@@ -84,12 +87,13 @@ def quote(args: dict[str, Any]) -> dict[str, Any]:
 
 @bookings_bp.route("")
 class Bookings(MethodView):
+    @bookings_bp.doc(description=s.PERIOD_RULES)
     @bookings_bp.arguments(s.BookingIn)
     @bookings_bp.response(201, s.BookingOut)
     @bookings_bp.alt_response(200, schema=s.BookingOut,
                               description="Replay of an earlier request with this Idempotency-Key")
     @bookings_bp.doc(parameters=[{"in": "header", "name": "Idempotency-Key", "required": False,
-                                  "schema": {"type": "string", "minLength": 8, "maxLength": 80},
+                                  "schema": {"type": "string", "pattern": _KEY.pattern},
                                   "description": "Send the same key to retry safely; a different body is a 409"}])
     def post(self, args: dict[str, Any]) -> Any:
         """Book a car (accepting the rental terms and the MIT mandate); pay within 15 minutes."""
@@ -114,13 +118,14 @@ class Bookings(MethodView):
                 "page": {"next_cursor": encode_cursor("bookings", items[-1].id) if more and items else None}}
 
 
-@bookings_bp.route("/<string:reference>")
+@bookings_bp.route(f"/{REFERENCE}")
 class BookingDetail(MethodView):
     @bookings_bp.response(200, s.BookingOut)
     def get(self, reference: str) -> dict[str, Any]:
         """One of your bookings, with its status history."""
         return booking_out(service.get_for_customer(current_actor(), reference))
 
+    @bookings_bp.doc(description=s.PERIOD_RULES)
     @bookings_bp.arguments(s.PeriodIn)
     @bookings_bp.response(200, s.BookingOut)
     def patch(self, args: dict[str, Any], reference: str) -> dict[str, Any]:
@@ -130,7 +135,7 @@ class BookingDetail(MethodView):
         return booking_out(booking)
 
 
-@bookings_bp.route("/<string:reference>/cancel", methods=["POST"])
+@bookings_bp.route(f"/{REFERENCE}/cancel", methods=["POST"])
 @bookings_bp.arguments(s.CancelIn)
 @bookings_bp.response(200, s.BookingOut)
 def cancel(args: dict[str, Any], reference: str) -> dict[str, Any]:
@@ -158,7 +163,7 @@ def agency_list(args: dict[str, Any]) -> dict[str, Any]:
             "page": {"next_cursor": encode_cursor("agency-bookings", items[-1].id) if more and items else None}}
 
 
-@agency_bookings_bp.route("/<string:reference>")
+@agency_bookings_bp.route(f"/{REFERENCE}")
 @agency_bookings_bp.response(200, s.AgencyBookingOut)
 @requires(Permission.AGENCY_BOOKING_READ)
 def agency_detail(reference: str) -> dict[str, Any]:
@@ -166,7 +171,7 @@ def agency_detail(reference: str) -> dict[str, Any]:
     return agency_booking_out(service.get_for_agency(current_actor(), reference))
 
 
-@agency_bookings_bp.route("/<string:reference>/cancel", methods=["POST"])
+@agency_bookings_bp.route(f"/{REFERENCE}/cancel", methods=["POST"])
 @agency_bookings_bp.arguments(s.CancelIn)
 @agency_bookings_bp.response(200, s.AgencyBookingOut)
 @requires(Permission.AGENCY_VEHICLE_WRITE)

@@ -6,7 +6,6 @@ import hashlib
 from typing import Any
 
 from flask import Response, current_app, request
-from flask_smorest.fields import Upload
 
 from marketplace.api import ApiBlueprint
 from marketplace.errors import NotFound
@@ -14,7 +13,7 @@ from marketplace.extensions import limiter
 from marketplace.kyc import schemas as s
 from marketplace.kyc import service
 from marketplace.kyc.models import KycCase
-from marketplace.schemas import StrictSchema
+from marketplace.schemas import ImageUpload, StrictSchema
 from marketplace.security import current_actor
 from marketplace.transactions import writes
 
@@ -22,7 +21,7 @@ kyc_bp = ApiBlueprint("kyc", __name__, url_prefix="/api/v1", description="Identi
 
 
 class ImageFileIn(StrictSchema):
-    image = Upload(required=True, metadata={"description": "JPEG, PNG or WebP; metadata is removed"})
+    image = ImageUpload(required=True)
 
 
 class DocumentUploadIn(ImageFileIn, s.DocumentFormIn):
