@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import flask_smorest
 from apispec import BasePlugin
@@ -97,7 +97,10 @@ def validators2properties(self: Any, field: Any, ret: dict[str, Any], **kwargs: 
         for key, value in keywords.items():
             if getattr(validator, "weak", False) and (key in ret or key in out):
                 continue
-            out[key] = value
+            joined = key == "description" and ret.get("description")
+            out[key] = f"{ret['description']}. {value}" if joined else value
+    if out.get("type") == "string":  # a number written as text (a query parameter): the pattern holds the range
+        ret.pop("minimum", None), ret.pop("maximum", None)
     branches = ret.get("anyOf")
     if isinstance(branches, list) and len(branches) == 2 and {"type": "object", "nullable": True} in branches:
         ref = next(b for b in branches if b != {"type": "object", "nullable": True})
@@ -147,25 +150,22 @@ JSON API of the CareJar car-rental marketplace.
 """
 
 
-class PatternConverter(BaseConverter):
-    """``<pattern("CJ-[A-Z0-9]{4}-[A-Z0-9]{4}"):reference>``: a path segment of one form, stated in the document.
+class DocumentedConverter(BaseConverter):
+    """A path converter that states its form in the document (``openapi``: the parameter's schema).
 
-    A plain ``<string:reference>`` beside a static ``/quote`` also matches ``quote``, so ``/bookings/quote``
-    would answer (and advertise in ``Allow``) the methods of ``/bookings/{reference}`` too.
+    An area subclasses it when a plain ``<string:...>`` would also match a static sibling: ``/bookings/quote``
+    beside ``/bookings/<reference>`` answered (and advertised in ``Allow``) the reference's GET and PATCH.
     """
 
-    def __init__(self, url_map: Any, pattern: str) -> None:
-        super().__init__(url_map)
-        self.regex = pattern
+    openapi: ClassVar[dict[str, Any]] = {"type": "string"}
 
 
-def _pattern_param(converter: PatternConverter) -> dict[str, Any]:
-    return {"type": "string", "pattern": f"^{converter.regex}$"}
+def _converter_param(converter: DocumentedConverter) -> dict[str, Any]:
+    return dict(converter.openapi)
 
 
 def create_api(app: Flask) -> Api:
     app.config.setdefault("OPENAPI_SWAGGER_UI_PATH", None)
-    app.url_map.converters["pattern"] = PatternConverter
     api = MarketplaceApi(
         app,
         spec_kwargs={
@@ -179,7 +179,7 @@ def create_api(app: Flask) -> Api:
             "security": [{"bearerAuth": []}],
         },
     )
-    api.register_converter(PatternConverter, _pattern_param)
+    api.register_converter(DocumentedConverter, _converter_param)
     gates: dict[str, str] = app.extensions.setdefault("route_gates", {})
     gates["api-docs"] = "public"  # flask-smorest's blueprint serving /api/openapi.json
     app.register_blueprint(docs_bp)

@@ -151,7 +151,9 @@ NEW_PASSWORD_LENGTH = (12, 128)  # users.passwords' MIN_LENGTH and MAX_LENGTH (a
 def NewPassword() -> fields.String:  # noqa: N802
     """A password being chosen: the policy's length here, the rest in the description (users' service checks)."""
     low, high = NEW_PASSWORD_LENGTH
-    return fields.String(required=True, load_only=True, validate=validate.Length(min=low, max=high),
+    # the service refuses a wrong length too, with the policy's own code (`weak_password`), so here it is stated only
+    return fields.String(required=True, load_only=True,
+                         validate=[validate.Length(min=1, max=256), documented(minLength=low, maxLength=high)],
                          metadata={"description": POLICY_TEXT})
 
 

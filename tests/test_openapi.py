@@ -551,25 +551,30 @@ def test_what_the_document_allows_is_accepted(app: Flask, client: FlaskClient, a
     cases = 0
     for result in api_schema.get_all_operations():
         operation = result.ok()
-        headers = headers_for(operation)
-
-        @settings(max_examples=per_operation, derandomize=True, database=None, deadline=None,
-                  suppress_health_check=list(HealthCheck), phases=[Phase.explicit, Phase.generate, Phase.shrink])
-        @given(case=operation.as_strategy(generation_mode=GenerationMode.POSITIVE))
-        def run(case: Any, headers: Callable[[], dict[str, str]] = headers) -> None:
-            nonlocal cases
-            cases += 1
-            response = case.call_and_validate(
-                headers=headers(), checks=[not_a_server_error, response_schema_conformance, content_type_conformance])
-            problem = unstated_refusal(case, response)
-            assert problem is None, f"valid by the document but refused: {problem}\n{case.as_curl_command()}"
-
         try:
-            run()
+            cases += _run_positive(operation, headers_for(operation), per_operation)
         except (Exception, BaseExceptionGroup) as exc:
             failures.append(f"{operation.label}: {exc}")
     assert failures == [], "\n\n".join(failures)
     assert cases >= len(tags) * MIN_EXAMPLES
+
+
+def _run_positive(operation: Any, headers: Callable[[], dict[str, str]], examples: int) -> int:
+    """One Hypothesis run of positive cases for ``operation``; returns how many ran."""
+    counter = {"cases": 0}
+
+    @settings(max_examples=examples, derandomize=True, database=None, deadline=None,
+              suppress_health_check=list(HealthCheck), phases=[Phase.explicit, Phase.generate, Phase.shrink])
+    @given(case=operation.as_strategy(generation_mode=GenerationMode.POSITIVE))
+    def run(case: Any) -> None:
+        counter["cases"] += 1
+        response = case.call_and_validate(
+            headers=headers(), checks=[not_a_server_error, response_schema_conformance, content_type_conformance])
+        problem = unstated_refusal(case, response)
+        assert problem is None, f"valid by the document but refused: {problem}\n{case.as_curl_command()}"
+
+    run()
+    return counter["cases"]
 
 
 def test_the_positive_run_catches_an_unstated_constraint(app: Flask, api_schema: Any,
@@ -606,6 +611,37 @@ def test_new_password_length_is_the_policy(app: Flask) -> None:
     from marketplace.users import passwords
 
     assert (passwords.MIN_LENGTH, passwords.MAX_LENGTH) == NEW_PASSWORD_LENGTH
+
+
+def test_image_uploads_state_every_accepted_type(client: FlaskClient) -> None:  # IN-03
+    # car photos were documented as "JPEG or PNG" while WebP is accepted (marketplace.images)
+    from pathlib import Path
+
+    from marketplace.images import DEFAULT_ALLOWED_FORMATS, VEHICLE_PHOTO_POLICY
+
+    assert set(VEHICLE_PHOTO_POLICY.allowed_formats) == set(DEFAULT_ALLOWED_FORMATS) == {"JPEG", "PNG", "WEBP"}
+    spec = _spec(client)
+    parts = 0
+    for method, path, op in _operations(spec):
+        body = op.get("requestBody", {}).get("content", {}).get("multipart/form-data")
+        if body is None:
+            continue
+        schema = _resolve(spec, body["schema"])
+        for name, prop in schema["properties"].items():
+            if prop.get("format") != "binary":
+                continue
+            parts += 1
+            types = {t.strip() for t in body["encoding"][name]["contentType"].split(",")}
+            assert types == {"image/jpeg", "image/png", "image/webp"}, f"{method} {path}"
+            assert "JPEG, PNG or WebP" in prop["description"], f"{method} {path}"
+        assert "JPEG or PNG" not in str(op), f"{method} {path}"
+    assert parts >= 4
+    templates = Path(__file__).resolve().parents[1] / "agency_app" / "templates"
+    for page in templates.rglob("*.html"):
+        text = page.read_text()
+        assert "JPEG or PNG" not in text, page
+        for accept in re.findall(r'accept="(image/[^"]*)"', text):
+            assert "image/webp" in accept.split(","), page
 
 
 # ---- every documented (path, method) is what the URL map serves -----------------------------------------------

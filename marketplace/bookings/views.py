@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, ClassVar
 
 from flask import request
 from flask.views import MethodView
 
-from marketplace.api import ApiBlueprint
+from marketplace.api import ApiBlueprint, DocumentedConverter
 from marketplace.bookings import schemas as s
 from marketplace.bookings import service
 from marketplace.bookings.models import Booking
@@ -25,8 +25,25 @@ agency_bookings_bp = ApiBlueprint("agency_bookings", __name__, url_prefix="/api/
                                   description="The agency's bookings (minimised customer data)")
 
 _KEY = re.compile(r"^[A-Za-z0-9_\-:.]{8,80}$")
-# a booking reference as bookings.service.new_reference makes it; a static sibling (``/quote``) never matches it
-REFERENCE = '<pattern("CJ-[A-Z0-9]{4}-[A-Z0-9]{4}"):reference>'
+
+
+class ReferenceConverter(DocumentedConverter):
+    """A booking reference: any path segment but ``quote``, its static sibling (a wrong reference stays a 404
+    from the service); documented in the form bookings.service.new_reference makes."""
+
+    regex = r"(?!quote$)[^/]+"
+    part_isolating = True
+    openapi: ClassVar[dict[str, Any]] = {"type": "string", "pattern": r"^CJ-[A-Z0-9]{4}-[A-Z0-9]{4}$"}
+
+
+def _converters(state: Any) -> None:
+    state.app.url_map.converters.setdefault("reference", ReferenceConverter)
+
+
+# recorded before any route, so the converter exists when the blueprint's rules are added
+bookings_bp.record_once(_converters)
+agency_bookings_bp.record_once(_converters)
+REFERENCE = "<reference:reference>"
 
 
 def _money(b: Any) -> dict[str, Any]:

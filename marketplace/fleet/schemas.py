@@ -38,21 +38,31 @@ class StrictNumber(fields.Float):
         return float(value)
 
 
-# ASCII digits (``\d`` would take other scripts), an optional fraction and exponent: how any JSON number or
-# float is written; no NaN or infinity, and a bounded length
-_NUMBER_TEXT = re.compile(r"^-?[0-9]{1,4}(\.[0-9]{1,20})?([eE][-+]?[0-9]{1,3})?$")
+_NUMBER_TEXT = re.compile(r"^-?\d{1,4}(\.\d{1,20})?$")
 
 
 class QueryNumber(fields.Float):
-    """A decimal number in a query string (``12.5``, ``1e-05``): finite, at most 32 characters."""
+    """A decimal number in a query string: plain digits with an optional fraction (no exponents, no NaN).
+
+    The document states it as text of that form whose pattern also holds the field's range (``decimal_text``):
+    a JSON Schema number would be sent as ``1e-05`` by a client, which is refused."""
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> float:
-        if not isinstance(value, str) or len(value) > 32 or not _NUMBER_TEXT.match(value):
+        if not isinstance(value, str) or not _NUMBER_TEXT.match(value):
             raise self.make_error("invalid", input=value)
-        number = float(value)
-        if not math.isfinite(number):
-            raise self.make_error("invalid", input=value)
-        return number
+        return float(value)
+
+
+def decimal_text(pattern: str, description: str) -> Documented:
+    return Documented({"type": "string", "pattern": pattern, "description": description})
+
+
+_FRACTION = r"(\.[0-9]{1,20})?"
+_LATITUDE = decimal_text(rf"^-?([0-8]?[0-9]{_FRACTION}|90(\.0{{1,20}})?)$", "Decimal degrees, -90 to 90")
+_LONGITUDE = decimal_text(rf"^-?((1[0-7][0-9]|[1-9]?[0-9]){_FRACTION}|180(\.0{{1,20}})?)$",
+                          "Decimal degrees, -180 to 180")
+_RADIUS = decimal_text(rf"^(0\.[1-9][0-9]{{0,19}}|[1-9][0-9]?{_FRACTION}|100(\.0{{1,20}})?)$",
+                       f"Kilometres, 0.1 to {fleet.MAX_RADIUS_KM:g}; default {fleet.DEFAULT_RADIUS_KM:g} with lat/lng")
 
 
 def _year(value: int) -> None:
@@ -171,11 +181,10 @@ SEARCH_RULES = (
 
 class SearchArgs(StrictSchema):
     city = fields.String(load_default=None, validate=validate.OneOf(fleet.CITIES))
-    lat = QueryNumber(load_default=None, validate=validate.Range(min=-90, max=90),
+    lat = QueryNumber(load_default=None, validate=[validate.Range(min=-90, max=90), _LATITUDE],
                       metadata={"description": "Your position: used for this request only, never stored"})
-    lng = QueryNumber(load_default=None, validate=validate.Range(min=-180, max=180))
-    radius_km = QueryNumber(load_default=None, validate=validate.Range(min=0.1, max=fleet.MAX_RADIUS_KM),
-                            metadata={"description": f"Default {fleet.DEFAULT_RADIUS_KM:g} km with lat/lng"})
+    lng = QueryNumber(load_default=None, validate=[validate.Range(min=-180, max=180), _LONGITUDE])
+    radius_km = QueryNumber(load_default=None, validate=[validate.Range(min=0.1, max=fleet.MAX_RADIUS_KM), _RADIUS])
     starts_at = fields.AwareDateTime(load_default=None, metadata=_WHEN)
     ends_at = fields.AwareDateTime(load_default=None, metadata=_WHEN)
     category = fields.String(load_default=None, validate=validate.OneOf(fleet.CATEGORIES))

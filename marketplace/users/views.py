@@ -9,6 +9,7 @@ from flask.views import MethodView
 
 from marketplace import ratelimits
 from marketplace.api import ApiBlueprint as Blueprint
+from marketplace.errors import Unprocessable
 from marketplace.extensions import limiter
 from marketplace.notifications import service as notifications
 from marketplace.schemas import PageArgsSchema, StatusSchema, decode_id_cursor, encode_cursor
@@ -193,12 +194,17 @@ class Consents(MethodView):
         return consent, (201 if created else 200)
 
 
-# an unknown kind matches no route (404); the document lists the kinds
-@me_bp.route(f"/consents/<any({', '.join(k.value for k in ConsentKind)}):kind>", methods=["DELETE"])
+@me_bp.route("/consents/<string:kind>", methods=["DELETE"])
+@me_bp.doc(parameters=[{"in": "path", "name": "kind", "required": True,
+                        "schema": {"type": "string", "enum": [k.value for k in ConsentKind]}}])
 @me_bp.response(204)
 def withdraw_consent(kind: str) -> None:
     """Withdraw a consent; it takes effect at once."""
-    service.withdraw_consent(current_actor(), ConsentKind(kind))
+    try:
+        consent_kind = ConsentKind(kind)
+    except ValueError as exc:
+        raise Unprocessable(details={"fields": {"kind": ["Unknown consent kind."]}}) from exc
+    service.withdraw_consent(current_actor(), consent_kind)
 
 
 @me_bp.route("/notification-preferences")
