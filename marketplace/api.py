@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import flask_smorest
+from apispec import BasePlugin
 from flask import Blueprint, Flask, abort, render_template, send_from_directory
 from flask_smorest import Api
+from werkzeug.routing import BaseConverter
 from werkzeug.wrappers import Response
 
-from marketplace.schemas import ErrorSchema
+from marketplace.schemas import ErrorSchema, ImageUpload
 from marketplace.webhelpers import StrictParser
 
 
@@ -30,6 +32,69 @@ class MarketplaceApi(Api):
     def _register_error_handlers(self) -> None:
         """``marketplace.errors`` owns every error response."""
 
+    def _init_spec(self, **kwargs: Any) -> None:
+        kwargs["extra_plugins"] = [*(kwargs.get("extra_plugins") or ()), ConstraintsPlugin()]
+        super()._init_spec(**kwargs)
+        self.ma_plugin.converter.add_attribute_function(validators2properties)
+
+
+# ---- every rule the code enforces, in the document ---------------------------------------------------------
+
+
+def validators2properties(self: Any, field: Any, ret: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+    """JSON Schema keywords a field's validators state (``marketplace.schemas.Documented``), and a nullable
+    nested object that is exactly the object or null.
+
+    apispec writes a nullable ``Nested`` as ``anyOf: [{type: object, nullable: true}, {$ref}]`` in OpenAPI 3.0,
+    whose first branch is any object at all; generated requests then carry fields the code refuses.
+    """
+    out: dict[str, Any] = {}
+    for validator in getattr(field, "validators", ()):
+        keywords = getattr(validator, "openapi", None)
+        if not isinstance(keywords, dict):
+            continue
+        for key, value in keywords.items():
+            if getattr(validator, "weak", False) and (key in ret or key in out):
+                continue
+            joined = key == "description" and ret.get("description")
+            out[key] = f"{ret['description']}. {value}" if joined else value
+    if out.get("type") == "string":  # a number written as text (a query parameter): the pattern holds the range
+        ret.pop("minimum", None), ret.pop("maximum", None)
+    branches = ret.get("anyOf")
+    if isinstance(branches, list) and len(branches) == 2 and {"type": "object", "nullable": True} in branches:
+        ref = next(b for b in branches if b != {"type": "object", "nullable": True})
+        out["anyOf"] = [ref, {"type": "object", "nullable": True, "enum": [None]}]
+    return out
+
+
+class ConstraintsPlugin(BasePlugin):
+    """Object-level keywords of an input schema (``StrictSchema.OPENAPI``, e.g. ``minProperties``), and the
+    content types of each image part of a multipart body (its ``encoding``)."""
+
+    def __init__(self) -> None:
+        self._parts: dict[str, dict[str, Any]] = {}  # component name -> {field: {"contentType": ...}}
+
+    def schema_helper(self, name: str, definition: dict[str, Any], **kwargs: Any) -> dict[str, Any] | None:
+        schema = kwargs.get("schema")
+        cls = schema if isinstance(schema, type) else type(schema)
+        fields_ = getattr(cls, "_declared_fields", {})
+        parts = {key: {"contentType": ", ".join(f.CONTENT_TYPES)} for key, f in fields_.items()
+                 if isinstance(f, ImageUpload)}
+        if parts:
+            self._parts[name] = parts
+        keywords: dict[str, Any] = getattr(cls, "OPENAPI", {})
+        return dict(keywords) or None
+
+    def operation_helper(self, path: str | None = None, operations: dict[str, Any] | None = None,
+                         **kwargs: Any) -> None:
+        for operation in (operations or {}).values():
+            content = operation.get("requestBody", {}).get("content", {})
+            for media, body in content.items():
+                ref = body.get("schema", {}).get("$ref", "") if isinstance(body.get("schema"), dict) else ""
+                parts = self._parts.get(ref.rsplit("/", 1)[-1])
+                if media == "multipart/form-data" and parts:
+                    body["encoding"] = parts
+
 
 API_DESCRIPTION = """\
 JSON API of the CareJar car-rental marketplace.
@@ -47,6 +112,20 @@ JSON API of the CareJar car-rental marketplace.
 """
 
 
+class DocumentedConverter(BaseConverter):
+    """A path converter that states its form in the document (``openapi``: the parameter's schema).
+
+    An area subclasses it when a plain ``<string:...>`` would also match a static sibling: ``/bookings/quote``
+    beside ``/bookings/<reference>`` answered (and advertised in ``Allow``) the reference's GET and PATCH.
+    """
+
+    openapi: ClassVar[dict[str, Any]] = {"type": "string"}
+
+
+def _converter_param(converter: DocumentedConverter) -> dict[str, Any]:
+    return dict(converter.openapi)
+
+
 def create_api(app: Flask) -> Api:
     app.config.setdefault("OPENAPI_SWAGGER_UI_PATH", None)
     api = MarketplaceApi(
@@ -62,6 +141,7 @@ def create_api(app: Flask) -> Api:
             "security": [{"bearerAuth": []}],
         },
     )
+    api.register_converter(DocumentedConverter, _converter_param)
     gates: dict[str, str] = app.extensions.setdefault("route_gates", {})
     gates["api-docs"] = "public"  # flask-smorest's blueprint serving /api/openapi.json
     app.register_blueprint(docs_bp)

@@ -6,11 +6,13 @@ import base64
 import hashlib
 import hmac
 import json
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 from flask import current_app
+from flask_smorest.fields import Upload
 from marshmallow import RAISE, Schema, ValidationError, fields, validate
 
 from marketplace.errors import Unprocessable
@@ -19,7 +21,13 @@ T = TypeVar("T")
 
 
 class StrictSchema(Schema):
-    """Every input schema: unknown fields are an error (no mass assignment)."""
+    """Every input schema: unknown fields are an error (no mass assignment).
+
+    ``OPENAPI`` holds JSON Schema keywords for the whole object (``minProperties`` for "send at least one
+    field"); ``marketplace.api`` writes them into the document.
+    """
+
+    OPENAPI: ClassVar[dict[str, Any]] = {}
 
     class Meta:
         unknown = RAISE
@@ -64,9 +72,46 @@ class QueryInteger(fields.Integer):
         return int(value)
 
 
-def Text(*, max_length: int, min_length: int = 1, **kwargs: Any) -> fields.String:  # noqa: N802
-    """A trimmed, length-limited string (no control characters)."""
-    validators: list[Callable[[Any], Any]] = [validate.Length(min=min_length, max=max_length), _no_control_chars]
+class Documented:
+    """A validator that also states its rule in the OpenAPI document as JSON Schema keywords.
+
+    ``keywords`` is a dict, or a function returning one (for a bound that moves, such as next year).
+    ``check`` is the rule itself; without it the validator only documents a rule a service enforces.
+    A ``weak`` one's keywords yield to the same keywords from elsewhere (the stricter pattern wins).
+    """
+
+    def __init__(self, keywords: dict[str, Any] | Callable[[], dict[str, Any]],
+                 check: Callable[[Any], Any] | None = None, *, weak: bool = False) -> None:
+        self._keywords = keywords
+        self._check = check
+        self.weak = weak
+
+    @property
+    def openapi(self) -> dict[str, Any]:
+        return dict(self._keywords() if callable(self._keywords) else self._keywords)
+
+    def __call__(self, value: Any) -> Any:
+        if self._check is not None:
+            self._check(value)
+        return value
+
+
+# no C0 control character but the tab, no DEL (JSON Schema has no "not" for characters, so a class)
+NO_CONTROL_CHARS = r"^[^\x00-\x08\x0a-\x1f\x7f]*$"
+# ... and something other than white space (names the services refuse when blank)
+NOT_BLANK = r"^[^\x00-\x08\x0a-\x1f\x7f]*[^\s\x00-\x1f\x7f][^\x00-\x08\x0a-\x1f\x7f]*$"
+
+
+def Text(  # noqa: N802
+    *, max_length: int, min_length: int = 1, blank: bool = True, rules: tuple[Documented, ...] = (), **kwargs: Any,
+) -> fields.String:
+    """A length-limited string without control characters; ``blank=False``: not only white space (the
+    services refuse blank names); ``rules``: what a service also checks (``PHONE``, ``EMAIL``)."""
+    validators: list[Callable[[Any], Any]] = [
+        validate.Length(min=min_length, max=max_length),
+        Documented({"pattern": NO_CONTROL_CHARS if blank else NOT_BLANK}, _no_control_chars, weak=True),
+        *rules,
+    ]
     return fields.String(validate=validators, **kwargs)
 
 
@@ -75,12 +120,69 @@ def _no_control_chars(value: str) -> None:
         raise ValidationError("Control characters are not allowed.")
 
 
+def documented(**keywords: Any) -> Documented:
+    """JSON Schema keywords for a rule a service checks (``pattern``, ``format``, ``enum`` ...)."""
+    return Documented(keywords)
+
+
+# a phone number as the services store it; they also accept spaces, dashes, dots and brackets, and 00 for +
+PHONE = documented(pattern=r"^\+[1-9][0-9]{7,14}$")
+
+
+def _special_use_domains() -> str:
+    from email_validator import SPECIAL_USE_DOMAIN_NAMES  # what users.service.normalise_email refuses
+
+    return "|".join("".join(f"[{c.lower()}{c.upper()}]" if c.isalpha() else re.escape(c) for c in name)
+                    for name in SPECIAL_USE_DOMAIN_NAMES)
+
+
+# an address users.service.normalise_email accepts: not on a special-use domain (.test, .local, .onion ...)
+EMAIL = documented(format="email", pattern=rf"^[^@]+@(?!([^@]*\.)?({_special_use_domains()})$)[^@]+$")
+
+
 COUNTRY_CODE = validate.Regexp(r"^[A-Za-z]{2}$", error="Use a two-letter ISO 3166-1 country code.")
 
 
 def Password() -> fields.String:  # noqa: N802 - reads like the other field factories
     """A password in a request: never dumped; the policy itself is checked by the service."""
     return fields.String(required=True, load_only=True, validate=validate.Length(min=1, max=256))
+
+
+NEW_PASSWORD_LENGTH = (12, 128)  # users.passwords' MIN_LENGTH and MAX_LENGTH (a test keeps them equal)
+
+
+def NewPassword() -> fields.String:  # noqa: N802
+    """A password being chosen: the policy's length here, the rest in the description (users' service checks)."""
+    low, high = NEW_PASSWORD_LENGTH
+    # the service refuses a wrong length too, with the policy's own code (`weak_password`), so here it is stated only
+    return fields.String(required=True, load_only=True,
+                         validate=[validate.Length(min=1, max=256), documented(minLength=low, maxLength=high)],
+                         metadata={"description": POLICY_TEXT})
+
+
+POLICY_TEXT = (
+    "12 to 128 characters, at least 5 different ones, not a commonly used password, and not containing your "
+    "e-mail address or a part of your name (refused with `weak_password`)")
+
+
+AT_LEAST_ONE_FIELD: dict[str, Any] = {"minProperties": 1}  # a ``StrictSchema.OPENAPI`` for "send something"
+
+
+class ImageUpload(Upload):
+    """An image part of a multipart body. ``marketplace.api`` states its content types (the part's
+    ``encoding``) and ``marketplace.images``' limits in the document; the image pipeline checks them."""
+
+    CONTENT_TYPES: ClassVar[tuple[str, ...]] = ("image/jpeg", "image/png", "image/webp")
+
+    def __init__(self, *, description: str = "", **kwargs: Any) -> None:
+        from marketplace.images import MIB, ImagePolicy
+
+        policy = ImagePolicy()
+        limits = (f"JPEG, PNG or WebP (the part's Content-Type must match the bytes), at most "
+                  f"{policy.max_bytes // MIB} MiB, {policy.max_pixels // 1_000_000} megapixels and "
+                  f"{policy.max_side:,} px a side; metadata is removed and the pixels re-encoded as JPEG")
+        kwargs["metadata"] = {"description": f"{limits}. {description}".strip(), **kwargs.get("metadata", {})}
+        super().__init__(**kwargs)
 
 
 class PatchSchema(StrictSchema):
@@ -112,8 +214,12 @@ class StatusSchema(OutSchema):
 MAX_PAGE = 100
 
 
+CURSOR = ("Opaque: the `next_cursor` of the previous page of the same list; any other value is refused "
+          "(`validation_error` naming `cursor`)")
+
+
 class PageArgsSchema(StrictSchema):
-    cursor = fields.String(load_default=None, validate=validate.Length(max=200))
+    cursor = fields.String(load_default=None, validate=validate.Length(max=200), metadata={"description": CURSOR})
     limit = QueryInteger(load_default=20, validate=validate.Range(min=1, max=MAX_PAGE))
 
 

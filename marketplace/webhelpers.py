@@ -22,7 +22,7 @@ from webargs.flaskparser import FlaskParser
 from werkzeug.datastructures import CombinedMultiDict, MultiDict
 
 from marketplace.errors import JsonTooDeep, MalformedJson
-from marketplace.schemas import StrictSchema
+from marketplace.schemas import ImageUpload, StrictSchema
 
 # ---- JSON bodies -----------------------------------------------------------------------------------------
 
@@ -174,7 +174,7 @@ class StrictParser(FlaskParser):
 
 
 class ImageFileIn(StrictSchema):
-    image = Upload(required=True, metadata={"description": "JPEG, PNG or WebP; metadata is removed"})
+    image = ImageUpload(required=True)
 
 
 def multipart(view: Any) -> Any:

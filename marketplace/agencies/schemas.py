@@ -9,23 +9,32 @@ from marshmallow import ValidationError, fields, validate, validates_schema
 from marketplace.agencies.models import AgencyDocumentKind
 from marketplace.permissions import AGENCY_ROLES
 from marketplace.schemas import (
+    AT_LEAST_ONE_FIELD,
     COUNTRY_CODE,
+    EMAIL,
+    PHONE,
+    NewPassword,
     OutSchema,
     PageArgsSchema,
     PageInfoSchema,
-    Password,
     PatchSchema,
     StrictInteger,
     StrictSchema,
     Text,
+    documented,
 )
 
 _AGENCY_PARAM = {"description": "Public id of one of your agencies; needed only if you work for several"}
+_PHONE = "International format, e.g. +97143001234 (spaces, dashes, dots and brackets are ignored; 00 for +)"
+# the forms agencies.service stores (it also removes spaces and dashes from a TRN and folds case and spaces
+# of a trade licence number)
+TRN = documented(pattern=r"^100[0-9]{12}$")
+TRADE_LICENCE = documented(pattern=r"^[A-Z0-9][A-Z0-9/ -]{2,63}$")
 
 
 class AgencyAddressIn(StrictSchema):
-    line1 = Text(max_length=200, required=True)
-    city = Text(max_length=100, required=True)
+    line1 = Text(max_length=200, required=True, blank=False)
+    city = Text(max_length=100, required=True, blank=False)
     country = fields.String(required=True, validate=COUNTRY_CODE)
 
 
@@ -34,21 +43,21 @@ class AgencyAddressPatchIn(PatchSchema, AgencyAddressIn):
 
 
 class OwnerIn(StrictSchema):
-    full_name = Text(max_length=200, required=True)
-    email = Text(max_length=254, required=True, metadata={"description": "The owner's sign-in e-mail"})
-    password = Password()
+    full_name = Text(max_length=200, required=True, blank=False)
+    email = Text(max_length=254, required=True, rules=(EMAIL,), metadata={"description": "The owner's sign-in e-mail"})
+    password = NewPassword()
 
 
 class AgencySignUpIn(StrictSchema):
-    business_name = Text(max_length=200, required=True)
-    trade_licence_number = Text(max_length=64, required=True)
-    trn = Text(max_length=24, required=True,
+    business_name = Text(max_length=200, required=True, blank=False)
+    trade_licence_number = Text(max_length=64, required=True, rules=(TRADE_LICENCE,))
+    trn = Text(max_length=24, required=True, rules=(TRN,),
                metadata={"description": "UAE tax registration number: 15 digits starting with 100"})
     address = fields.Nested(AgencyAddressIn, required=True)
-    representative_name = Text(max_length=200, required=True, metadata={"description": "Authorised representative"})
-    contact_email = Text(max_length=254, required=True)
-    contact_phone = Text(max_length=20, required=True,
-                         metadata={"description": "International format, e.g. +97143001234"})
+    representative_name = Text(max_length=200, required=True, blank=False,
+                               metadata={"description": "Authorised representative"})
+    contact_email = Text(max_length=254, required=True, rules=(EMAIL,))
+    contact_phone = Text(max_length=20, required=True, rules=(PHONE,), metadata={"description": _PHONE})
     owner = fields.Nested(OwnerIn, required=True, metadata={"description": "The owner's staff account"})
 
 
@@ -57,12 +66,15 @@ class AgencyQueryIn(StrictSchema):
 
 
 class AgencyPatchIn(StrictSchema):
-    business_name = Text(max_length=200, metadata={"description": "Only before verification"})
-    trade_licence_number = Text(max_length=64, metadata={"description": "Only before verification"})
-    trn = Text(max_length=24, metadata={"description": "Only before verification"})
-    representative_name = Text(max_length=200, metadata={"description": "Only before verification"})
-    contact_email = Text(max_length=254)
-    contact_phone = Text(max_length=20)
+    OPENAPI = AT_LEAST_ONE_FIELD
+
+    business_name = Text(max_length=200, blank=False, metadata={"description": "Only before verification"})
+    trade_licence_number = Text(max_length=64, rules=(TRADE_LICENCE,),
+                                metadata={"description": "Only before verification"})
+    trn = Text(max_length=24, rules=(TRN,), metadata={"description": "Only before verification"})
+    representative_name = Text(max_length=200, blank=False, metadata={"description": "Only before verification"})
+    contact_email = Text(max_length=254, rules=(EMAIL,))
+    contact_phone = Text(max_length=20, rules=(PHONE,), metadata={"description": _PHONE})
     address = fields.Nested(AgencyAddressPatchIn)
     turnaround_minutes = StrictInteger(validate=validate.Range(min=0, max=1440),
                                        metadata={"description": "Default gap between two rentals of one car"})
@@ -140,8 +152,8 @@ class StaffPageOut(OutSchema):
 
 
 class InvitationIn(StrictSchema):
-    email = Text(max_length=254, required=True)
-    full_name = Text(max_length=200, required=True)
+    email = Text(max_length=254, required=True, rules=(EMAIL,))
+    full_name = Text(max_length=200, required=True, blank=False)
     role = fields.String(required=True, validate=validate.OneOf(sorted(str(r) for r in AGENCY_ROLES)),
                          metadata={"description": "Only an owner may invite another owner"})
 

@@ -6,14 +6,19 @@ from typing import Any
 
 from marshmallow import ValidationError, fields, validate, validates_schema
 
-from marketplace.schemas import OutSchema, PageArgsSchema, PageInfoSchema, StrictSchema, Text
+from marketplace.schemas import OutSchema, PageArgsSchema, PageInfoSchema, StrictSchema, Text, documented
+from marketplace.users.service import current_text_version
 
 _WHEN = {"format": "date-time", "description": "ISO 8601 with a time zone offset; stored in UTC"}
+PERIOD_RULES = ("The period: `ends_at` after `starts_at`, pick-up at least one hour from now and at most a "
+                "year ahead, at most 30 days long (refused with `validation_error` naming the field).")
 
 
 class PeriodIn(StrictSchema):
-    starts_at = fields.AwareDateTime(required=True, metadata=_WHEN)
-    ends_at = fields.AwareDateTime(required=True, metadata=_WHEN)
+    starts_at = fields.AwareDateTime(required=True, metadata={
+        **_WHEN, "description": "Pick-up: at least one hour from now, at most a year ahead"})
+    ends_at = fields.AwareDateTime(required=True, metadata={
+        **_WHEN, "description": "Return: after the pick-up, at most 30 days later"})
 
     @validates_schema
     def _order(self, data: dict[str, Any], **kwargs: Any) -> None:
@@ -26,10 +31,11 @@ class QuoteIn(PeriodIn):
 
 
 class BookingIn(QuoteIn):
-    accept_rental_terms_version = Text(max_length=32, required=True,
-                                       metadata={"description": "Version of the rental terms shown and accepted"})
+    accept_rental_terms_version = Text(
+        max_length=32, required=True, rules=(documented(enum=[current_text_version("rental_terms")]),),
+        metadata={"description": "Version of the rental terms shown and accepted (the current one)"})
     accept_mit_mandate_version = Text(
-        max_length=32, required=True,
+        max_length=32, required=True, rules=(documented(enum=[current_text_version("mit_mandate")]),),
         metadata={"description": "Version of the post-rental charges (MIT) mandate shown and accepted"})
 
 

@@ -25,7 +25,7 @@ from marketplace.availability.service import Holder, VehicleUnavailable
 from marketplace.bookings import states
 from marketplace.bookings.models import Booking, BookingEvent
 from marketplace.bookings.states import BookingStatus
-from marketplace.errors import Conflict, Forbidden, NotFound
+from marketplace.errors import Conflict, Forbidden, NotFound, Unprocessable
 from marketplace.extensions import db, utcnow
 from marketplace.fleet import service as fleet
 from marketplace.fleet.service import bookable_vehicle
@@ -113,6 +113,15 @@ def new_reference() -> str:
     return f"CJ-{body[:4]}-{body[4:]}"
 
 
+def _in_utc(value: datetime, field: str) -> datetime:
+    """``value`` in UTC; a time at the edge of the calendar (0001-01-01T00:00+03:00) has no UTC value, and it is
+    outside every booking window anyway."""
+    try:
+        return value.astimezone(UTC)
+    except OverflowError as exc:
+        raise Unprocessable(details={"fields": {field: ["Out of range."]}}) from exc
+
+
 def request_fingerprint(payload: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -149,8 +158,8 @@ def create_booking(
     if actor.is_staff:
         raise BookingNotAllowed()
     user_id = actor.user.id
-    fingerprint = request_fingerprint({"vehicle_id": vehicle_id, "starts_at": starts_at.astimezone(UTC),
-                                       "ends_at": ends_at.astimezone(UTC), "terms": rental_terms_version,
+    fingerprint = request_fingerprint({"vehicle_id": vehicle_id, "starts_at": _in_utc(starts_at, "starts_at"),
+                                       "ends_at": _in_utc(ends_at, "ends_at"), "terms": rental_terms_version,
                                        "mandate": mit_mandate_version})
 
     def replay() -> tuple[Booking, bool] | None:

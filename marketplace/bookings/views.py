@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, ClassVar
 
 from flask import request
 from flask.views import MethodView
 
-from marketplace.api import ApiBlueprint
+from marketplace.api import ApiBlueprint, DocumentedConverter
 from marketplace.bookings import schemas as s
 from marketplace.bookings import service
 from marketplace.bookings.models import Booking
@@ -25,6 +25,25 @@ agency_bookings_bp = ApiBlueprint("agency_bookings", __name__, url_prefix="/api/
                                   description="The agency's bookings (minimised customer data)")
 
 _KEY = re.compile(r"^[A-Za-z0-9_\-:.]{8,80}$")
+
+
+class ReferenceConverter(DocumentedConverter):
+    """A booking reference: any path segment but ``quote``, its static sibling (a wrong reference stays a 404
+    from the service); documented in the form bookings.service.new_reference makes."""
+
+    regex = r"(?!quote$)[^/]+"
+    part_isolating = True
+    openapi: ClassVar[dict[str, Any]] = {"type": "string", "pattern": r"^CJ-[A-Z0-9]{4}-[A-Z0-9]{4}$"}
+
+
+def _converters(state: Any) -> None:
+    state.app.url_map.converters.setdefault("reference", ReferenceConverter)
+
+
+# recorded before any route, so the converter exists when the blueprint's rules are added
+bookings_bp.record_once(_converters)
+agency_bookings_bp.record_once(_converters)
+REFERENCE = "<reference:reference>"
 
 
 def _money(b: Any) -> dict[str, Any]:
@@ -70,6 +89,7 @@ def agency_booking_out(b: Booking) -> dict[str, Any]:
 
 
 @bookings_bp.route("/quote", methods=["POST"])
+@bookings_bp.doc(description=s.PERIOD_RULES)
 @bookings_bp.arguments(s.QuoteIn)
 @bookings_bp.response(200, s.QuoteOut)
 def quote(args: dict[str, Any]) -> dict[str, Any]:
@@ -84,12 +104,13 @@ def quote(args: dict[str, Any]) -> dict[str, Any]:
 
 @bookings_bp.route("")
 class Bookings(MethodView):
+    @bookings_bp.doc(description=s.PERIOD_RULES)
     @bookings_bp.arguments(s.BookingIn)
     @bookings_bp.response(201, s.BookingOut)
     @bookings_bp.alt_response(200, schema=s.BookingOut,
                               description="Replay of an earlier request with this Idempotency-Key")
     @bookings_bp.doc(parameters=[{"in": "header", "name": "Idempotency-Key", "required": False,
-                                  "schema": {"type": "string", "minLength": 8, "maxLength": 80},
+                                  "schema": {"type": "string", "pattern": _KEY.pattern},
                                   "description": "Send the same key to retry safely; a different body is a 409"}])
     def post(self, args: dict[str, Any]) -> Any:
         """Book a car (accepting the rental terms and the MIT mandate); pay within 15 minutes."""
@@ -111,13 +132,14 @@ class Bookings(MethodView):
                         lambda n: service.list_for_customer(actor, before_id=before, limit=n)).out(booking_out)
 
 
-@bookings_bp.route("/<string:reference>")
+@bookings_bp.route(f"/{REFERENCE}")
 class BookingDetail(MethodView):
     @bookings_bp.response(200, s.BookingOut)
     def get(self, reference: str) -> dict[str, Any]:
         """One of your bookings, with its status history."""
         return booking_out(service.get_for_customer(current_actor(), reference))
 
+    @bookings_bp.doc(description=s.PERIOD_RULES)
     @bookings_bp.arguments(s.PeriodIn)
     @bookings_bp.response(200, s.BookingOut)
     def patch(self, args: dict[str, Any], reference: str) -> dict[str, Any]:
@@ -127,7 +149,7 @@ class BookingDetail(MethodView):
         return booking_out(booking)
 
 
-@bookings_bp.route("/<string:reference>/cancel", methods=["POST"])
+@bookings_bp.route(f"/{REFERENCE}/cancel", methods=["POST"])
 @bookings_bp.arguments(s.CancelIn)
 @bookings_bp.response(200, s.BookingOut)
 def cancel(args: dict[str, Any], reference: str) -> dict[str, Any]:
@@ -151,7 +173,7 @@ def agency_list(args: dict[str, Any]) -> dict[str, Any]:
         actor, day=args["day"], status=args["status"], before_id=before, limit=n)).out(agency_booking_out)
 
 
-@agency_bookings_bp.route("/<string:reference>")
+@agency_bookings_bp.route(f"/{REFERENCE}")
 @agency_bookings_bp.response(200, s.AgencyBookingOut)
 @requires(Permission.AGENCY_BOOKING_READ)
 def agency_detail(reference: str) -> dict[str, Any]:
@@ -159,7 +181,7 @@ def agency_detail(reference: str) -> dict[str, Any]:
     return agency_booking_out(service.get_for_agency(current_actor(), reference))
 
 
-@agency_bookings_bp.route("/<string:reference>/cancel", methods=["POST"])
+@agency_bookings_bp.route(f"/{REFERENCE}/cancel", methods=["POST"])
 @agency_bookings_bp.arguments(s.CancelIn)
 @agency_bookings_bp.response(200, s.AgencyBookingOut)
 @requires(Permission.AGENCY_VEHICLE_WRITE)

@@ -6,13 +6,16 @@ import math
 import re
 from typing import Any
 
-from flask_smorest.fields import Upload
 from marshmallow import ValidationError, fields, validate, validates_schema
 
 from marketplace.availability.service import MAX_TURNAROUND_MINUTES
 from marketplace.errors import AppError
 from marketplace.fleet import service as fleet
 from marketplace.schemas import (
+    AT_LEAST_ONE_FIELD,
+    CURSOR,
+    Documented,
+    ImageUpload,
     OutSchema,
     PageArgsSchema,
     PageInfoSchema,
@@ -20,6 +23,7 @@ from marketplace.schemas import (
     StrictInteger,
     StrictSchema,
     Text,
+    documented,
 )
 
 _WHEN = {"format": "date-time", "description": "ISO 8601 with a time zone offset; stored in UTC"}
@@ -35,11 +39,14 @@ class StrictNumber(fields.Float):
         return float(value)
 
 
-_NUMBER_TEXT = re.compile(r"^-?\d{1,4}(\.\d{1,10})?$")
+_NUMBER_TEXT = re.compile(r"^-?\d{1,4}(\.\d{1,20})?$")
 
 
 class QueryNumber(fields.Float):
-    """A decimal number in a query string: plain digits with an optional fraction (no exponents, no NaN)."""
+    """A decimal number in a query string: plain digits with an optional fraction (no exponents, no NaN).
+
+    The document states it as text of that form whose pattern also holds the field's range (``decimal_text``):
+    a JSON Schema number would be sent as ``1e-05`` by a client, which is refused."""
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> float:
         if not isinstance(value, str) or not _NUMBER_TEXT.match(value):
@@ -47,9 +54,26 @@ class QueryNumber(fields.Float):
         return float(value)
 
 
+def decimal_text(pattern: str, description: str) -> Documented:
+    return Documented({"type": "string", "pattern": pattern, "description": description})
+
+
+_FRACTION = r"(\.[0-9]{1,20})?"
+_LATITUDE = decimal_text(rf"^-?([0-8]?[0-9]{_FRACTION}|90(\.0{{1,20}})?)$", "Decimal degrees, -90 to 90")
+_LONGITUDE = decimal_text(rf"^-?((1[0-7][0-9]|[1-9]?[0-9]){_FRACTION}|180(\.0{{1,20}})?)$",
+                          "Decimal degrees, -180 to 180")
+_RADIUS = decimal_text(rf"^(0\.[1-9][0-9]{{0,19}}|[1-9][0-9]?{_FRACTION}|100(\.0{{1,20}})?)$",
+                       f"Kilometres, 0.1 to {fleet.MAX_RADIUS_KM:g}; default {fleet.DEFAULT_RADIUS_KM:g} with lat/lng")
+
+
 def _year(value: int) -> None:
     if not fleet.MIN_YEAR <= value <= fleet.next_model_year():
         raise ValidationError(f"Must be between {fleet.MIN_YEAR} and next year.")
+
+
+YEAR = Documented(lambda: {"minimum": fleet.MIN_YEAR, "maximum": fleet.next_model_year()}, _year)
+# a plate as fleet.service stores it (it also folds case, dashes and spaces): emirate, optional series, number
+PLATE = documented(pattern=r"^[A-Z]{1,6}( [A-Z0-9]{1,6})? [0-9]{1,6}$")
 
 
 def _plate(value: str) -> None:
@@ -67,10 +91,9 @@ class VehicleIn(StrictSchema):
         "description": "Public id of the agency that lists the car; needed only if you work for several"})
     make = Text(max_length=60, required=True)
     model = Text(max_length=60, required=True)
-    year = StrictInteger(required=True, validate=_year, metadata={"minimum": fleet.MIN_YEAR,
-                                                                  "description": "1990 up to next year"})
+    year = StrictInteger(required=True, validate=YEAR, metadata={"description": "1990 up to next year"})
     category = fields.String(required=True, validate=validate.OneOf(fleet.CATEGORIES))
-    plate = fields.String(required=True, validate=[validate.Length(min=1, max=20), _plate],
+    plate = fields.String(required=True, validate=[validate.Length(min=1, max=20), _plate, PLATE],
                           metadata={"description": "UAE plate, e.g. DXB A 12345 (stored upper case)"})
     seats = StrictInteger(required=True, validate=validate.Range(min=1, max=60))
     transmission = fields.String(required=True, validate=validate.OneOf(fleet.TRANSMISSIONS))
@@ -101,6 +124,10 @@ class VehicleIn(StrictSchema):
 class VehiclePatchIn(VehicleIn):
     """Every field optional; only those sent change (the agency cannot be changed)."""
 
+    OPENAPI = AT_LEAST_ONE_FIELD
+    turnaround_minutes = StrictInteger(validate=validate.Range(min=0, max=MAX_TURNAROUND_MINUTES),
+                                       metadata={"description": "Gap kept free after each rental"})
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs["partial"] = True
         kwargs["exclude"] = ("agency",)
@@ -124,9 +151,13 @@ class AgencyVehicleArgs(PageArgsSchema):
     city = fields.String(load_default=None, validate=validate.OneOf(fleet.CITIES))
 
 
+BLOCK_RULES = ("The period: the end after the start, at most 90 days long and not already over (refused with "
+               "`validation_error` naming `ends_at`).")
+
+
 class BlockIn(StrictSchema):
     starts_at = fields.AwareDateTime(required=True, metadata=_WHEN)
-    ends_at = fields.AwareDateTime(required=True, metadata=_WHEN)
+    ends_at = fields.AwareDateTime(required=True, metadata={**_WHEN, "description": "After starts_at"})
     reason = Text(max_length=200, load_default=None, allow_none=True)
 
     @validates_schema
@@ -136,19 +167,26 @@ class BlockIn(StrictSchema):
 
 
 class PhotoFileIn(StrictSchema):
-    image = Upload(required=True, metadata={"description": "JPEG or PNG; metadata is removed, pixels re-encoded"})
+    image = ImageUpload(required=True, description="Public once the car is listed.")
 
 
 # ---- public search input -----------------------------------------------------------------------------------
 
 
+SEARCH_RULES = (
+    "How the parameters combine (refused with `validation_error` naming the parameter): `city`, or `lat` with "
+    "`lng` (both or neither); `starts_at` with `ends_at` (both or neither, and the booking rules: pick-up at "
+    "least one hour from now and at most a year ahead, the return after it and at most 30 days later); "
+    "`radius_km` and `sort=distance` need `lat` and `lng`; `max_price` not below `min_price`; `cursor` is the "
+    "`next_cursor` of the previous page of the same search.")
+
+
 class SearchArgs(StrictSchema):
     city = fields.String(load_default=None, validate=validate.OneOf(fleet.CITIES))
-    lat = QueryNumber(load_default=None, validate=validate.Range(min=-90, max=90),
+    lat = QueryNumber(load_default=None, validate=[validate.Range(min=-90, max=90), _LATITUDE],
                       metadata={"description": "Your position: used for this request only, never stored"})
-    lng = QueryNumber(load_default=None, validate=validate.Range(min=-180, max=180))
-    radius_km = QueryNumber(load_default=None, validate=validate.Range(min=0.1, max=fleet.MAX_RADIUS_KM),
-                            metadata={"description": f"Default {fleet.DEFAULT_RADIUS_KM:g} km with lat/lng"})
+    lng = QueryNumber(load_default=None, validate=[validate.Range(min=-180, max=180), _LONGITUDE])
+    radius_km = QueryNumber(load_default=None, validate=[validate.Range(min=0.1, max=fleet.MAX_RADIUS_KM), _RADIUS])
     starts_at = fields.AwareDateTime(load_default=None, metadata=_WHEN)
     ends_at = fields.AwareDateTime(load_default=None, metadata=_WHEN)
     category = fields.String(load_default=None, validate=validate.OneOf(fleet.CATEGORIES))
@@ -158,7 +196,8 @@ class SearchArgs(StrictSchema):
                              metadata={"description": "Daily price up to, " + _FILS})
     sort = fields.String(load_default="price", validate=validate.OneOf(["price", "distance"]),
                          metadata={"description": "distance needs lat and lng"})
-    cursor = fields.String(load_default=None, validate=validate.Length(max=300))
+    cursor = fields.String(load_default=None, validate=validate.Length(max=300),
+                           metadata={"description": CURSOR})
     limit = QueryInteger(load_default=20, validate=validate.Range(min=1, max=50))
 
     @validates_schema

@@ -106,6 +106,7 @@ def _search_query(args: dict[str, Any]) -> fleet.SearchQuery:
 
 
 @vehicles_bp.route("")
+@vehicles_bp.doc(description=s.SEARCH_RULES)
 @vehicles_bp.arguments(s.SearchArgs, location="query")
 @vehicles_bp.response(200, s.SearchPageOut)
 @public
@@ -232,7 +233,7 @@ def _upload_limit() -> str:
 @agency_fleet_bp.response(201, s.PhotoOut)
 @requires(Permission.AGENCY_VEHICLE_WRITE)
 def add_photo(args: dict[str, Any], vehicle_id: str) -> dict[str, Any]:
-    """Upload a listing photo (JPEG or PNG; metadata removed, pixels re-encoded; public once listed)."""
+    """Upload a listing photo (JPEG, PNG or WebP; metadata removed, pixels re-encoded; public once listed)."""
     actor = current_actor()
     vehicle = fleet.get_for_agency(actor, vehicle_id)
     image = args["image"]
@@ -259,6 +260,7 @@ class Blocks(MethodView):
         actor = current_actor()
         return {"items": [block_out(b) for b in fleet.list_blocks(actor, fleet.get_for_agency(actor, vehicle_id))]}
 
+    @agency_fleet_bp.doc(description=s.BLOCK_RULES)
     @agency_fleet_bp.arguments(s.BlockIn)
     @agency_fleet_bp.response(201, s.BlockOut)
     @requires(Permission.AGENCY_VEHICLE_WRITE)

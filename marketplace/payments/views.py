@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 from flask import request
 
-from marketplace.api import ApiBlueprint
+from marketplace.api import ApiBlueprint, DocumentedConverter
 from marketplace.payments import schemas as s
 from marketplace.payments import service
 from marketplace.payments.gateway import current_gateway
@@ -23,6 +23,22 @@ agency_payouts_bp = ApiBlueprint("agency_payouts", __name__, url_prefix="/api/v1
                                  description="The agency's payout statements")
 webhook_bp = ApiBlueprint("stripe_webhook", __name__, url_prefix="/api/v1/payments",
                           description="Stripe events (public, signature-checked)")
+
+class CardIdConverter(DocumentedConverter):
+    """A saved card's id: any path segment but ``setup``, its static sibling (``PATCH``/``DELETE
+    /payment-methods/setup`` were served, and advertised in ``Allow``, as a card's)."""
+
+    regex = r"(?!setup$)[^/]+"
+    part_isolating = True
+    openapi: ClassVar[dict[str, Any]] = {"type": "string"}
+
+
+def _converters(state: Any) -> None:
+    state.app.url_map.converters.setdefault("card", CardIdConverter)
+
+
+cards_bp.record_once(_converters)  # before any route, so the converter exists when the rules are added
+
 
 
 def card_out(card: SavedCard) -> dict[str, Any]:
@@ -71,14 +87,14 @@ def list_cards() -> dict[str, Any]:
     return {"items": [card_out(card) for card in service.list_cards(current_actor())]}
 
 
-@cards_bp.route("/<string:card_id>/default", methods=["POST"])
+@cards_bp.route("/<card:card_id>/default", methods=["POST"])
 @cards_bp.response(200, s.CardOut)
 def make_default(card_id: str) -> dict[str, Any]:
     """Make this card the default."""
     return card_out(service.set_default_card(current_actor(), card_id))
 
 
-@cards_bp.route("/<string:card_id>", methods=["PATCH"])
+@cards_bp.route("/<card:card_id>", methods=["PATCH"])
 @cards_bp.arguments(s.CardPatchIn)
 @cards_bp.response(200, s.CardOut)
 def patch_card(args: dict[str, Any], card_id: str) -> dict[str, Any]:
@@ -86,7 +102,7 @@ def patch_card(args: dict[str, Any], card_id: str) -> dict[str, Any]:
     return card_out(service.set_default_card(current_actor(), card_id))
 
 
-@cards_bp.route("/<string:card_id>", methods=["DELETE"])
+@cards_bp.route("/<card:card_id>", methods=["DELETE"])
 @cards_bp.response(204)
 def remove(card_id: str) -> tuple[str, int]:
     """Remove a card: refused (409 `payment_method_in_use`) while a live booking or an open payment needs it."""
@@ -150,9 +166,14 @@ def agency_payouts() -> dict[str, Any]:
 
 @webhook_bp.route("/stripe/webhook", methods=["POST"])
 @webhook_bp.response(200, s.WebhookOut)
+@webhook_bp.doc(parameters=[{
+    "in": "header", "name": "Stripe-Signature", "required": True, "schema": {"type": "string"},
+    "description": "Stripe's signature of the raw body with the endpoint's signing secret (`t=...,v1=...`)",
+}])
 @public
 def stripe_webhook() -> dict[str, Any]:
-    """Stripe events: the signature is verified on the raw body (400 `invalid_signature` otherwise); each
-    event id takes effect once; unknown events are acknowledged and ignored."""
+    """Stripe events: the body is the event exactly as Stripe sent it (read raw, never through a schema);
+    the signature is verified on the raw body (400 `invalid_signature` otherwise); each event id takes effect
+    once; unknown events are acknowledged and ignored."""
     event = current_gateway().verify_webhook(request.get_data(cache=True), request.headers.get("Stripe-Signature"))
     return {"received": True, "outcome": service.handle_event(event)}

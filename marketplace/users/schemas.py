@@ -7,7 +7,11 @@ from typing import Any
 from marshmallow import ValidationError, fields, validates_schema
 
 from marketplace.schemas import (
+    AT_LEAST_ONE_FIELD,
     COUNTRY_CODE,
+    EMAIL,
+    PHONE,
+    NewPassword,
     OutSchema,
     PageInfoSchema,
     Password,
@@ -15,8 +19,18 @@ from marketplace.schemas import (
     StrictBoolean,
     StrictSchema,
     Text,
+    documented,
 )
+from marketplace.users.consent_texts import CURRENT
 from marketplace.users.models import ConsentKind
+
+_PHONE = "International format, e.g. +971501234567 (spaces, dashes, dots and brackets are ignored; 00 for +)"
+_BIRTH = ("A customer is 21 to 120 years old on today's date in Dubai (refused with `underage`, or "
+          "`validation_error` for a date in the future or more than 120 years ago)")
+
+
+def _current_version(kind: ConsentKind) -> Any:
+    return documented(enum=[CURRENT[kind].version])
 
 
 class AddressIn(StrictSchema):
@@ -34,19 +48,21 @@ class AddressPatchIn(PatchSchema, AddressIn):
 
 class EmergencyContactIn(StrictSchema):
     name = Text(max_length=200, required=True)
-    phone = Text(max_length=20, required=True)
+    phone = Text(max_length=20, required=True, rules=(PHONE,), metadata={"description": _PHONE})
 
 
 class RegisterIn(StrictSchema):
     full_name = Text(max_length=200, required=True, metadata={"description": "Full legal name, as on the ID"})
-    date_of_birth = fields.Date(required=True)
+    date_of_birth = fields.Date(required=True, metadata={"description": _BIRTH})
     nationality = fields.String(required=True, validate=COUNTRY_CODE)
-    email = Text(max_length=254, required=True)
-    phone = Text(max_length=20, required=True, metadata={"description": "International format, e.g. +971501234567"})
+    email = Text(max_length=254, required=True, rules=(EMAIL,))
+    phone = Text(max_length=20, required=True, rules=(PHONE,), metadata={"description": _PHONE})
     address = fields.Nested(AddressIn, required=True)
-    password = Password()
-    accepted_terms_version = Text(max_length=32, required=True)
-    accepted_privacy_version = Text(max_length=32, required=True)
+    password = NewPassword()
+    accepted_terms_version = Text(max_length=32, required=True, rules=(_current_version(ConsentKind.TERMS),),
+                                  metadata={"description": "The version of the terms shown (the current one)"})
+    accepted_privacy_version = Text(max_length=32, required=True, rules=(_current_version(ConsentKind.PRIVACY),),
+                                    metadata={"description": "The version of the privacy notice shown"})
     marketing_opt_in = StrictBoolean(load_default=False)
     device = Text(max_length=200, allow_none=True, metadata={"description": "Device description for consent records"})
     emergency_contact = fields.Nested(EmergencyContactIn, allow_none=True)
@@ -100,12 +116,12 @@ class ResetRequestIn(StrictSchema):
 
 class ResetConfirmIn(StrictSchema):
     token = Text(max_length=200, required=True, metadata={"description": EMAILED_CODE})
-    new_password = Password()
+    new_password = NewPassword()
 
 
 class PasswordChangeIn(StrictSchema):
     current_password = Password()
-    new_password = Password()
+    new_password = NewPassword()
 
 
 class AddressOut(OutSchema):
@@ -145,11 +161,14 @@ class MeOut(OutSchema):
 
 
 class MePatchIn(StrictSchema):
+    OPENAPI = AT_LEAST_ONE_FIELD
+
     full_name = Text(max_length=200)
-    date_of_birth = fields.Date()
+    date_of_birth = fields.Date(metadata={"description": _BIRTH})
     nationality = fields.String(validate=COUNTRY_CODE)
-    email = Text(max_length=254, metadata={"description": "Needs a recent sign-in; confirmed by e-mail first"})
-    phone = Text(max_length=20, metadata={"description": "Needs a recent sign-in"})
+    email = Text(max_length=254, rules=(EMAIL,),
+                 metadata={"description": "Needs a recent sign-in; confirmed by e-mail first"})
+    phone = Text(max_length=20, rules=(PHONE,), metadata={"description": "Needs a recent sign-in. " + _PHONE})
     address = fields.Nested(AddressPatchIn)
     emergency_contact = fields.Nested(EmergencyContactIn, allow_none=True)
 
@@ -203,6 +222,8 @@ class PreferencesOut(OutSchema):
 
 
 class PreferencesIn(StrictSchema):
+    OPENAPI = AT_LEAST_ONE_FIELD
+
     email = StrictBoolean()
     in_app = StrictBoolean()
     marketing = StrictBoolean()

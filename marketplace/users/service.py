@@ -522,6 +522,11 @@ def mit_mandate_text() -> ConsentText:
     return CURRENT_TEXTS[ConsentKind.MIT_MANDATE]
 
 
+def current_text_version(kind: str) -> str:
+    """The version of a consent text that must be accepted now (``rental_terms``, ``mit_mandate``, ...)."""
+    return CURRENT_TEXTS[ConsentKind(kind)].version
+
+
 def active_consent(user: User, kind: ConsentKind) -> Consent | None:
     return db.session.execute(
         select(Consent)

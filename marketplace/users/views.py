@@ -195,6 +195,8 @@ class Consents(MethodView):
 
 
 @me_bp.route("/consents/<string:kind>", methods=["DELETE"])
+@me_bp.doc(parameters=[{"in": "path", "name": "kind", "required": True,
+                        "schema": {"type": "string", "enum": [k.value for k in ConsentKind]}}])
 @me_bp.response(204)
 def withdraw_consent(kind: str) -> None:
     """Withdraw a consent; it takes effect at once."""
