@@ -13,7 +13,8 @@ from flask import Response, redirect, request, url_for
 from marshmallow import ValidationError
 
 from agency_app.views import _render, agency_bp
-from marketplace.bookings.service import BUSINESS_TZ
+from marketplace import clock
+from marketplace.clock import BUSINESS_TZ
 from marketplace.errors import AppError, Unprocessable
 from marketplace.extensions import db
 from marketplace.fleet import schemas as fleet_schemas
@@ -144,7 +145,7 @@ def _vehicle_page(vehicle_id: str, status: int = 200, error: AppError | None = N
                    error_code=error and error.code, v=vehicle, agency=agency,
                    photos=fleet.photos_of(vehicle), blocks=fleet.list_blocks(actor, vehicle),
                    can_write=fleet.can_in_agency(actor, vehicle.agency_id, Permission.AGENCY_VEHICLE_WRITE),
-                   today=datetime.now(BUSINESS_TZ).date().isoformat(), C=fleet)
+                   today=clock.business_today().isoformat(), C=fleet)
 
 
 def _back(vehicle_id: str, anchor: str, **flags: Any) -> Callable[[Any], str]:

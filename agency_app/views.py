@@ -32,7 +32,7 @@ def home() -> Any:
     from marketplace.bookings.views import agency_booking_out
 
     actor = current_actor()
-    day = datetime.now(bookings.BUSINESS_TZ).date()
+    day = clock.business_today()
     today = bookings.today_for_agency(actor, day)
     return _render("agency/home.html", agencies=fleet.agencies_of(actor), day=day,
                    pickups=[agency_booking_out(b) for b in today["pickups"]],

@@ -18,7 +18,10 @@ from sqlalchemy.engine import Dialect, Engine
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import DeclarativeBase, registry
 
-from marketplace import ratelimit_sqlite  # noqa: F401 - registers the sqlite:// rate-limit storage
+from marketplace import (
+    clock,
+    ratelimit_sqlite,  # noqa: F401 - registers the sqlite:// rate-limit storage
+)
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -100,7 +103,8 @@ limiter = Limiter(key_func=_client_address, default_limits=[], headers_enabled=T
 
 
 def utcnow() -> datetime:
-    return datetime.now(UTC)
+    """Now, in UTC: the one clock (``marketplace.clock``), which tests move with time-machine."""
+    return clock.now()
 
 
 @event.listens_for(Engine, "connect")

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from flask import Blueprint, current_app, g, redirect, render_template, request, url_for
+from flask import Blueprint, g, redirect, render_template, request, url_for
 from werkzeug.wrappers import Response
 
 from marketplace import audit, ratelimits, transactions
@@ -20,11 +20,7 @@ from marketplace.permissions import Permission
 from marketplace.security import F, csrf_token, optional_actor, pre_mfa, public, settings, staff_cookie_name
 from marketplace.users import mfa, service, sessions
 from marketplace.users.models import SessionChannel
-
-
-def _limit(name: str) -> Any:
-    return lambda: current_app.config["SETTINGS"].limits[name]
-
+from marketplace.web import configured_limit as _limit
 
 # keyed hashes, never the address itself (issue 7 item 7)
 _form_account_key = ratelimits.form_account_key

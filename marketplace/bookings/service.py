@@ -14,7 +14,6 @@ import secrets
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
-from zoneinfo import ZoneInfo
 
 from sqlalchemy import ColumnElement, bindparam, delete, or_, select
 
@@ -23,6 +22,7 @@ from marketplace.agencies.models import Agency, AgencyStatus
 from marketplace.bookings import states
 from marketplace.bookings.models import Booking, BookingEvent
 from marketplace.bookings.states import BookingStatus
+from marketplace.clock import BUSINESS_TZ
 from marketplace.errors import Conflict, Forbidden, NotFound, Unprocessable
 from marketplace.extensions import db, utcnow
 from marketplace.fleet.models import Vehicle, VehicleOccupancy, VehicleStatus
@@ -35,7 +35,6 @@ from marketplace.users.consent_texts import CURRENT as CURRENT_TEXTS
 from marketplace.users.models import ConsentKind, User
 from marketplace.users.service import grant_consent
 
-BUSINESS_TZ = ZoneInfo("Asia/Dubai")
 MAX_RENTAL_DAYS = 30
 MIN_LEAD = timedelta(hours=1)
 BOOKING_HORIZON = timedelta(days=365)

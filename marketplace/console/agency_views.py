@@ -15,9 +15,9 @@ from marketplace.console.views import _render, console_bp
 from marketplace.errors import AppError
 from marketplace.extensions import db
 from marketplace.kyc import service as kyc
-from marketplace.kyc.views import image_response
 from marketplace.permissions import Permission
 from marketplace.security import Actor, current_actor, requires
+from marketplace.web import image_response
 
 
 @console_bp.get("/agencies")

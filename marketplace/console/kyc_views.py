@@ -13,12 +13,12 @@ from marketplace.errors import AppError
 from marketplace.extensions import db
 from marketplace.kyc import service as kyc
 from marketplace.kyc.states import CaseStatus
-from marketplace.kyc.views import spend_image_grant
 from marketplace.permissions import Permission, Role
 from marketplace.security import current_actor, requires
 from marketplace.users.models import User
 from marketplace.users.service import list_staff
 from marketplace.vault import service as vault
+from marketplace.web import image_response
 
 
 @dataclass(frozen=True)
@@ -143,4 +143,5 @@ def kyc_second_review(case_id: str) -> Any:
 @transactions.writes
 @requires(Permission.KYC_IMAGE_VIEW)
 def kyc_image(token: str) -> Response:
-    return spend_image_grant(token)
+    data, blob = kyc.open_granted_image(current_actor(), token)
+    return image_response(data, blob.mime)

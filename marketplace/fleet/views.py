@@ -15,10 +15,10 @@ from marketplace.extensions import limiter
 from marketplace.fleet import schemas as s
 from marketplace.fleet import service as fleet
 from marketplace.fleet.models import AvailabilityBlock, Vehicle, VehiclePhoto
-from marketplace.kyc.views import multipart
 from marketplace.permissions import Permission
 from marketplace.schemas import decode_cursor, decode_id_cursor, encode_cursor
 from marketplace.security import Actor, current_actor, public, requires
+from marketplace.web import multipart
 
 # GET /api/v1/vehicles, GET /api/v1/vehicles/{id} (public)
 vehicles_bp = ApiBlueprint("vehicles", __name__, url_prefix="/api/v1/vehicles", description="Search cars (public)")

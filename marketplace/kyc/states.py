@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-from marketplace.errors import Conflict
+from marketplace.states import IllegalTransition as _IllegalTransition
+from marketplace.states import check_transition
 
 
 class CaseStatus(StrEnum):
@@ -34,11 +35,9 @@ EDITABLE = frozenset({S.DRAFT, S.RESUBMISSION_REQUESTED})
 IN_QUEUE = frozenset({S.SUBMITTED, S.IN_REVIEW, S.AWAITING_SECOND_REVIEW})
 
 
-class IllegalTransition(Conflict):
-    code = "illegal_state_transition"
+class IllegalTransition(_IllegalTransition):
     message = "This case cannot move to that state from its current one."
 
 
 def check(current: str, target: CaseStatus) -> None:
-    if target not in TRANSITIONS[CaseStatus(current)]:
-        raise IllegalTransition(details={"from": current, "to": str(target)})
+    check_transition(TRANSITIONS, current, target, IllegalTransition)

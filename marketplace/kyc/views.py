@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any
 
-from flask import Response, current_app, request
-from flask_smorest.fields import Upload
+from flask import Response
 
 from marketplace.api import ApiBlueprint
 from marketplace.errors import NotFound
@@ -14,33 +12,15 @@ from marketplace.extensions import limiter
 from marketplace.kyc import schemas as s
 from marketplace.kyc import service
 from marketplace.kyc.models import KycCase
-from marketplace.schemas import StrictSchema
 from marketplace.security import current_actor
 from marketplace.transactions import writes
+from marketplace.web import ImageFileIn, image_response, multipart, upload_key, upload_limit
 
 kyc_bp = ApiBlueprint("kyc", __name__, url_prefix="/api/v1", description="Identity verification (KYC)")
 
 
-class ImageFileIn(StrictSchema):
-    image = Upload(required=True, metadata={"description": "JPEG, PNG or WebP; metadata is removed"})
-
-
 class DocumentUploadIn(ImageFileIn, s.DocumentFormIn):
     """One multipart/form-data body: the document's ``kind`` and its ``image``."""
-
-
-def multipart(view: Any) -> Any:
-    view._accepts_multipart = True
-    return view
-
-
-def _upload_key() -> str:
-    token = request.headers.get("Authorization", "")
-    return "upload:" + hashlib.sha256(token.encode()).hexdigest()[:24]
-
-
-def _upload_limit() -> str:
-    return str(current_app.config["SETTINGS"].limits.get("upload_session", "20 per minute"))
 
 
 def _status(user: Any) -> dict[str, Any]:
@@ -84,7 +64,7 @@ def put_identity(args: dict[str, Any]) -> dict[str, Any]:
 
 
 @kyc_bp.route("/me/kyc/selfie", methods=["POST"])
-@limiter.limit(_upload_limit, key_func=_upload_key)
+@limiter.limit(upload_limit, key_func=upload_key)
 @kyc_bp.arguments(ImageFileIn, location="files")
 @kyc_bp.response(201, s.UploadedOut)
 @multipart
@@ -96,7 +76,7 @@ def upload_selfie(files: dict[str, Any]) -> dict[str, Any]:
 
 
 @kyc_bp.route("/me/kyc/documents", methods=["POST"])
-@limiter.limit(_upload_limit, key_func=_upload_key)
+@limiter.limit(upload_limit, key_func=upload_key)
 @kyc_bp.arguments(DocumentUploadIn, location="multipart")
 @kyc_bp.response(201, s.UploadedOut)
 @multipart
@@ -149,13 +129,3 @@ def spend_image_grant(token: str) -> Response:
     """
     data, blob = service.open_granted_image(current_actor(), token)
     return image_response(data, blob.mime)
-
-
-def image_response(data: bytes, mime: str) -> Response:
-    response = Response(data, mimetype=mime)
-    response.headers["Cache-Control"] = "no-store, max-age=0"
-    response.headers["Pragma"] = "no-cache"
-    response.headers["Content-Disposition"] = 'inline; filename="image.jpg"'
-    response.headers["Content-Security-Policy"] = "sandbox; default-src 'none'"
-    response.headers["X-Content-Type-Options"] = "nosniff"
-    return response
