@@ -11,7 +11,6 @@ from flask import request
 from agency_app.views import _render, agency_bp
 from marketplace.bookings import service as bookings
 from marketplace.bookings.states import BookingStatus
-from marketplace.bookings.views import agency_booking_out
 from marketplace.errors import Unprocessable
 from marketplace.permissions import Permission
 from marketplace.schemas import decode_cursor, encode_cursor
@@ -46,7 +45,7 @@ def bookings_list() -> Any:
     more = len(items) > PAGE
     items = items[:PAGE]
     older = encode_cursor(_CURSOR, items[-1].id) if more and items else None
-    return _render("agency/bookings.html", bookings=[agency_booking_out(b) for b in items], older=older,
+    return _render("agency/bookings.html", bookings=[bookings.agency_booking_out(b) for b in items], older=older,
                    day=day.isoformat() if day else "", status_filter=status or "", statuses=list(BookingStatus))
 
 
@@ -55,4 +54,4 @@ def bookings_list() -> Any:
 def booking_detail(reference: str) -> Any:
     """Another agency's booking is a 404, like one that never existed."""
     booking = bookings.get_for_agency(current_actor(), reference[:20])
-    return _render("agency/booking.html", b=agency_booking_out(booking))
+    return _render("agency/booking.html", b=bookings.agency_booking_out(booking))

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import date, datetime, time, timedelta
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flask import Response, redirect, request, url_for
 from marshmallow import ValidationError
@@ -19,9 +19,11 @@ from marketplace.errors import AppError, Unprocessable
 from marketplace.extensions import db
 from marketplace.fleet import schemas as fleet_schemas
 from marketplace.fleet import service as fleet
-from marketplace.fleet.models import Vehicle
 from marketplace.permissions import Permission
 from marketplace.security import Actor, current_actor, requires
+
+if TYPE_CHECKING:
+    from marketplace.fleet.models import Vehicle
 
 _INTEGER_FIELDS = ("year", "seats", "mileage_limit_km_per_day", "turnaround_minutes")
 _AED_FIELDS = {"daily_price": "daily_price_fils", "deposit": "deposit_fils", "extra_km_price": "extra_km_fils"}

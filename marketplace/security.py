@@ -106,6 +106,17 @@ def require(actor: Actor, *permissions: Permission) -> None:
         raise Forbidden(details={"missing": [str(p) for p in missing]})
 
 
+def can_in_agency(actor: Actor, agency_id: int, permission: Permission) -> bool:
+    """The one agency-scope check: permissions come from the roles held *in that agency* (a manager in one
+    agency may be desk staff in another, and a role elsewhere grants nothing here)."""
+    return agency_id in actor.agency_ids and permission in permissions_for(actor.agency_roles(agency_id))
+
+
+def require_in_agency(actor: Actor, agency_id: int, permission: Permission) -> None:
+    if not can_in_agency(actor, agency_id, permission):
+        raise Forbidden(details={"missing": [str(permission)]})
+
+
 def require_recent_auth(actor: Actor, window: timedelta | None = None) -> None:
     """Step-up: sensitive actions need a password check inside the re-authentication window."""
     limit = window or settings().reauth_window

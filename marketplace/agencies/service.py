@@ -10,27 +10,29 @@ gives nothing in another. Services flush but never commit; the unit of work comm
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
-from sqlalchemy import case, or_, select
+from sqlalchemy import Select, case, or_, select
 from sqlalchemy.exc import IntegrityError
 
 from marketplace import audit, images
 from marketplace.agencies import states
-from marketplace.agencies.models import Agency, AgencyDocument, AgencyDocumentKind, AgencyStatus
-from marketplace.agencies.states import UNVERIFIED
-from marketplace.bookings.models import Booking
+from marketplace.agencies.models import Agency, AgencyDocument
+from marketplace.agencies.states import UNVERIFIED, AgencyDocumentKind, AgencyStatus
 from marketplace.errors import Conflict, Forbidden, NotFound, Unprocessable
 from marketplace.extensions import db, utcnow
+from marketplace.kyc import service as kyc
 from marketplace.notifications import service as notifications
-from marketplace.permissions import AGENCY_ROLES, Permission, Role, permissions_for
-from marketplace.security import Actor, require
-from marketplace.users import passwords
+from marketplace.permissions import AGENCY_ROLES, Permission, Role
+from marketplace.security import Actor, require, require_in_agency
 from marketplace.users import service as users
-from marketplace.users.models import AccountStatus, RoleAssignment, StaffInvitation, User
 from marketplace.vault import service as vault
-from marketplace.vault.models import Blob
+
+if TYPE_CHECKING:
+    from marketplace.users.models import StaffInvitation, User
+    from marketplace.vault.models import Blob
 
 DOCUMENT_KINDS: tuple[str, ...] = tuple(k.value for k in AgencyDocumentKind)
 IDENTITY_FIELDS = frozenset({"business_name", "trade_licence_number", "trn", "representative_name"})
@@ -137,11 +139,11 @@ def sign_up(data: SignUp) -> Agency | None:
     owner_email = _email(data.owner["email"], "owner.email")
     owner_name = _name(data.owner["full_name"], "owner.full_name")
     try:
-        passwords.check_policy(data.owner["password"], email=owner_email, name=owner_name)
-    except passwords.WeakPassword as exc:
-        raise passwords.WeakPassword(details={"fields": {"owner.password": exc.details["fields"]["password"]}}) from exc
+        users.check_password_policy(data.owner["password"], email=owner_email, name=owner_name)
+    except users.WeakPassword as exc:
+        raise users.WeakPassword(details={"fields": {"owner.password": exc.details["fields"]["password"]}}) from exc
 
-    existing = db.session.execute(select(User).where(User.email == owner_email)).scalar_one_or_none()
+    existing = users.find_by_email(owner_email)
     if existing is None:
         try:
             # a savepoint: if the owner cannot be created, the agency row goes too
@@ -158,7 +160,7 @@ def sign_up(data: SignUp) -> Agency | None:
                                            roles=[(Role.AGENCY_OWNER, agency.id)])
         except (Conflict, IntegrityError):
             # a concurrent sign-up or registration took the address between the check and the insert
-            existing = db.session.execute(select(User).where(User.email == owner_email)).scalar_one_or_none()
+            existing = users.find_by_email(owner_email)
             if existing is None:
                 raise
         else:
@@ -166,8 +168,8 @@ def sign_up(data: SignUp) -> Agency | None:
                                      context={"agency": agency, "user": owner})
             audit.record(None, "agency:signup", agency, owner=owner.public_id)
             return agency
-    passwords.hash_password(data.owner["password"])  # the same work as a real sign-up
-    if existing.status in (AccountStatus.ACTIVE, AccountStatus.PENDING):
+    users.equal_hashing_work(data.owner["password"])  # the same work as a real sign-up
+    if users.is_open(existing):
         notifications.send_email(to=existing.email, kind="agency_signup_exists", user=existing,
                                  context={"user": existing})
     audit.record(None, "agency:signup_duplicate", existing, outcome="refused")
@@ -208,9 +210,8 @@ def own_agency(actor: Actor, public_id: str | None = None) -> Agency:
 
 
 def require_in(actor: Actor, agency: Agency, permission: Permission) -> None:
-    """Permission through the caller's roles in *this* agency (a role elsewhere grants nothing here)."""
-    if permission not in permissions_for(actor.agency_roles(agency.id)):
-        raise Forbidden(details={"missing": [str(permission)]})
+    """Permission through the caller's roles in *this* agency (``security.require_in_agency``)."""
+    require_in_agency(actor, agency.id, permission)
 
 
 def require_active(agency: Agency) -> None:
@@ -321,7 +322,7 @@ def upload_document(actor: Actor, agency_ref: str | None, kind: str, stream: IO[
         document = AgencyDocument(agency_id=agency.id, kind=kind, blob_id=blob.id)
         db.session.add(document)
     else:
-        old = db.session.get(Blob, document.blob_id)
+        old = vault.get_blob(document.blob_id)
         document.blob_id = blob.id
     document.uploaded_by_id = actor.user.id
     document.uploaded_at = now
@@ -335,7 +336,7 @@ def upload_document(actor: Actor, agency_ref: str | None, kind: str, stream: IO[
 
 
 def document_blob(document: AgencyDocument) -> Blob:
-    blob = db.session.get(Blob, document.blob_id)
+    blob = vault.get_blob(document.blob_id)
     if blob is None or blob.deleted_at is not None:
         raise NotFound()
     return blob
@@ -351,15 +352,7 @@ class StaffMember:
 
 
 def _members(agency: Agency, *, after_id: int | None = None, limit: int | None = None) -> list[StaffMember]:
-    stmt = select(User).where(
-        User.id.in_(select(RoleAssignment.user_id).where(RoleAssignment.agency_id == agency.id))
-    ).order_by(User.id)
-    if after_id is not None:
-        stmt = stmt.where(User.id > after_id)
-    if limit is not None:
-        stmt = stmt.limit(limit)
-    return [StaffMember(u, sorted(a.role for a in u.roles if a.agency_id == agency.id))
-            for u in db.session.execute(stmt).scalars()]
+    return [StaffMember(user, roles) for user, roles in users.agency_members(agency.id, after_id=after_id, limit=limit)]
 
 
 def list_staff(actor: Actor, agency_ref: str | None, *, after_id: int | None = None,
@@ -372,11 +365,7 @@ def list_staff(actor: Actor, agency_ref: str | None, *, after_id: int | None = N
 def pending_invitations(actor: Actor, agency_ref: str | None) -> list[StaffInvitation]:
     agency = own_agency(actor, agency_ref)
     require_in(actor, agency, Permission.AGENCY_STAFF_MANAGE)
-    return list(db.session.execute(
-        select(StaffInvitation).where(StaffInvitation.agency_id == agency.id, StaffInvitation.accepted_at.is_(None),
-                                      StaffInvitation.revoked_at.is_(None), StaffInvitation.expires_at > utcnow())
-        .order_by(StaffInvitation.id.desc())
-    ).scalars())
+    return users.open_invitations(agency.id)
 
 
 def invite(actor: Actor, agency_ref: str | None, *, email: str, full_name: str, role: str) -> StaffInvitation:
@@ -397,10 +386,7 @@ def remove_staff(actor: Actor, agency_ref: str | None, user_public_id: str) -> U
     """Take away every role the person holds in this agency; all their sessions end at once (P-04)."""
     agency = own_agency(actor, agency_ref)
     require_in(actor, agency, Permission.AGENCY_STAFF_MANAGE)
-    member = db.session.execute(
-        select(User).where(User.public_id == user_public_id, User.id.in_(
-            select(RoleAssignment.user_id).where(RoleAssignment.agency_id == agency.id)))
-    ).scalar_one_or_none()
+    member = users.agency_member(agency.id, user_public_id)
     if member is None:
         raise NotFound()
     if member.id == actor.user.id:
@@ -411,6 +397,11 @@ def remove_staff(actor: Actor, agency_ref: str | None, user_public_id: str) -> U
 
 
 # ---- verification by platform staff (console) ---------------------------------------------------
+
+
+def require_verifier(actor: Actor, agency: Agency | None = None) -> None:
+    """Platform staff who verify agencies, never for an agency they work for themselves."""
+    _verifier(actor, agency)
 
 
 def _verifier(actor: Actor, agency: Agency | None = None) -> None:
@@ -452,22 +443,11 @@ def lookalikes(actor: Actor, agency: Agency) -> list[Agency]:
     ).scalars())
 
 
-def flagged_bookings(actor: Actor, agency: Agency) -> list[Booking]:
-    """Bookings flagged for platform staff (e.g. when the agency was suspended)."""
-    _verifier(actor)
-    return list(db.session.execute(
-        select(Booking).where(Booking.agency_id == agency.id, Booking.flagged_at.is_not(None))
-        .order_by(Booking.starts_at)
-    ).scalars())
-
-
 def document_image_grants(actor: Actor, agency: Agency) -> dict[str, str]:
     """A single-use image link per uploaded document, each through the one image policy (audited)."""
-    from marketplace.kyc.service import grant_image_view
-
     _verifier(actor, agency)
     return {
-        document.kind: grant_image_view(actor, document_blob(document), purpose="agency_verification",
+        document.kind: kyc.grant_image_view(actor, document_blob(document), purpose="agency_verification",
                                         context=agency.public_id, reason="Agency verification: check the document")
         for document in documents_of(agency)
     }
@@ -526,13 +506,27 @@ def reject(actor: Actor, public_id: str, reason: str | None) -> Agency:
     return agency
 
 
+SuspensionListener = Callable[[Agency, str], int]
+_ON_SUSPENDED: list[SuspensionListener] = []
+
+
+def on_suspended(listener: SuspensionListener) -> SuspensionListener:
+    """Register what a higher area does when an agency is suspended (bookings flags its live bookings).
+
+    The listener gets the agency and a reason code and returns how many of its rows it flagged; the
+    suspension's audit row carries the sum. Agencies sits below bookings, so bookings registers itself here
+    instead of agencies calling up into it.
+    """
+    if listener not in _ON_SUSPENDED:
+        _ON_SUSPENDED.append(listener)
+    return listener
+
+
 def suspend(actor: Actor, public_id: str, reason: str | None) -> int:
     """Suspended: its cars leave search and cannot be booked; its live bookings are flagged to staff.
 
     Returns how many bookings were flagged.
     """
-    from marketplace.bookings.service import flag_agency_bookings
-
     agency = get_for_console(actor, public_id)
     _verifier(actor, agency)
     text = _reason(reason)
@@ -541,7 +535,7 @@ def suspend(actor: Actor, public_id: str, reason: str | None) -> int:
     agency.suspended_at = utcnow()
     agency.status_reason = text
     db.session.flush()
-    flagged = flag_agency_bookings(agency, "agency_suspended")
+    flagged = sum(listener(agency, "agency_suspended") for listener in _ON_SUSPENDED)
     _notify(agency, "agency_suspended", reason=text)
     audit.record(actor, "agency:suspend", agency, reason=text, flagged_bookings=flagged)
     return flagged
@@ -557,4 +551,59 @@ def reinstate(actor: Actor, public_id: str, note: str | None = None) -> Agency:
     db.session.flush()
     _notify(agency, "agency_reinstated")
     audit.record(actor, "agency:reinstate", agency, note=" ".join((note or "").split())[:300] or None)
+    return agency
+
+
+@kyc.image_purpose("agency_verification")
+def _may_view_document(actor: Actor, blob: Blob, context: str) -> bool:
+    """Platform staff verifying an agency (P-12): one of that agency's current documents, never their own."""
+    agency = db.session.execute(select(Agency).where(Agency.public_id == context)).scalar_one_or_none()
+    return (
+        agency is not None
+        and actor.can(Permission.AGENCY_VERIFY)
+        and agency.id not in actor.agency_ids
+        and blob.owner == vault_owner(agency)
+        and blob.id in set(db.session.execute(
+            select(AgencyDocument.blob_id).where(AgencyDocument.agency_id == agency.id)).scalars())
+    )
+
+
+# ---- lookups for other areas, the console and the operator commands ---------------------------------
+
+
+def list_all() -> list[Agency]:
+    """Every agency by name (the console's invitation form)."""
+    return list(db.session.execute(select(Agency).order_by(Agency.business_name)).scalars())
+
+
+def agency_id_from_public(public_id: str | None) -> int | None:
+    if not public_id:
+        return None
+    agency_id = db.session.execute(select(Agency.id).where(Agency.public_id == public_id)).scalar_one_or_none()
+    if agency_id is None:
+        raise NotFound(details={"fields": {"agency": ["Unknown agency."]}})
+    return agency_id
+
+
+def active_ids() -> Select[tuple[int]]:
+    """The ids of verified, active agencies, as a subquery: ``Vehicle.agency_id.in_(active_ids())``."""
+    return select(Agency.id).where(Agency.status == AgencyStatus.ACTIVE)
+
+
+def get(agency_id: int) -> Agency | None:
+    return db.session.get(Agency, agency_id)
+
+
+def create_verified(*, business_name: str, trade_licence_number: str, trn: str, address_line1: str,
+                    address_city: str, address_country: str, representative_name: str, contact_email: str,
+                    contact_phone: str) -> Agency:
+    """An agency that is verified and active at once: the demo seed only (real ones sign up and are reviewed)."""
+    agency = Agency(
+        business_name=business_name, trade_licence_number=trade_licence_number, trn=trn,
+        address_line1=address_line1, address_city=address_city, address_country=address_country,
+        representative_name=representative_name, contact_email=contact_email, contact_phone=contact_phone,
+        status=AgencyStatus.ACTIVE, verified_at=utcnow(),
+    )
+    db.session.add(agency)
+    db.session.flush()
     return agency

@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from sqlalchemy import (
     ColumnElement,
@@ -33,6 +33,7 @@ from sqlalchemy import (
 
 from marketplace import audit
 from marketplace.agencies.models import Agency, AgencyStatus
+from marketplace.agencies.service import AgencyNotActive, vault_owner
 from marketplace.bookings.models import Booking
 from marketplace.bookings.service import (
     MAX_OCCUPANCY,
@@ -43,15 +44,17 @@ from marketplace.bookings.service import (
     occupancy_conflict,
 )
 from marketplace.bookings.states import ACTIVE as LIVE_BOOKING_STATUSES
-from marketplace.errors import Conflict, Forbidden, NotFound, Unprocessable
+from marketplace.errors import Conflict, NotFound, Unprocessable
 from marketplace.extensions import UTCDateTime, db, utcnow
 from marketplace.fleet.models import AvailabilityBlock, Vehicle, VehicleOccupancy, VehiclePhoto, VehicleStatus
 from marketplace.images import VEHICLE_PHOTO_POLICY, process_image
-from marketplace.permissions import Permission, permissions_for
-from marketplace.security import Actor, require
+from marketplace.permissions import Permission
+from marketplace.security import Actor, can_in_agency, require, require_in_agency  # noqa: F401 - can_in_agency: fleet's surface
 from marketplace.transactions import serialised
 from marketplace.vault import service as vault
-from marketplace.vault.models import Blob
+
+if TYPE_CHECKING:
+    from marketplace.vault.models import Blob
 
 # ---- the fixed vocabularies ---------------------------------------------------------------------------
 
@@ -74,11 +77,6 @@ KM_PER_DEGREE = 6371.0088 * math.pi / 180  # mean Earth radius: km per degree of
 _HALF_OPEN: ColumnElement[Any] = literal_column("'[)'")  # the bounds the exclusion constraint uses
 PLATE_HINT = "A UAE plate: emirate, series and number, e.g. DXB A 12345."
 _PLATE = re.compile(r"^(?=.*\d)[A-Z0-9]{1,6}(?: [A-Z0-9]{1,6}){0,3}$")
-
-
-class AgencyNotActive(Conflict):
-    code = "agency_not_active"
-    message = "Only an active (verified, not suspended) agency can list a car."
 
 
 class DuplicatePlate(Conflict):
@@ -130,18 +128,6 @@ def vehicles_for_staff(actor: Actor) -> list[Vehicle]:
         select(Vehicle).where(Vehicle.agency_id.in_(ids), Vehicle.deleted_at.is_(None))
         .order_by(Vehicle.make, Vehicle.model, Vehicle.id)
     ).scalars())
-
-
-def can_in_agency(actor: Actor, agency_id: int, permission: Permission) -> bool:
-    """Permissions come from the roles held *in that agency* (a manager in one agency may be desk staff in
-    another)."""
-    return agency_id in actor.agency_ids and permission in permissions_for(actor.agency_roles(agency_id))
-
-
-def _require_in_agency(actor: Actor, agency_id: int, permission: Permission) -> None:
-    require(actor, permission)
-    if not can_in_agency(actor, agency_id, permission):
-        raise Forbidden(details={"missing": [str(permission)]})
 
 
 def fleet_summary(actor: Actor) -> dict[str, int]:
@@ -205,7 +191,8 @@ _EDITABLE = ("make", "model", "year", "category", "plate", "seats", "transmissio
 
 def _check_listing(agency: Agency, status: str) -> None:
     if status == VehicleStatus.LISTED and agency.status != AgencyStatus.ACTIVE:
-        raise AgencyNotActive(details={"agency_status": agency.status})
+        raise AgencyNotActive("Only an active (verified, not suspended) agency can list a car.",
+                              details={"agency_status": agency.status})
 
 
 def _check_plate_free(plate: str, *, exclude_id: int | None = None) -> None:
@@ -224,7 +211,7 @@ def create_vehicle(actor: Actor, *, agency: str | None = None, **fields: Any) ->
     """Add a car to one of the actor's agencies (unlisted unless asked; listing needs an active agency)."""
     require(actor, Permission.AGENCY_VEHICLE_WRITE)
     target = _target_agency(actor, agency)
-    _require_in_agency(actor, target.id, Permission.AGENCY_VEHICLE_WRITE)
+    require_in_agency(actor, target.id, Permission.AGENCY_VEHICLE_WRITE)
     unknown = set(fields) - set(_EDITABLE)
     if unknown:
         raise Unprocessable(details={"fields": {name: ["Unknown field."] for name in sorted(unknown)}})
@@ -246,7 +233,7 @@ def create_vehicle(actor: Actor, *, agency: str | None = None, **fields: Any) ->
 
 def update_vehicle(actor: Actor, vehicle: Vehicle, changes: dict[str, Any]) -> Vehicle:
     """Change a car's details, price, rules or status. Bookings already made keep their price and buffer."""
-    _require_in_agency(actor, vehicle.agency_id, Permission.AGENCY_VEHICLE_WRITE)
+    require_in_agency(actor, vehicle.agency_id, Permission.AGENCY_VEHICLE_WRITE)
     unknown = set(changes) - set(_EDITABLE)
     if unknown:
         raise Unprocessable(details={"fields": {name: ["Unknown field."] for name in sorted(unknown)}})
@@ -272,7 +259,7 @@ def update_vehicle(actor: Actor, vehicle: Vehicle, changes: dict[str, Any]) -> V
 
 def delete_vehicle(actor: Actor, vehicle: Vehicle) -> None:
     """Soft delete: the car leaves the fleet and search; refused while it has unfinished bookings."""
-    _require_in_agency(actor, vehicle.agency_id, Permission.AGENCY_VEHICLE_WRITE)
+    require_in_agency(actor, vehicle.agency_id, Permission.AGENCY_VEHICLE_WRITE)
     live = db.session.execute(
         select(Booking.id).where(Booking.vehicle_id == vehicle.id, Booking.status.in_(list(LIVE_BOOKING_STATUSES)))
         .limit(1)
@@ -317,9 +304,7 @@ def photos_by_vehicle(vehicles: list[Vehicle]) -> dict[int, list[VehiclePhoto]]:
 
 def add_photo(actor: Actor, vehicle: Vehicle, stream: IO[bytes], declared_type: str | None) -> VehiclePhoto:
     """Run an upload through the image pipeline (metadata stripped, pixels re-encoded) and store it encrypted."""
-    from marketplace.agencies.service import vault_owner
-
-    _require_in_agency(actor, vehicle.agency_id, Permission.AGENCY_VEHICLE_WRITE)
+    require_in_agency(actor, vehicle.agency_id, Permission.AGENCY_VEHICLE_WRITE)
     count = db.session.execute(select(func.count()).where(VehiclePhoto.vehicle_id == vehicle.id)).scalar_one()
     if count >= MAX_PHOTOS:
         raise PhotoLimit()
@@ -351,7 +336,7 @@ def get_photo(vehicle: Vehicle, photo_public_id: str) -> VehiclePhoto:
 
 
 def _photo_blob(photo: VehiclePhoto) -> Blob | None:
-    return db.session.execute(select(Blob).where(Blob.storage_key == photo.storage_key)).scalar_one_or_none()
+    return vault.blob_by_storage_key(photo.storage_key)
 
 
 def photo_bytes(photo: VehiclePhoto) -> bytes:
@@ -369,7 +354,7 @@ def public_photo(vehicle_public_id: str, photo_public_id: str) -> bytes:
 
 def delete_photo(actor: Actor, vehicle: Vehicle, photo_public_id: str) -> None:
     """Remove a photo; its ciphertext file goes once the removal is committed."""
-    _require_in_agency(actor, vehicle.agency_id, Permission.AGENCY_VEHICLE_WRITE)
+    require_in_agency(actor, vehicle.agency_id, Permission.AGENCY_VEHICLE_WRITE)
     photo = get_photo(vehicle, photo_public_id)
     blob = _photo_blob(photo)
     db.session.delete(photo)
@@ -423,7 +408,7 @@ def create_block(actor: Actor, vehicle: Vehicle, *, starts_at: datetime, ends_at
                  reason: str | None = None) -> AvailabilityBlock:
     """Take a car off the market for a period. Races with bookings are decided by the database (P-16):
     one wins, the other gets 409 ``vehicle_unavailable``."""
-    _require_in_agency(actor, vehicle.agency_id, Permission.AGENCY_VEHICLE_WRITE)
+    require_in_agency(actor, vehicle.agency_id, Permission.AGENCY_VEHICLE_WRITE)
     check_block_period(starts_at, ends_at)
     vehicle_id, user_id = vehicle.id, actor.user.id
     start, end = starts_at.astimezone(UTC), ends_at.astimezone(UTC)
@@ -448,7 +433,7 @@ def create_block(actor: Actor, vehicle: Vehicle, *, starts_at: datetime, ends_at
 
 def delete_block(actor: Actor, vehicle: Vehicle, block_public_id: str) -> None:
     """Put the car back on the market for a blocked period."""
-    _require_in_agency(actor, vehicle.agency_id, Permission.AGENCY_VEHICLE_WRITE)
+    require_in_agency(actor, vehicle.agency_id, Permission.AGENCY_VEHICLE_WRITE)
     block = db.session.execute(
         select(AvailabilityBlock).where(AvailabilityBlock.vehicle_id == vehicle.id,
                                         AvailabilityBlock.public_id == block_public_id)

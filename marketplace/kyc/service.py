@@ -7,26 +7,30 @@ image view goes through ``grant_image_view`` (the one policy function, P-11) and
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from sqlalchemy import select, update
 
 from marketplace import audit, images
-from marketplace.errors import Conflict, Forbidden, NotFound, Unprocessable
+from marketplace.errors import Conflict, Forbidden, NotFound, PayloadTooLarge, RateLimited, Unprocessable
 from marketplace.extensions import db, utcnow
 from marketplace.kyc import states
 from marketplace.kyc.models import ImageGrant, KycCase, KycDecision, KycIdentity, data_owner
-from marketplace.kyc.states import CaseStatus
+from marketplace.kyc.states import CaseStatus, Decision, DecisionStatus
 from marketplace.notifications import service as notifications
 from marketplace.permissions import Permission, Role
 from marketplace.security import Actor, require
-from marketplace.users import sessions
-from marketplace.users.models import Consent, ConsentKind, User
+from marketplace.users import service as users
 from marketplace.users.service import age_on, business_today
+from marketplace.users.states import ConsentKind
 from marketplace.vault import service as vault
-from marketplace.vault.models import Blob
+
+if TYPE_CHECKING:
+    from marketplace.users.models import Consent, User
+    from marketplace.vault.models import Blob
 
 REVIEW_TARGET = timedelta(hours=24)
 UNCLAIMED_UPLOAD_TTL = timedelta(hours=24)
@@ -37,11 +41,9 @@ SLOTS = {"selfie": "selfie_blob_id", "id_front": "id_front_blob_id", "id_back": 
          "licence_front": "licence_front_blob_id", "licence_back": "licence_back_blob_id"}
 ID_TYPES = ("passport", "emirates_id")
 EMIRATES = ("AE-AZ", "AE-DU", "AE-SH", "AE-AJ", "AE-UQ", "AE-RK", "AE-FU")
-REJECT_REASONS = ("face_mismatch", "document_not_genuine", "document_expired", "data_mismatch", "underage",
-                  "duplicate_identity", "other")
-RESUBMIT_REASONS = ("blurry_image", "glare_or_cropped", "wrong_document", "document_expired", "selfie_not_live",
-                    "data_mismatch", "other")
-APPROVE_REASONS = ("documents_match",)
+REJECT_REASONS = states.REASONS[Decision.REJECT]
+RESUBMIT_REASONS = states.REASONS[Decision.REQUEST_RESUBMISSION]
+APPROVE_REASONS = states.REASONS[Decision.APPROVE]
 
 
 class ConsentRequired(Forbidden):
@@ -179,9 +181,7 @@ def _owner(user: User) -> str:
 
 
 def face_consent(user: User) -> Consent | None:
-    from marketplace.users.service import active_consent
-
-    return active_consent(user, ConsentKind.FACE_DATA)
+    return users.active_consent(user, ConsentKind.FACE_DATA)
 
 
 def upload(actor: Actor, kind: str, stream: IO[bytes], declared_type: str | None) -> Blob:
@@ -206,7 +206,7 @@ def upload(actor: Actor, kind: str, stream: IO[bytes], declared_type: str | None
         case.face_consent_id = consent.id
         case.face_consent_version = consent.text_version
     if old_id is not None:
-        old = db.session.get(Blob, old_id)
+        old = vault.get_blob(old_id)
         if old is not None and old.attached_at is None:
             vault.delete(old)
     db.session.flush()
@@ -220,19 +220,10 @@ STORED_BYTES_PER_USER = 200 * 1024 * 1024
 
 def _check_upload_quota(user: User) -> None:
     """Per person, whatever the session (UP-07): a rate of uploads and a cap on what is kept."""
-    from sqlalchemy import func
-
-    from marketplace.errors import PayloadTooLarge, RateLimited
-
-    recent = db.session.execute(
-        select(func.count()).select_from(Blob).where(Blob.user_id == user.id,
-                                                     Blob.created_at > utcnow() - timedelta(minutes=1))
-    ).scalar_one()
+    recent = vault.uploads_since(user.id, utcnow() - timedelta(minutes=1))
     if recent >= UPLOADS_PER_MINUTE:
         raise RateLimited(headers={"Retry-After": "60"}, details={"limit": f"{UPLOADS_PER_MINUTE} per minute"})
-    stored = db.session.execute(
-        select(func.coalesce(func.sum(Blob.size), 0)).where(Blob.user_id == user.id, Blob.deleted_at.is_(None))
-    ).scalar_one()
+    stored = vault.stored_bytes(user.id)
     if stored >= STORED_BYTES_PER_USER:
         raise PayloadTooLarge("You have stored as much as an account may; replace an image instead.",
                               details={"quota_bytes": STORED_BYTES_PER_USER})
@@ -263,8 +254,7 @@ def submit(actor: Actor) -> KycCase:
     for slot in SLOTS.values():
         blob_id = getattr(case, slot)
         if blob_id is not None:
-            db.session.execute(update(Blob).where(Blob.id == blob_id, Blob.attached_at.is_(None))
-                               .values(attached_at=now))
+            vault.mark_attached(blob_id, now)
     db.session.flush()
     audit.record(actor, "kyc:submit", case)
     return case
@@ -306,9 +296,9 @@ def queue(actor: Actor, *, limit: int = 100) -> list[QueueEntry]:
     entries = []
     for case in rows:
         waited = now - (case.submitted_at or now)
-        customer = db.session.get(User, case.user_id)
+        customer = users.get_user(case.user_id)
         assert customer is not None
-        claimant = db.session.get(User, case.claimed_by_id) if case.claimed_by_id else None
+        claimant = users.get_user(case.claimed_by_id) if case.claimed_by_id else None
         entries.append(QueueEntry(case, customer, waited, REVIEW_TARGET - waited, claimant))
     return entries
 
@@ -363,7 +353,7 @@ def release(actor: Actor, case: KycCase) -> KycCase:
 def reassign(actor: Actor, case: KycCase, reviewer_public_id: str) -> KycCase:
     require(actor, Permission.KYC_CASE_DECIDE)
     _require_claimant(actor, case)
-    target = db.session.execute(select(User).where(User.public_id == reviewer_public_id)).scalar_one_or_none()
+    target = users.find_by_public_id(reviewer_public_id)
     if target is None or Role.KYC_REVIEWER not in target.role_set() or target.id == case.user_id:
         raise Unprocessable(details={"fields": {"reviewer": ["Not a KYC reviewer."]}})
     case.claimed_by_id = target.id
@@ -378,29 +368,29 @@ def decide(actor: Actor, case: KycCase, *, decision: str, reason_code: str, note
     """Approve, reject (waits for a second reviewer) or ask for specific new uploads."""
     require(actor, Permission.KYC_CASE_DECIDE)
     _not_own(actor, case)
-    allowed = {"approve": APPROVE_REASONS, "reject": REJECT_REASONS, "request_resubmission": RESUBMIT_REASONS}
-    if decision not in allowed:
-        raise Unprocessable(details={"fields": {"decision": [f"One of: {', '.join(allowed)}."]}})
-    if reason_code not in allowed[decision]:
-        raise Unprocessable(details={"fields": {"reason_code": [f"One of: {', '.join(allowed[decision])}."]}})
+    if decision not in set(Decision):
+        raise Unprocessable(details={"fields": {"decision": [f"One of: {', '.join(Decision)}."]}})
+    chosen = Decision(decision)
+    if reason_code not in states.REASONS[chosen]:
+        raise Unprocessable(details={"fields": {"reason_code": [f"One of: {', '.join(states.REASONS[chosen])}."]}})
     override = case.status == CaseStatus.APPROVED
     if override:
         # overriding another reviewer's approval needs four eyes, like a rejection
-        if decision == "approve":
+        if chosen == Decision.APPROVE:
             raise Conflict("The case is already approved.")
     else:
         _require_claimant(actor, case)
     now = utcnow()
-    record = KycDecision(case_id=case.id, reviewer_id=actor.user.id, decision=decision, reason_code=reason_code,
-                         note=(note or None), created_at=now, status="final")
-    customer = db.session.get(User, case.user_id)
+    record = KycDecision(case_id=case.id, reviewer_id=actor.user.id, decision=chosen, reason_code=reason_code,
+                         note=(note or None), created_at=now, status=DecisionStatus.FINAL)
+    customer = users.get_user(case.user_id)
     assert customer is not None
-    if decision == "approve":
+    if chosen == Decision.APPROVE:
         states.check(case.status, CaseStatus.APPROVED)
         case.status = CaseStatus.APPROVED
         case.decided_at = now
         notifications.notify(customer, kind="kyc_approved", context={"user": customer}, essential=True)
-    elif decision == "request_resubmission":
+    elif chosen == Decision.REQUEST_RESUBMISSION:
         wanted = [i for i in (items or []) if i in SLOTS or i == "identity"]
         if not wanted:
             raise Unprocessable(details={"fields": {"items": ["Name what the customer must send again."]}})
@@ -418,17 +408,18 @@ def decide(actor: Actor, case: KycCase, *, decision: str, reason_code: str, note
     else:  # reject, or override an approval: pending until a second reviewer confirms
         states.check(case.status, CaseStatus.AWAITING_SECOND_REVIEW)
         case.status = CaseStatus.AWAITING_SECOND_REVIEW
-        record.status = "pending"
+        record.status = DecisionStatus.PENDING
     db.session.add(record)
     db.session.flush()
-    audit.record(actor, f"kyc:decide:{decision}", case, reason=reason_code, four_eyes=record.status == "pending",
+    audit.record(actor, f"kyc:decide:{chosen}", case, reason=reason_code,
+                 four_eyes=record.status == DecisionStatus.PENDING,
                  override=override)
     return record
 
 
 def pending_decision(case: KycCase) -> KycDecision | None:
     return db.session.execute(
-        select(KycDecision).where(KycDecision.case_id == case.id, KycDecision.status == "pending")
+        select(KycDecision).where(KycDecision.case_id == case.id, KycDecision.status == DecisionStatus.PENDING)
         .order_by(KycDecision.id.desc()).limit(1)
     ).scalar_one_or_none()
 
@@ -445,10 +436,10 @@ def second_review(actor: Actor, case: KycCase, *, confirm: bool, note: str | Non
     now = utcnow()
     pending.second_reviewer_id = actor.user.id
     pending.second_decided_at = now
-    customer = db.session.get(User, case.user_id)
+    customer = users.get_user(case.user_id)
     assert customer is not None
     if confirm:
-        pending.status = "confirmed"
+        pending.status = DecisionStatus.CONFIRMED
         states.check(case.status, CaseStatus.REJECTED)
         case.status = CaseStatus.REJECTED
         case.decided_at = now
@@ -456,7 +447,7 @@ def second_review(actor: Actor, case: KycCase, *, confirm: bool, note: str | Non
         notifications.notify(customer, kind="kyc_rejected", essential=True,
                              context={"user": customer, "reason": pending.reason_code})
     else:
-        pending.status = "overturned"
+        pending.status = DecisionStatus.OVERTURNED
         states.check(case.status, CaseStatus.IN_REVIEW)
         case.status = CaseStatus.IN_REVIEW
         case.claimed_by_id = actor.user.id
@@ -477,10 +468,23 @@ def decisions(case: KycCase) -> list[KycDecision]:
 
 def _case_blob(case: KycCase, kind: str) -> Blob:
     blob_id = getattr(case, SLOTS[kind]) if kind in SLOTS else None
-    blob = db.session.get(Blob, blob_id) if blob_id else None
+    blob = vault.get_blob(blob_id) if blob_id else None
     if blob is None or blob.deleted_at is not None:
         raise NotFound()
     return blob
+
+
+ImagePurposeCheck = Callable[[Actor, "Blob", str], bool]
+_PURPOSES: dict[str, ImagePurposeCheck] = {}
+
+
+def image_purpose(name: str) -> Callable[[ImagePurposeCheck], ImagePurposeCheck]:
+    """Register the check for an image purpose another area owns (it decides on its own rows; the grant,
+    its audit row and the refusal stay here, in the one policy decision)."""
+    def register(check: ImagePurposeCheck) -> ImagePurposeCheck:
+        _PURPOSES[name] = check
+        return check
+    return register
 
 
 def grant_image_view(actor: Actor, blob: Blob, *, purpose: str, context: str, reason: str) -> str:
@@ -502,24 +506,14 @@ def grant_image_view(actor: Actor, blob: Blob, *, purpose: str, context: str, re
             and blob.id in {getattr(case, slot) for slot in SLOTS.values()}
             and (case.claimed_by_id == actor.user.id or case.status == CaseStatus.AWAITING_SECOND_REVIEW)
         )
-    elif purpose == "agency_verification":
-        # platform staff verifying an agency (P-12): one of that agency's current documents, never their own
-        from marketplace.agencies.models import Agency, AgencyDocument
-
-        agency = db.session.execute(select(Agency).where(Agency.public_id == context)).scalar_one_or_none()
-        allowed = (
-            agency is not None
-            and actor.can(Permission.AGENCY_VERIFY)
-            and agency.id not in actor.agency_ids
-            and blob.owner == f"agency:{agency.public_id}"
-            and blob.id in set(db.session.execute(
-                select(AgencyDocument.blob_id).where(AgencyDocument.agency_id == agency.id)).scalars())
-        )
+    elif purpose in _PURPOSES:
+        # a purpose another area owns (agency documents: agencies registers its check)
+        allowed = _PURPOSES[purpose](actor, blob, context)
     if not allowed:
         # the refusal is kept: written although the request fails (after its rollback)
         audit.record_now(actor, "image:view_denied", ("blobs", blob.public_id), purpose=purpose, context=context)
         raise NotFound()
-    token, digest = sessions.new_token("img_")
+    token, digest = users.new_token("img_")
     now = utcnow()
     db.session.add(ImageGrant(token_hash=digest, blob_id=blob.id, viewer_id=actor.user.id, purpose=purpose,
                               context=context, expires_at=now + GRANT_TTL, created_at=now))
@@ -532,7 +526,7 @@ def grant_image_view(actor: Actor, blob: Blob, *, purpose: str, context: str, re
 def open_granted_image(actor: Actor, token: str) -> tuple[bytes, Blob]:
     """Spend a grant: the same viewer, once, before it expires. Every view leaves an audit row."""
     grant = db.session.execute(
-        select(ImageGrant).where(ImageGrant.token_hash == sessions.token_hash(token or "")).with_for_update()
+        select(ImageGrant).where(ImageGrant.token_hash == users.token_hash(token or "")).with_for_update()
     ).scalar_one_or_none()
     now = utcnow()
     if grant is None or grant.viewer_id != actor.user.id or grant.used_at is not None or grant.expires_at <= now:
@@ -543,7 +537,7 @@ def open_granted_image(actor: Actor, token: str) -> tuple[bytes, Blob]:
     )
     if not claimed.rowcount:  # type: ignore[attr-defined]
         raise NotFound()
-    blob = db.session.get(Blob, grant.blob_id)
+    blob = vault.get_blob(grant.blob_id)
     if blob is None:
         raise NotFound()
     data = vault.read(blob)
@@ -605,9 +599,7 @@ def ensure_cleared_to_drive(user: User, until: datetime | date) -> None:
 
 
 def _ever_gave_face_consent(user: User) -> bool:
-    return db.session.execute(
-        select(Consent.id).where(Consent.user_id == user.id, Consent.kind == ConsentKind.FACE_DATA).limit(1)
-    ).first() is not None
+    return users.ever_consented(user, ConsentKind.FACE_DATA)
 
 
 # ---- housekeeping ----------------------------------------------------------------------------------
@@ -616,10 +608,7 @@ def _ever_gave_face_consent(user: User) -> bool:
 def purge_unclaimed_uploads(now: datetime | None = None) -> int:
     """Delete uploads no submitted case claimed within 24 hours (and empty their draft slots)."""
     cutoff = (now or utcnow()) - UNCLAIMED_UPLOAD_TTL
-    stale = db.session.execute(
-        select(Blob).where(Blob.attached_at.is_(None), Blob.deleted_at.is_(None), Blob.created_at < cutoff,
-                           Blob.owner.startswith("user:"))
-    ).scalars().all()
+    stale = vault.unattached_before(cutoff, owner_prefix="user:")
     for blob in stale:
         for slot in SLOTS.values():
             db.session.execute(update(KycCase).where(getattr(KycCase, slot) == blob.id).values({slot: None}))

@@ -19,6 +19,54 @@ class CaseStatus(StrEnum):
     SUPERSEDED = "superseded"  # replaced by a re-verification case
 
 
+class Decision(StrEnum):
+    """What a reviewer decides on a case (stored in ``kyc_decisions.decision``)."""
+
+    APPROVE = "approve"
+    REJECT = "reject"  # waits for a second reviewer (four eyes)
+    REQUEST_RESUBMISSION = "request_resubmission"
+
+
+class DecisionStatus(StrEnum):
+    """Where a decision stands (``kyc_decisions.status``): rejections and overrides wait for four eyes."""
+
+    FINAL = "final"
+    PENDING = "pending"
+    CONFIRMED = "confirmed"  # the second reviewer agreed
+    OVERTURNED = "overturned"  # the second reviewer disagreed: the case goes back to review
+
+
+class ApproveReason(StrEnum):
+    DOCUMENTS_MATCH = "documents_match"
+
+
+class RejectReason(StrEnum):
+    FACE_MISMATCH = "face_mismatch"
+    DOCUMENT_NOT_GENUINE = "document_not_genuine"
+    DOCUMENT_EXPIRED = "document_expired"
+    DATA_MISMATCH = "data_mismatch"
+    UNDERAGE = "underage"
+    DUPLICATE_IDENTITY = "duplicate_identity"
+    OTHER = "other"
+
+
+class ResubmitReason(StrEnum):
+    BLURRY_IMAGE = "blurry_image"
+    GLARE_OR_CROPPED = "glare_or_cropped"
+    WRONG_DOCUMENT = "wrong_document"
+    DOCUMENT_EXPIRED = "document_expired"
+    SELFIE_NOT_LIVE = "selfie_not_live"
+    DATA_MISMATCH = "data_mismatch"
+    OTHER = "other"
+
+
+# the reason codes each decision accepts, in the order the console lists them
+REASONS: dict[Decision, tuple[str, ...]] = {
+    Decision.APPROVE: tuple(ApproveReason),
+    Decision.REJECT: tuple(RejectReason),
+    Decision.REQUEST_RESUBMISSION: tuple(ResubmitReason),
+}
+
 S = CaseStatus
 TRANSITIONS: dict[CaseStatus, frozenset[CaseStatus]] = {
     S.DRAFT: frozenset({S.SUBMITTED}),

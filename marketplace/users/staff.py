@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from datetime import timedelta
 
 from sqlalchemy import select
 
@@ -10,8 +10,8 @@ from marketplace import audit
 from marketplace.errors import Conflict, Forbidden, NotFound, Unprocessable
 from marketplace.extensions import db, utcnow
 from marketplace.notifications import service as notifications
-from marketplace.permissions import AGENCY_ROLES, Role
-from marketplace.security import Actor, SystemActor
+from marketplace.permissions import AGENCY_ROLES, Permission, Role
+from marketplace.security import Actor, SystemActor, can_in_agency
 from marketplace.users import mfa, passwords, sessions
 from marketplace.users.errors import InvalidCredentials, TokenInvalid
 from marketplace.users.models import AccountStatus, AccountType, RoleAssignment, SessionChannel, StaffInvitation, User
@@ -63,8 +63,6 @@ def _assign(user: User, role: Role, agency_id: int | None, granted_by: User | No
 
 
 def invite_staff(actor: Actor, *, email: str, full_name: str, role: Role, agency_id: int | None) -> StaffInvitation:
-    from datetime import timedelta
-
     _check_may_grant(actor, role, agency_id)
     email = normalise_email(email)
     token, digest = sessions.new_token("")
@@ -85,16 +83,14 @@ def invite_staff(actor: Actor, *, email: str, full_name: str, role: Role, agency
 
 
 def _check_may_grant(actor: Actor, role: Role, agency_id: int | None) -> None:
-    from marketplace.permissions import Permission, permissions_for
-
     if role in AGENCY_ROLES:
         if agency_id is None:
             raise Unprocessable(details={"fields": {"agency": ["Agency roles need an agency."]}})
         if actor.can(Permission.STAFF_MANAGE):
             return
-        here = actor.agency_roles(agency_id)  # the rights held in THIS agency, not in any agency
-        if Permission.AGENCY_STAFF_MANAGE in permissions_for(here):
-            if role == Role.AGENCY_OWNER and Role.AGENCY_OWNER not in here:
+        # the rights held in THIS agency, not in any agency
+        if can_in_agency(actor, agency_id, Permission.AGENCY_STAFF_MANAGE):
+            if role == Role.AGENCY_OWNER and Role.AGENCY_OWNER not in actor.agency_roles(agency_id):
                 raise Forbidden()
             return
         raise Forbidden()
@@ -168,23 +164,6 @@ def start_web_session(user: User) -> sessions.IssuedTokens:
     return issued
 
 
-def list_agencies_for_invites() -> list[Any]:
-    from marketplace.agencies.models import Agency
-
-    return list(db.session.execute(select(Agency).order_by(Agency.business_name)).scalars())
-
-
-def agency_id_from_public(public_id: str | None) -> int | None:
-    from marketplace.agencies.models import Agency
-
-    if not public_id:
-        return None
-    agency_id = db.session.execute(select(Agency.id).where(Agency.public_id == public_id)).scalar_one_or_none()
-    if agency_id is None:
-        raise NotFound(details={"fields": {"agency": ["Unknown agency."]}})
-    return agency_id
-
-
 def unlock_staff_mfa(email: str) -> tuple[User, bool]:
     """Lift the MFA lock that repeated wrong codes put on a staff account; says whether it was locked."""
     user = db.session.execute(select(User).where(User.email == normalise_email(email))).scalar_one_or_none()
@@ -199,3 +178,37 @@ def unlock_staff_mfa(email: str) -> tuple[User, bool]:
 def public_id_of(user_id: int) -> str | None:
     """The public id of a user known by database id (another area holding a foreign key asks this)."""
     return db.session.execute(select(User.public_id).where(User.id == user_id)).scalar_one_or_none()
+
+
+# ---- agency staff (the agencies area asks; the rows stay here) -----------------------------------
+
+
+def agency_members(agency_id: int, *, after_id: int | None = None,
+                   limit: int | None = None) -> list[tuple[User, list[str]]]:
+    """Everyone holding a role in the agency (by id), with their roles there."""
+    stmt = select(User).where(
+        User.id.in_(select(RoleAssignment.user_id).where(RoleAssignment.agency_id == agency_id))
+    ).order_by(User.id)
+    if after_id is not None:
+        stmt = stmt.where(User.id > after_id)
+    if limit is not None:
+        stmt = stmt.limit(limit)
+    return [(u, sorted(a.role for a in u.roles if a.agency_id == agency_id))
+            for u in db.session.execute(stmt).scalars()]
+
+
+def agency_member(agency_id: int, public_id: str) -> User | None:
+    """One person holding a role in the agency, or ``None`` (someone elsewhere is not found here)."""
+    return db.session.execute(
+        select(User).where(User.public_id == public_id, User.id.in_(
+            select(RoleAssignment.user_id).where(RoleAssignment.agency_id == agency_id)))
+    ).scalar_one_or_none()
+
+
+def open_invitations(agency_id: int) -> list[StaffInvitation]:
+    """Invitations to the agency not yet accepted, revoked or expired, newest first."""
+    return list(db.session.execute(
+        select(StaffInvitation).where(StaffInvitation.agency_id == agency_id, StaffInvitation.accepted_at.is_(None),
+                                      StaffInvitation.revoked_at.is_(None), StaffInvitation.expires_at > utcnow())
+        .order_by(StaffInvitation.id.desc())
+    ).scalars())
