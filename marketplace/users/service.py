@@ -58,21 +58,9 @@ from marketplace.users.errors import (
     TokenInvalid,
     Underage,
 )
-from marketplace.users.profile import (
-    update_profile,
-)
-from marketplace.users.registration import (
-    Registration,
-    register,
-    verify_email,
-)
-from marketplace.users.rules import (
-    MINIMUM_AGE,
-    age_on,
-    ensure_adult,
-    normalise_email,
-    normalise_phone,
-)
+from marketplace.users.profile import update_profile
+from marketplace.users.registration import Registration, register, verify_email
+from marketplace.users.rules import MINIMUM_AGE, age_on, ensure_adult, normalise_email, normalise_phone
 from marketplace.users.staff import (
     accept_invitation,
     agency_member,
