@@ -6,9 +6,11 @@ from pathlib import Path
 from typing import Any
 
 import flask_smorest
-from flask import Blueprint, Flask, abort, render_template, send_from_directory
+import swagger_ui_bundle
+from flask import Blueprint, Flask, abort, current_app, render_template, send_from_directory
 from flask_smorest import Api
 from marshmallow import RAISE
+from webargs import core
 from webargs.flaskparser import FlaskParser
 from werkzeug.datastructures import CombinedMultiDict
 from werkzeug.wrappers import Response
@@ -33,8 +35,6 @@ class StrictParser(FlaskParser):
         return self._makeproxy(CombinedMultiDict([req.form, req.files]), schema)
 
     def _raw_load_json(self, req: Any) -> Any:
-        from webargs import core
-
         if not (req.mimetype == "application/json" or req.mimetype.endswith("+json")):
             return core.missing
         data = req.get_data(cache=True)
@@ -50,8 +50,6 @@ class StrictParser(FlaskParser):
 
 
 def _strict_loads(data: bytes) -> Any:
-    from flask import current_app
-
     return current_app.json.loads(data)
 
 
@@ -113,8 +111,6 @@ _SWAGGER_DIR: Path | None = None
 def _swagger_dir() -> Path:
     global _SWAGGER_DIR  # noqa: PLW0603 - resolved once
     if _SWAGGER_DIR is None:
-        import swagger_ui_bundle
-
         _SWAGGER_DIR = Path(swagger_ui_bundle.swagger_ui_path)
     return _SWAGGER_DIR
 

@@ -9,8 +9,9 @@ from __future__ import annotations
 import logging
 from typing import Any, ClassVar
 
-from flask import Flask, Response, g, jsonify, request
+from flask import Flask, Response, g, jsonify, render_template, request
 from marshmallow import ValidationError
+from sqlalchemy.exc import DBAPIError, OperationalError
 from werkzeug.exceptions import HTTPException
 
 log = logging.getLogger(__name__)
@@ -176,8 +177,6 @@ def error_response(
     headers: dict[str, str] | None = None,
 ) -> Response:
     if _wants_html():
-        from flask import render_template
-
         html = render_template("error.html", status=status, code=code, message=message)
         response = Response(html, status=status, mimetype="text/html")
     else:
@@ -257,8 +256,6 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> Response:
-        from sqlalchemy.exc import DBAPIError
-
         if isinstance(exc, DBAPIError) and exc.connection_invalidated:
             log.warning("database connection lost", extra={"request_id": request_id()})
             return error_response(503, ServiceUnavailable.code, ServiceUnavailable.message)
@@ -270,6 +267,4 @@ def register_error_handlers(app: Flask) -> None:
 
 
 def _is_operational(exc: Exception) -> bool:
-    from sqlalchemy.exc import OperationalError
-
     return isinstance(exc, OperationalError)

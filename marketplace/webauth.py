@@ -16,7 +16,7 @@ from werkzeug.wrappers import Response
 from marketplace import audit, ratelimits, transactions
 from marketplace.errors import AppError
 from marketplace.extensions import limiter, utcnow
-from marketplace.permissions import Permission
+from marketplace.permissions import Permission, permissions_for
 from marketplace.security import F, csrf_token, optional_actor, pre_mfa, public, settings, staff_cookie_name
 from marketplace.users import mfa, service, sessions
 from marketplace.users.models import SessionChannel
@@ -162,8 +162,6 @@ def _safe_next() -> bool:
 
 
 def _permissions(user: Any) -> frozenset[Permission]:
-    from marketplace.permissions import permissions_for
-
     return permissions_for(user.role_set())
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import Select, select
 
 from marketplace.agencies.models import Agency
@@ -24,7 +26,7 @@ def agency_id_from_public(public_id: str | None) -> int | None:
     return agency_id
 
 
-def active_ids() -> Select[tuple[int]]:
+def active_ids() -> Select[Any]:
     """The ids of verified, active agencies, as a subquery: ``Vehicle.agency_id.in_(active_ids())``."""
     return select(Agency.id).where(Agency.status == AgencyStatus.ACTIVE)
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, timedelta
 
 from sqlalchemy import select
 
@@ -93,8 +93,6 @@ def register(reg: Registration) -> None:
 
 
 def _issue_token(user: User, purpose: TokenPurpose, ttl_minutes: int) -> str:
-    from datetime import timedelta
-
     token, digest = sessions.new_token("")
     now = utcnow()
     db.session.add(OneTimeToken(user_id=user.id, purpose=purpose, token_hash=digest, created_at=now,

@@ -59,6 +59,7 @@ from marketplace.crypto.shred import DestroyedKeyLog
 from marketplace.extensions import db, utcnow
 from marketplace.modelbase import new_public_id
 from marketplace.storage.base import BlobNotFound, BlobStore
+from marketplace.storage.factory import blob_store_from_url
 from marketplace.vault.models import Blob, DataKey
 
 log = logging.getLogger("marketplace.vault")
@@ -72,8 +73,6 @@ def ring() -> MasterKeyProvider:
 def blob_store() -> BlobStore:
     store: BlobStore | None = current_app.extensions.get("blob_store")
     if store is None:
-        from marketplace.storage.factory import blob_store_from_url
-
         settings = current_app.config["SETTINGS"]
         store = blob_store_from_url(settings.blob_store_url, base_dir=Path(settings.var_dir))
         current_app.extensions["blob_store"] = store
