@@ -11,7 +11,6 @@ from flask import request
 from agency_app.views import _render, agency_bp
 from marketplace.bookings import service as bookings
 from marketplace.bookings.states import BookingStatus
-from marketplace.bookings.views import agency_booking_out
 from marketplace.errors import Unprocessable
 from marketplace.permissions import Permission
 from marketplace.schemas import decode_cursor, paginate
@@ -45,7 +44,7 @@ def bookings_list() -> Any:
     actor = current_actor()
     page = paginate(_CURSOR, PAGE, lambda n: bookings.list_for_agency(actor, day=day, status=status,
                                                                       before_id=before, limit=n))
-    return _render("agency/bookings.html", bookings=[agency_booking_out(b) for b in page.items],
+    return _render("agency/bookings.html", bookings=[bookings.agency_booking_out(b) for b in page.items],
                    older=page.next_cursor,
                    day=day.isoformat() if day else "", status_filter=status or "", statuses=list(BookingStatus))
 
@@ -55,4 +54,4 @@ def bookings_list() -> Any:
 def booking_detail(reference: str) -> Any:
     """Another agency's booking is a 404, like one that never existed."""
     booking = bookings.get_for_agency(current_actor(), reference[:20])
-    return _render("agency/booking.html", b=agency_booking_out(booking))
+    return _render("agency/booking.html", b=bookings.agency_booking_out(booking))

@@ -7,23 +7,26 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import date, datetime, time, timedelta
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flask import Response, redirect, request, url_for
 from marshmallow import ValidationError
 
 from agency_app.views import _render, agency_bp
-from marketplace.bookings.service import BUSINESS_TZ
+from marketplace import clock
+from marketplace.clock import BUSINESS_TZ
 from marketplace.errors import AppError, Unprocessable
 from marketplace.extensions import db
 from marketplace.fleet import schemas as fleet_schemas
 from marketplace.fleet import service as fleet
-from marketplace.fleet.models import Vehicle
 from marketplace.permissions import Permission
 from marketplace.security import Actor, current_actor, requires
 from marketplace.webhelpers import ImageFormIn, read_upload_form
 
 _PHOTO_FORM = ImageFormIn()
+if TYPE_CHECKING:
+    from marketplace.fleet.models import Vehicle
+
 _INTEGER_FIELDS = ("year", "seats", "mileage_limit_km_per_day", "turnaround_minutes")
 _AED_FIELDS = {"daily_price": "daily_price_fils", "deposit": "deposit_fils", "extra_km_price": "extra_km_fils"}
 _NUMBER_FIELDS = ("latitude", "longitude")
@@ -146,7 +149,7 @@ def _vehicle_page(vehicle_id: str, status: int = 200, error: AppError | None = N
                    error_code=error and error.code, v=vehicle, agency=agency,
                    photos=fleet.photos_of(vehicle), blocks=fleet.list_blocks(actor, vehicle),
                    can_write=fleet.can_in_agency(actor, vehicle.agency_id, Permission.AGENCY_VEHICLE_WRITE),
-                   today=datetime.now(BUSINESS_TZ).date().isoformat(), C=fleet)
+                   today=clock.business_today().isoformat(), C=fleet)
 
 
 def _back(vehicle_id: str, anchor: str, **flags: Any) -> Callable[[Any], str]:

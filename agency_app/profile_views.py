@@ -13,7 +13,7 @@ from marshmallow import fields
 
 from agency_app.views import _render, agency_bp
 from marketplace.agencies import service as agencies
-from marketplace.agencies.models import AgencyStatus
+from marketplace.agencies.states import AgencyStatus
 from marketplace.errors import AppError
 from marketplace.extensions import db
 from marketplace.permissions import AGENCY_ROLES, Permission, Role, permissions_for

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
 from flask import Blueprint, render_template
 
+from marketplace import clock
+from marketplace.bookings import service as bookings
 from marketplace.fleet import service as fleet
 from marketplace.permissions import Permission
 from marketplace.security import csrf_token, current_actor
@@ -28,15 +29,13 @@ def _render(template: str, status: int = 200, **context: Any) -> tuple[str, int]
 @agency_bp.get("/", endpoint="home")
 def home() -> Any:
     """The dashboard: today's pick-ups and returns (Asia/Dubai day) and the fleet at a glance."""
-    from marketplace.bookings import service as bookings
-    from marketplace.bookings.views import agency_booking_out
-
     actor = current_actor()
-    day = datetime.now(bookings.BUSINESS_TZ).date()
+    day = clock.business_today()
     today = bookings.today_for_agency(actor, day)
     return _render("agency/home.html", agencies=fleet.agencies_of(actor), day=day,
-                   pickups=[agency_booking_out(b) for b in today["pickups"]],
-                   returns=[agency_booking_out(b) for b in today["returns"]], summary=fleet.fleet_summary(actor))
+                   pickups=[bookings.agency_booking_out(b) for b in today["pickups"]],
+                   returns=[bookings.agency_booking_out(b) for b in today["returns"]],
+                   summary=fleet.fleet_summary(actor))
 
 
 from agency_app import booking_views as _booking_views  # noqa: E402,F401  (bookings pages)

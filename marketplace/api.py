@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import flask_smorest
+import swagger_ui_bundle
 from apispec import BasePlugin
 from flask import Blueprint, Flask, abort, render_template, send_from_directory
 from flask_smorest import Api
@@ -155,8 +156,6 @@ _SWAGGER_DIR: Path | None = None
 def _swagger_dir() -> Path:
     global _SWAGGER_DIR  # noqa: PLW0603 - resolved once
     if _SWAGGER_DIR is None:
-        import swagger_ui_bundle
-
         _SWAGGER_DIR = Path(swagger_ui_bundle.swagger_ui_path)
     return _SWAGGER_DIR
 

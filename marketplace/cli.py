@@ -6,18 +6,26 @@ import os
 import secrets
 import sys
 import time
-from decimal import Decimal
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 from flask import Flask, current_app
 from flask.cli import AppGroup
-from sqlalchemy import select
+from rq import Worker
 
-from marketplace import audit, jobs
+from marketplace import audit, demo, jobs
+from marketplace.agencies import service as agencies
+from marketplace.errors import AppError, NotFound
 from marketplace.extensions import db, utcnow
+from marketplace.payments import service as payments
 from marketplace.permissions import AGENCY_ROLES, Role
 from marketplace.transactions import unit_of_work
+from marketplace.users import service as users
+from marketplace.vault import service as vault
+
+if TYPE_CHECKING:
+    from marketplace.users.models import User
 
 staff_cli = AppGroup("staff", help="Staff accounts.")
 audit_cli = AppGroup("audit", help="The hash-chained audit log.")
@@ -44,14 +52,11 @@ def register(app: Flask) -> None:
 def create_staff(email: str, full_name: str, roles: tuple[str, ...], agency_public_id: str | None,
                  password: str) -> None:
     """Create a staff member (e.g. the first admin). MFA is set up at first sign-in."""
-    from marketplace.errors import AppError
-    from marketplace.users import service
-
     try:
         with unit_of_work():
-            agency_id = service.agency_id_from_public(agency_public_id)
+            agency_id = agencies.agency_id_from_public(agency_public_id)
             pairs = [(Role(r), agency_id if Role(r) in AGENCY_ROLES else None) for r in roles]
-            user = service.create_staff(email=email, full_name=full_name, password=password, roles=pairs)
+            user = users.create_staff(email=email, full_name=full_name, password=password, roles=pairs)
             email = user.email
     except AppError as exc:
         raise click.ClickException(f"{exc.code}: {exc.text} {exc.details or ''}") from exc
@@ -62,12 +67,9 @@ def create_staff(email: str, full_name: str, roles: tuple[str, ...], agency_publ
 @click.argument("email")
 def unlock_mfa(email: str) -> None:
     """Lift the MFA lock that repeated wrong codes put on a staff account (after checking it was them)."""
-    from marketplace.errors import NotFound
-    from marketplace.users import service
-
     try:
         with unit_of_work():
-            user, was_locked = service.unlock_staff_mfa(email)
+            user, was_locked = users.unlock_staff_mfa(email)
             email = user.email
     except NotFound as exc:
         raise click.ClickException("No staff account uses this e-mail.") from exc
@@ -80,8 +82,6 @@ def unlock_mfa(email: str) -> None:
 @ledger_cli.command("check")
 def check_ledger() -> None:
     """Prove the journal balances and agrees with the payment, refund and booking rows; exit 1 if not."""
-    from marketplace.payments import service as payments
-
     with unit_of_work():
         report = payments.ledger_check()
     if report.ok:
@@ -135,11 +135,10 @@ def forget_expired_audit_periods() -> None:
 @click.option("--burst", is_flag=True, help="Run what is queued, then exit")
 def worker(burst: bool) -> None:
     """An rq worker for the marketplace queue (needs REDIS_URL)."""
-    from rq import Worker
-
     backend = jobs.backend()
     if not isinstance(backend, jobs.RqBackend) or current_app.config["SETTINGS"].jobs_mode != "redis":
         raise click.ClickException("JOBS_MODE=redis with REDIS_URL is needed for a separate worker")
+    jobs.bind_worker_app(current_app._get_current_object())  # type: ignore[attr-defined]
     Worker([backend.queue], connection=backend.connection).work(burst=burst, with_scheduler=True)
 
 
@@ -169,9 +168,7 @@ def seed_demo() -> None:
     if settings.production:
         raise click.ClickException("demo data is never seeded in production")
     path = Path(settings.var_dir) / DEMO_FILE
-    from marketplace.users.models import User
-
-    if db.session.execute(select(User.id).where(User.email == "admin@demo.carejar.example")).first():
+    if users.find_by_email("admin@demo.carejar.example") is not None:
         click.echo(path.read_text() if path.exists() else "Demo data exists (credentials file missing).")
         return
     with unit_of_work():
@@ -183,35 +180,12 @@ def seed_demo() -> None:
 
 
 def _seed() -> str:
-    from marketplace import demo
-    from marketplace.agencies.models import Agency, AgencyStatus
-    from marketplace.crypto import encrypt_field
-    from marketplace.fleet.models import Vehicle, VehicleStatus
-    from marketplace.users import passwords, service
-    from marketplace.users.models import AccountStatus, AccountType, User
-
-    now = utcnow()
-    agency = Agency(
+    agency = agencies.create_verified(
         business_name="Desert Wheels Car Rental LLC", trade_licence_number="DED-1234567", trn="100123456700003",
         address_line1="Sheikh Zayed Road, Al Quoz 1", address_city="Dubai", address_country="AE",
         representative_name="Omar Al Mansoori", contact_email="ops@desertwheels.example",
-        contact_phone="+97143001234", status=AgencyStatus.ACTIVE, verified_at=now,
+        contact_phone="+97143001234",
     )
-    db.session.add(agency)
-    db.session.flush()
-    cars = [
-        ("Toyota", "Corolla", 2024, "economy", "DXB A 12345", 5, "automatic", 14900, 100000),
-        ("Nissan", "Patrol", 2023, "suv", "DXB B 23456", 7, "automatic", 54900, 300000),
-        ("Kia", "Picanto", 2024, "mini", "DXB C 34567", 4, "automatic", 9900, 50000),
-        ("Mercedes-Benz", "E 300", 2024, "luxury", "DXB D 45678", 5, "automatic", 89900, 500000),
-    ]
-    for i, (make, model, year, category, plate, seats, gearbox, price, deposit) in enumerate(cars):
-        db.session.add(Vehicle(
-            agency_id=agency.id, make=make, model=model, year=year, category=category, plate=plate, seats=seats,
-            transmission=gearbox, city="Dubai", latitude=Decimal("25.1412") + Decimal(i) / 100,
-            longitude=Decimal("55.2230"), daily_price_fils=price, deposit_fils=deposit,
-            mileage_limit_km_per_day=250, status=VehicleStatus.LISTED,
-        ))
     staff: list[tuple[str, str, list[tuple[Role, int | None]]]] = [
         ("admin@demo.carejar.example", "Aisha Admin", [(Role.ADMIN, None)]),
         ("reviewer@demo.carejar.example", "Rami Reviewer", [(Role.KYC_REVIEWER, None)]),
@@ -221,31 +195,23 @@ def _seed() -> str:
         ("owner@desertwheels.example", "Omar Owner", [(Role.AGENCY_OWNER, agency.id)]),
         ("desk@desertwheels.example", "Sara Desk", [(Role.AGENCY_STAFF, agency.id)]),
     ]
-    import pyotp
-
     out = ["CareJar demo sign-ins (also in var/demo-credentials.txt; local demo only)", ""]
     out.append(f"{'who':<34} {'password':<22} TOTP secret (add to an authenticator app)")
-    ring = current_app.extensions["keyring"]
     made: dict[str, User] = {}
     for email, name, roles in staff:
         password = "Demo-" + secrets.token_urlsafe(12)
-        user = service.create_staff(email=email, full_name=name, password=password, roles=roles)
-        secret = pyotp.random_base32(32)
-        user.totp_secret_enc = encrypt_field(ring, secret.encode(), aad=f"totp:{user.public_id}".encode())
-        user.totp_enrolled_at = now
+        user = users.create_staff(email=email, full_name=name, password=password, roles=roles)
+        secret = users.enrol_totp(user)
         out.append(f"{email:<34} {password:<22} {secret}")
         made[email] = user
+    demo.list_cars(made["owner@desertwheels.example"], agency.public_id)
     password = "Demo-" + secrets.token_urlsafe(12)
-    customer = User(
-        account_type=AccountType.CUSTOMER, status=AccountStatus.ACTIVE, email="layla@demo.carejar.example",
-        email_verified_at=now, phone="+971501234567", password_hash=passwords.hash_password(password),
-        password_changed_at=now, full_name="Layla Haddad",
-        date_of_birth=demo.years_before(service.business_today(), 30),
-        nationality="AE", address_line1="Marina Gate 1, Apt 1204", address_city="Dubai", address_country="AE",
+    customer = users.create_verified_customer(
+        email="layla@demo.carejar.example", phone="+971501234567", password=password, full_name="Layla Haddad",
+        date_of_birth=demo.years_before(users.business_today(), 30), nationality="AE",
+        address_line1="Marina Gate 1, Apt 1204", address_city="Dubai", address_country="AE",
         emergency_contact_name="Karim Haddad", emergency_contact_phone="+971509876543",
     )
-    db.session.add(customer)
-    db.session.flush()
     # cleared the way a real customer is: consents, identity, uploads, and a demo reviewer's approval
     demo.clear_customer(customer, made["reviewer@demo.carejar.example"])
     audit.record(None, "demo:seed", agency)
@@ -259,19 +225,12 @@ def _seed() -> str:
 @click.argument("email")
 def demo_totp(email: str) -> None:
     """Print the current TOTP code of a demo staff account (never in production)."""
-    import pyotp
-
-    from marketplace.crypto import decrypt_field
-    from marketplace.users.models import User
-
     if current_app.config["SETTINGS"].production or not email.endswith(".example"):
         raise click.ClickException("only for demo accounts outside production")
-    user = db.session.execute(select(User).where(User.email == email.lower())).scalar_one_or_none()
-    if user is None or user.totp_secret_enc is None:
+    code = users.current_totp_code(email.lower())
+    if code is None:
         raise click.ClickException("no such demo account with MFA")
-    secret = decrypt_field(current_app.extensions["keyring"], user.totp_secret_enc,
-                           aad=f"totp:{user.public_id}".encode()).decode()
-    click.echo(pyotp.TOTP(secret).now())
+    click.echo(code)
 
 
 # ---- master keys -------------------------------------------------------------------------------
@@ -288,10 +247,6 @@ def rotate_keys(resume: bool, batch: int) -> None:
     Safe to interrupt and rerun: each batch commits, and a key is retired only when nothing still
     uses it (run with --resume to finish without adding another key).
     """
-    from marketplace.crypto import field_key_id, reencrypt_field
-    from marketplace.users.models import User
-    from marketplace.vault import service as vault
-
     ring = current_app.extensions["keyring"]
     if not hasattr(ring, "add_key"):
         raise click.ClickException("this key provider rotates outside the app (KMS)")
@@ -311,12 +266,7 @@ def rotate_keys(resume: bool, batch: int) -> None:
     # TOTP secrets are sealed directly under the master key
     secrets_moved = 0
     with unit_of_work():
-        for user in db.session.execute(select(User).where(User.totp_secret_enc.is_not(None))).scalars():
-            token = user.totp_secret_enc
-            assert token is not None
-            if field_key_id(token) != active:
-                user.totp_secret_enc = reencrypt_field(ring, token, aad=f"totp:{user.public_id}".encode())
-                secrets_moved += 1
+        secrets_moved = users.rewrap_totp_secrets()
     click.echo(f"re-wrapped {moved} data keys and {secrets_moved} TOTP secrets under {active}")
     click.echo(f"re-wrapped {audit_moved} audit month keys (client addresses) under {active}")
     for key in list(ring.keys):

@@ -7,11 +7,14 @@ without its secret key and its master key ring.
 from __future__ import annotations
 
 import os
+import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
+
+from dotenv import load_dotenv
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -274,15 +277,11 @@ def load_settings(overrides: Mapping[str, Any] | None = None) -> Settings:  # no
 def _load_dotenv() -> None:
     path = PROJECT_ROOT / ".env"
     if path.exists():
-        from dotenv import load_dotenv
-
         load_dotenv(path, override=False)
 
 
 def _dev_secret(var_dir: Path) -> str:
     """Outside production a random secret is created once under ``var/`` so sessions survive restarts."""
-    import secrets
-
     var_dir.mkdir(parents=True, exist_ok=True)
     path = var_dir / "secret_key"
     if not path.exists():

@@ -10,16 +10,19 @@ from __future__ import annotations
 
 import io
 from datetime import date
+from decimal import Decimal
+from typing import TYPE_CHECKING
 
-from flask import current_app
 from PIL import Image, ImageDraw, ImageFont
 
+from marketplace.fleet import service as fleet
 from marketplace.kyc import service as kyc
-from marketplace.security import Actor
+from marketplace.kyc.states import ApproveReason, Decision
 from marketplace.users import service as users
-from marketplace.users import sessions
-from marketplace.users.consent_texts import CURRENT
-from marketplace.users.models import ConsentKind, SessionChannel, User
+from marketplace.users.states import ConsentKind
+
+if TYPE_CHECKING:
+    from marketplace.users.models import User
 
 DEVICE = "demo seed"
 SKIN = (198, 150, 120)
@@ -48,13 +51,32 @@ def emirates_id_number(birth_year: int, serial: str = "4519276") -> str:
     raise AssertionError("one of ten digits always completes a Luhn sum")
 
 
+CARS = [
+    ("Toyota", "Corolla", 2024, "economy", "DXB A 12345", 5, "automatic", 14900, 100000),
+    ("Nissan", "Patrol", 2023, "suv", "DXB B 23456", 7, "automatic", 54900, 300000),
+    ("Kia", "Picanto", 2024, "mini", "DXB C 34567", 4, "automatic", 9900, 50000),
+    ("Mercedes-Benz", "E 300", 2024, "luxury", "DXB D 45678", 5, "automatic", 89900, 500000),
+]
+
+
+def list_cars(owner: User, agency_public_id: str) -> None:
+    """The agency's owner lists four cars through the fleet service, as the agency app does."""
+    actor = users.open_api_session(owner, mfa_done=True)
+    for i, (make, model, year, category, plate, seats, gearbox, price, deposit) in enumerate(CARS):
+        fleet.create_vehicle(
+            actor, agency=agency_public_id, make=make, model=model, year=year, category=category, plate=plate,
+            seats=seats, transmission=gearbox, city="Dubai", latitude=Decimal("25.1412") + Decimal(i) / 100,
+            longitude=Decimal("55.2230"), daily_price_fils=price, deposit_fils=deposit,
+            mileage_limit_km_per_day=250, status="listed",
+        )
+    users.close_session(actor, "demo_seed_done")
+
+
 def clear_customer(customer: User, reviewer: User) -> None:
     """Consents, identity data, five photos and a submitted case, then the reviewer's approval."""
-    settings = current_app.config["SETTINGS"]
-    own = sessions.start_session(customer, SessionChannel.API, settings)
-    actor = Actor.for_session(own.session)
+    actor = users.open_api_session(customer)
     for kind in (ConsentKind.TERMS, ConsentKind.PRIVACY, ConsentKind.FACE_DATA):
-        users.give_consent(actor, kind, CURRENT[kind].version, device=DEVICE)
+        users.give_consent(actor, kind, users.current_text_version(kind), device=DEVICE)
     today = users.business_today()
     assert customer.date_of_birth is not None
     dob = customer.date_of_birth
@@ -81,14 +103,13 @@ def clear_customer(customer: User, reviewer: User) -> None:
     for slot, data in photos.items():
         kyc.upload(actor, slot, io.BytesIO(data), "image/jpeg")
     case = kyc.submit(actor)
-    sessions.revoke(own.session, "demo_seed_done")
+    users.close_session(actor, "demo_seed_done")
 
-    staff = sessions.start_session(reviewer, SessionChannel.API, settings, mfa_done=True)
-    review = Actor.for_session(staff.session)
+    review = users.open_api_session(reviewer, mfa_done=True)
     kyc.claim(review, case)
-    kyc.decide(review, case, decision="approve", reason_code="documents_match",
+    kyc.decide(review, case, decision=Decision.APPROVE, reason_code=ApproveReason.DOCUMENTS_MATCH,
                note="Demo seed: selfie and ID photo show the same person; data matches the licence.")
-    sessions.revoke(staff.session, "demo_seed_done")
+    users.close_session(review, "demo_seed_done")
 
 
 # ---- generated photos (drawn, so the demo needs no image files and holds no real person) -----------

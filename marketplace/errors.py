@@ -14,8 +14,9 @@ import math
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, TypeVar
 
-from flask import Flask, Response, g, jsonify, request
+from flask import Flask, Response, g, jsonify, render_template, request
 from marshmallow import ValidationError
+from sqlalchemy.exc import DBAPIError, OperationalError
 from werkzeug.exceptions import HTTPException
 
 log = logging.getLogger(__name__)
@@ -246,8 +247,6 @@ def error_response(
     headers: dict[str, str] | None = None,
 ) -> Response:
     if _wants_html():
-        from flask import render_template
-
         html = render_template("error.html", status=status, code=_text(code, 64), message=_text(message))
         response = Response(html, status=status, mimetype="text/html")
     else:
@@ -364,8 +363,6 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(Exception)
     @_never_fails
     def _unexpected(exc: Exception) -> Response:
-        from sqlalchemy.exc import DBAPIError
-
         if isinstance(exc, DBAPIError) and exc.connection_invalidated:
             log.warning("database connection lost", extra={"request_id": request_id()})
             return error_response(503, ServiceUnavailable.code, ServiceUnavailable.message)
@@ -377,6 +374,4 @@ def register_error_handlers(app: Flask) -> None:
 
 
 def _is_operational(exc: Exception) -> bool:
-    from sqlalchemy.exc import OperationalError
-
     return isinstance(exc, OperationalError)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import sqlite3
 import time
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -18,7 +19,10 @@ from sqlalchemy.engine import Dialect, Engine
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import DeclarativeBase, registry
 
-from marketplace import ratelimit_sqlite  # noqa: F401 - registers the sqlite:// rate-limit storage
+from marketplace import (
+    clock,
+    ratelimit_sqlite,  # noqa: F401 - registers the sqlite:// rate-limit storage
+)
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -100,13 +104,12 @@ limiter = Limiter(key_func=_client_address, default_limits=[], headers_enabled=T
 
 
 def utcnow() -> datetime:
-    return datetime.now(UTC)
+    """Now, in UTC: the one clock (``marketplace.clock``), which tests move with time-machine."""
+    return clock.now()
 
 
 @event.listens_for(Engine, "connect")
 def _sqlite_pragmas(dbapi_connection: Any, connection_record: Any) -> None:
-    import sqlite3
-
     if isinstance(dbapi_connection, sqlite3.Connection):
         # Let SQLAlchemy emit BEGIN itself so SAVEPOINT works and booking writes can BEGIN IMMEDIATE
         dbapi_connection.isolation_level = None
@@ -116,18 +119,6 @@ def _sqlite_pragmas(dbapi_connection: Any, connection_record: Any) -> None:
         cursor.execute("PRAGMA busy_timeout=30000")
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.close()
-
-
-@event.listens_for(Engine, "begin")
-def _sqlite_begin(conn: Any) -> None:
-    if conn.dialect.name == "sqlite":
-        from marketplace.transactions import sqlite_begin_mode
-
-        # explicit options first; otherwise the unit of work decides (a writing unit's every transaction,
-        # the one after a view's rollback included, takes the write lock up front)
-        mode = (conn.info.pop("sqlite_begin", None) or conn.get_execution_options().get("sqlite_begin")
-                or sqlite_begin_mode())
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if mode == "immediate" else "BEGIN")
 
 
 IDLE_PING_SECONDS = 10.0

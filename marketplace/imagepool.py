@@ -29,6 +29,7 @@ benchmark's baseline); the default, and what the test suite runs, is the pool.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import dataclasses
 import hashlib
 import json
@@ -41,6 +42,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from multiprocessing import forkserver
 from multiprocessing.connection import Connection
 from typing import Any, Protocol
 
@@ -307,8 +309,6 @@ def _keep_freed_memory() -> None:
     fresh process otherwise maps (and page-faults) ~18 MB anew for each 12 MP photo, ~14 ms of the pool's
     overhead (measured with bench/bench_image_pool.py). Kept memory still counts against RLIMIT_AS."""
     try:
-        import ctypes
-
         libc = ctypes.CDLL(None)
         m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
         libc.mallopt(m_mmap_threshold, 64 * MIB)
@@ -358,8 +358,6 @@ def _after_fork_in_child() -> None:
     _context_lock = threading.Lock()
     _pools_lock = threading.Lock()
     try:
-        from multiprocessing import forkserver
-
         server: Any = forkserver._forkserver
         server._lock = threading.Lock()
         if server._forkserver_pid is not None:

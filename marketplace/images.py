@@ -196,7 +196,7 @@ def process_image(
 
     ``declared_type`` is the client's ``Content-Type`` for the part, if any; it must match the bytes.
     """
-    from marketplace.imagepool import current_decoder
+    from marketplace.imagepool import current_decoder  # noqa: PLC0415 - imagepool imports the types defined here
 
     data = _read_limited(stream, policy.max_bytes)
     fmt = _sniff(data, policy=policy, declared_type=declared_type)

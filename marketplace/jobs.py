@@ -24,7 +24,11 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from flask import Flask, current_app
+import fakeredis
+from flask import Flask, current_app, has_app_context
+from redis import Redis
+from rq import Queue, SimpleWorker
+from rq.timeouts import TimerDeathPenalty
 from sqlalchemy import ForeignKey, Index, Integer, String, event, or_, select, update
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
@@ -290,25 +294,23 @@ def _sweep(limit: int) -> int:
 
 
 def in_app_context(func: Callable[[], str]) -> str:
-    from flask import has_app_context
-
     if has_app_context():
         return func()
-    app = _worker_app()
+    app = _worker_app
+    if app is None:
+        raise RuntimeError("no app for this worker: start it with `flask jobs worker`, which hands its app in")
     with app.app_context():
         return func()
 
 
-_worker_app_instance: Flask | None = None
+_worker_app: Flask | None = None
 
 
-def _worker_app() -> Flask:
-    global _worker_app_instance  # noqa: PLW0603 - one app per worker process, built on first job
-    if _worker_app_instance is None:
-        from marketplace import create_app
-
-        _worker_app_instance = create_app(start_background=False)
-    return _worker_app_instance
+def bind_worker_app(app: Flask) -> None:
+    """The worker entry (``flask jobs worker``) hands in the app its jobs run in. The app factory stays above
+    this module: jobs.py builds no app and so reaches no blueprint."""
+    global _worker_app  # noqa: PLW0603 - one app per worker process, handed in by its entry point
+    _worker_app = app
 
 
 class Backend:
@@ -347,8 +349,6 @@ class SyncBackend(Backend):
 
 class RqBackend(Backend):
     def __init__(self, app: Flask, connection: Any) -> None:
-        from rq import Queue
-
         self.app = app
         self.connection = connection
         self.queue = Queue(QUEUE_NAME, connection=connection, default_timeout=300)
@@ -372,9 +372,6 @@ class RqBackend(Backend):
 
 
 def _thread_worker(queue: Any, connection: Any) -> Any:
-    from rq import SimpleWorker
-    from rq.timeouts import TimerDeathPenalty
-
     class ThreadWorker(SimpleWorker):
         death_penalty_class = TimerDeathPenalty  # SIGALRM only works on the main thread
 
@@ -386,8 +383,6 @@ def _thread_worker(queue: Any, connection: Any) -> Any:
 
 
 def _backend_or_none() -> Backend | None:
-    from flask import has_app_context
-
     if not has_app_context():
         return None
     backend: Backend | None = current_app.extensions.get("jobs_backend")
@@ -406,13 +401,9 @@ def init_app(app: Flask, *, start_background: bool) -> None:
         app.extensions["jobs_backend"] = SyncBackend(app)
         return
     if mode == "redis":
-        from redis import Redis
-
         connection = Redis.from_url(settings.redis_url)
         app.extensions["jobs_backend"] = RqBackend(app, connection)
         return
-    import fakeredis
-
     rq_backend = RqBackend(app, fakeredis.FakeRedis())
     app.extensions["jobs_backend"] = rq_backend
     if start_background:

@@ -12,6 +12,9 @@ import re
 import sys
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import unquote
+
+from flask import g, has_request_context
 
 # Paths that carry a single-use secret (signed image links): logged as "<prefix>/[redacted]". A test
 # checks every URL rule with a ``token`` variable is covered (tests/test_access_log.py).
@@ -30,8 +33,6 @@ def redact_path(text: str) -> str:
     Percent-encoded text is decoded first: ``/api/v1/%69mages/<token>`` routes to the same link.
     """
     if "%" in text:
-        from urllib.parse import unquote
-
         decoded = unquote(text)
         if _TOKEN_PATHS.search(decoded):
             text = decoded
@@ -58,8 +59,6 @@ class JsonFormatter(logging.Formatter):
 
 
 def _current_request_id() -> str | None:
-    from flask import g, has_request_context
-
     if has_request_context():
         return g.get("request_id")
     return None

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 from flask import g, request
 
+from marketplace.errors import AppError
 from marketplace.extensions import client_key, hashed
+from marketplace.users.service import normalise_email
 
 __all__ = ["account_key", "client_key", "form_account_key", "hashed", "json_account_key", "signed_in_account_key"]
 
@@ -19,8 +21,6 @@ def account_key(raw_email: object) -> str:
     """One counter per account, whatever the spelling of its address (case, spaces, full-width letters)."""
     if not isinstance(raw_email, str):
         return hashed("account", "-")
-    from marketplace.errors import AppError
-    from marketplace.users.service import normalise_email
 
     try:
         normalised = normalise_email(raw_email[:320])

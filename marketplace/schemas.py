@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, TypeVar
 
+from email_validator import SPECIAL_USE_DOMAIN_NAMES  # what users.service.normalise_email refuses
 from flask import current_app
 from flask_smorest.fields import Upload
 from marshmallow import RAISE, Schema, ValidationError, fields, validate
@@ -130,8 +131,6 @@ PHONE = documented(pattern=r"^\+[1-9][0-9]{7,14}$")
 
 
 def _special_use_domains() -> str:
-    from email_validator import SPECIAL_USE_DOMAIN_NAMES  # what users.service.normalise_email refuses
-
     return "|".join("".join(f"[{c.lower()}{c.upper()}]" if c.isalpha() else re.escape(c) for c in name)
                     for name in SPECIAL_USE_DOMAIN_NAMES)
 
@@ -175,7 +174,7 @@ class ImageUpload(Upload):
     CONTENT_TYPES: ClassVar[tuple[str, ...]] = ("image/jpeg", "image/png", "image/webp")
 
     def __init__(self, *, description: str = "", **kwargs: Any) -> None:
-        from marketplace.images import MIB, ImagePolicy
+        from marketplace.images import MIB, ImagePolicy  # noqa: PLC0415 - images imports schemas' siblings at load
 
         policy = ImagePolicy()
         limits = (f"JPEG, PNG or WebP (the part's Content-Type must match the bytes), at most "

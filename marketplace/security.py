@@ -8,6 +8,7 @@ explicitly. ``tests/test_route_gates.py`` fails if any route is reachable withou
 from __future__ import annotations
 
 import hmac
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -15,7 +16,7 @@ from enum import StrEnum
 from functools import wraps
 from typing import Any, TypeVar
 
-from flask import Blueprint, Flask, current_app, g, request
+from flask import Blueprint, Flask, current_app, g, redirect, request
 from sqlalchemy import update
 from werkzeug.wrappers import Response
 
@@ -27,9 +28,11 @@ from marketplace.errors import (
     MfaRequired,
     ReauthRequired,
     Unauthenticated,
+    UnsupportedMediaType,
 )
 from marketplace.extensions import db, utcnow
 from marketplace.permissions import AGENCY_ROLES, Permission, Role, permissions_for
+from marketplace.users import sessions
 from marketplace.users.models import AuthSession, RoleAssignment, SessionChannel, User
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -104,6 +107,17 @@ def require(actor: Actor, *permissions: Permission) -> None:
     missing = [p for p in permissions if not actor.can(p)]
     if missing:
         raise Forbidden(details={"missing": [str(p) for p in missing]})
+
+
+def can_in_agency(actor: Actor, agency_id: int, permission: Permission) -> bool:
+    """The one agency-scope check: permissions come from the roles held *in that agency* (a manager in one
+    agency may be desk staff in another, and a role elsewhere grants nothing here)."""
+    return agency_id in actor.agency_ids and permission in permissions_for(actor.agency_roles(agency_id))
+
+
+def require_in_agency(actor: Actor, agency_id: int, permission: Permission) -> None:
+    if not can_in_agency(actor, agency_id, permission):
+        raise Forbidden(details={"missing": [str(permission)]})
 
 
 def require_recent_auth(actor: Actor, window: timedelta | None = None) -> None:
@@ -183,8 +197,6 @@ def bearer_token() -> str | None:
 
 
 def _load_api_actor() -> Actor:
-    from marketplace.users import sessions
-
     token = bearer_token()
     if token is None:
         raise Unauthenticated(headers={"WWW-Authenticate": "Bearer"})
@@ -199,8 +211,6 @@ def staff_cookie_name() -> str:
 
 
 def load_web_actor() -> Actor | None:
-    from marketplace.users import sessions
-
     token = request.cookies.get(staff_cookie_name())
     if not token:
         return None
@@ -251,8 +261,6 @@ def csrf_token(actor: Actor | None) -> str:
 
 
 def _new_csrf_cookie() -> str:
-    import secrets
-
     g.new_csrf_cookie = secrets.token_urlsafe(24)
     return str(g.new_csrf_cookie)
 
@@ -308,15 +316,11 @@ class Gate:
 
     @staticmethod
     def _redirect(location: str) -> Response:
-        from flask import redirect
-
         return redirect(location)
 
 
 def check_content_type() -> None:
     """JSON routes take JSON bodies only; upload routes take multipart only (415 otherwise)."""
-    from marketplace.errors import UnsupportedMediaType
-
     if request.method not in {"POST", "PUT", "PATCH"}:
         return
     view = current_app.view_functions.get(request.endpoint or "")

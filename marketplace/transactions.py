@@ -38,6 +38,8 @@ from functools import wraps
 from typing import Any, TypeVar
 
 from flask import current_app, g, has_app_context, request
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session
 from werkzeug.wrappers import Response
@@ -148,6 +150,16 @@ def sqlite_begin_mode() -> str | None:
         return None
     unit.immediate = unit.write
     return "immediate" if unit.write else None
+
+
+@event.listens_for(Engine, "begin")
+def _sqlite_begin(conn: Any) -> None:
+    """SQLite's BEGIN: explicit options first; otherwise the unit of work decides (a writing unit's every
+    transaction, the one after a view's rollback included, takes the write lock up front)."""
+    if conn.dialect.name == "sqlite":
+        mode = (conn.info.pop("sqlite_begin", None) or conn.get_execution_options().get("sqlite_begin")
+                or sqlite_begin_mode())
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if mode == "immediate" else "BEGIN")
 
 
 def _commit() -> None:

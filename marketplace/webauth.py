@@ -10,21 +10,17 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from flask import Blueprint, current_app, g, redirect, render_template, request, url_for
+from flask import Blueprint, g, redirect, render_template, request, url_for
 from werkzeug.wrappers import Response
 
 from marketplace import audit, ratelimits, transactions
 from marketplace.errors import AppError
 from marketplace.extensions import limiter, utcnow
-from marketplace.permissions import Permission
+from marketplace.permissions import Permission, permissions_for
 from marketplace.security import F, csrf_token, optional_actor, pre_mfa, public, settings, staff_cookie_name
 from marketplace.users import mfa, service, sessions
 from marketplace.users.models import SessionChannel
-
-
-def _limit(name: str) -> Any:
-    return lambda: current_app.config["SETTINGS"].limits[name]
-
+from marketplace.webhelpers import configured_limit as _limit
 
 # keyed hashes, never the address itself (issue 7 item 7)
 _form_account_key = ratelimits.form_account_key
@@ -166,8 +162,6 @@ def _safe_next() -> bool:
 
 
 def _permissions(user: Any) -> frozenset[Permission]:
-    from marketplace.permissions import permissions_for
-
     return permissions_for(user.role_set())
 
 

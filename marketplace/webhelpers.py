@@ -7,13 +7,14 @@ upload refuses the same things with the same codes.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 from collections.abc import Callable
 from itertools import accumulate
 from typing import IO, Any
 
-from flask import Request, Response
+from flask import Request, Response, current_app, request
 from flask.json.provider import DefaultJSONProvider
 from flask_smorest.fields import Upload
 from marshmallow import RAISE, Schema, fields
@@ -225,3 +226,18 @@ def image_response(data: bytes, mime: str) -> Response:
     response.headers["Content-Security-Policy"] = "sandbox; default-src 'none'"
     response.headers["X-Content-Type-Options"] = "nosniff"
     return response
+
+
+def configured_limit(name: str) -> Callable[[], str]:
+    """A rate limit read from the settings when the request comes (``limits[name]``)."""
+    return lambda: current_app.config["SETTINGS"].limits[name]
+
+
+def upload_limit() -> str:
+    return str(current_app.config["SETTINGS"].limits.get("upload_session", "20 per minute"))
+
+
+def upload_key() -> str:
+    """Uploads are limited per session: a hash of the bearer token, never the token."""
+    token = request.headers.get("Authorization", "")
+    return "upload:" + hashlib.sha256(token.encode()).hexdigest()[:24]

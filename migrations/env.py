@@ -4,6 +4,8 @@ from logging.config import fileConfig
 from alembic import context
 from flask import current_app
 
+from marketplace.extensions import UTCDateTime
+
 # this is the Alembic Config object, which provides
 # access to the values within the .ini file in use.
 config = context.config
@@ -47,8 +49,6 @@ def get_metadata():
 
 def render_item(type_, obj, autogen_context):
     """Render the app's UTC datetime type as a plain timestamptz, so migrations never import app code."""
-    from marketplace.extensions import UTCDateTime
-
     if type_ == "type" and isinstance(obj, UTCDateTime):
         return "sa.DateTime(timezone=True)"
     return False

@@ -3,28 +3,13 @@
 from __future__ import annotations
 
 from datetime import datetime
-from enum import StrEnum
 
 from sqlalchemy import ForeignKey, Integer, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
+from marketplace.agencies.states import AgencyDocumentKind, AgencyStatus  # noqa: F401 - re-exported (vocabulary in states)
 from marketplace.extensions import Model
 from marketplace.modelbase import PublicIdMixin, TimestampMixin
-
-
-class AgencyStatus(StrEnum):
-    PENDING = "pending_verification"
-    ACTIVE = "active"
-    REJECTED = "rejected"
-    SUSPENDED = "suspended"
-    TERMINATED = "terminated"
-
-
-class AgencyDocumentKind(StrEnum):
-    TRADE_LICENCE = "trade_licence"
-    VAT_CERTIFICATE = "vat_certificate"
-    REPRESENTATIVE_ID = "representative_id"
-    AUTHORISATION_LETTER = "authorisation_letter"
 
 
 class Agency(PublicIdMixin, TimestampMixin, Model):

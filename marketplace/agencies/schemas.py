@@ -6,7 +6,8 @@ from typing import Any
 
 from marshmallow import ValidationError, fields, validate, validates_schema
 
-from marketplace.agencies.models import AgencyDocumentKind
+from marketplace.agencies.service import missing_documents
+from marketplace.agencies.states import AgencyDocumentKind
 from marketplace.permissions import AGENCY_ROLES
 from marketplace.schemas import (
     AT_LEAST_ONE_FIELD,
@@ -86,8 +87,6 @@ class AgencyPatchIn(StrictSchema):
 
 
 def _missing_documents(agency: Any) -> list[str]:
-    from marketplace.agencies.service import missing_documents
-
     return missing_documents(agency)
 
 

@@ -9,8 +9,26 @@ active -> suspended (its cars leave search, no new bookings, live bookings flagg
 
 from __future__ import annotations
 
-from marketplace.agencies.models import AgencyStatus
-from marketplace.errors import Conflict
+from enum import StrEnum
+
+from marketplace.states import IllegalTransition as _IllegalTransition
+from marketplace.states import check_transition
+
+
+class AgencyStatus(StrEnum):
+    PENDING = "pending_verification"
+    ACTIVE = "active"
+    REJECTED = "rejected"
+    SUSPENDED = "suspended"
+    TERMINATED = "terminated"
+
+
+class AgencyDocumentKind(StrEnum):
+    TRADE_LICENCE = "trade_licence"
+    VAT_CERTIFICATE = "vat_certificate"
+    REPRESENTATIVE_ID = "representative_id"
+    AUTHORISATION_LETTER = "authorisation_letter"
+
 
 S = AgencyStatus
 TRANSITIONS: dict[AgencyStatus, frozenset[AgencyStatus]] = {
@@ -27,11 +45,9 @@ UNVERIFIED = frozenset({S.PENDING, S.REJECTED})
 LIST_ORDER = (S.PENDING, S.SUSPENDED, S.REJECTED, S.ACTIVE, S.TERMINATED)
 
 
-class IllegalTransition(Conflict):
-    code = "illegal_state_transition"
+class IllegalTransition(_IllegalTransition):
     message = "The agency cannot move to that status from its current one."
 
 
 def check(current: str, target: AgencyStatus) -> None:
-    if target not in TRANSITIONS[AgencyStatus(current)]:
-        raise IllegalTransition(details={"from": current, "to": str(target)})
+    check_transition(TRANSITIONS, current, target, IllegalTransition)

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any
 
-from flask import current_app, request
 from flask.views import MethodView
 
 from marketplace import ratelimits
@@ -15,7 +13,8 @@ from marketplace.api import ApiBlueprint
 from marketplace.extensions import limiter
 from marketplace.schemas import StatusSchema, decode_id_cursor, encode_cursor
 from marketplace.security import current_actor, public
-from marketplace.webhelpers import ImageFileIn, upload_arguments
+from marketplace.webhelpers import ImageFileIn, upload_arguments, upload_key
+from marketplace.webhelpers import configured_limit as _limit
 
 # POST /api/v1/agencies (public sign-up)
 agencies_bp = ApiBlueprint("agencies", __name__, url_prefix="/api/v1/agencies", description="Agency sign-up")
@@ -28,17 +27,8 @@ class AgencyDocumentUploadIn(ImageFileIn, s.AgencyDocumentFormIn):
     """One multipart/form-data body: the document's ``kind`` and its ``image``."""
 
 
-def _limit(name: str) -> Any:
-    return lambda: current_app.config["SETTINGS"].limits[name]
-
-
 def _client_key() -> str:
     return ratelimits.client_key()
-
-
-def _upload_key() -> str:
-    token = request.headers.get("Authorization", "")
-    return "upload:" + hashlib.sha256(token.encode()).hexdigest()[:24]
 
 
 @agencies_bp.route("", methods=["POST"])
@@ -82,7 +72,7 @@ def list_documents(query: dict[str, Any]) -> dict[str, Any]:
 
 
 @agency_api_bp.route("/documents", methods=["POST"])
-@limiter.limit(_limit("upload_session"), key_func=_upload_key)
+@limiter.limit(_limit("upload_session"), key_func=upload_key)
 @agency_api_bp.arguments(s.AgencyQueryIn, location="query")
 @upload_arguments(agency_api_bp, AgencyDocumentUploadIn)
 @agency_api_bp.response(201, s.AgencyDocumentOut)

@@ -15,34 +15,36 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import TYPE_CHECKING, Any
-from zoneinfo import ZoneInfo
 
 from sqlalchemy import bindparam, or_, select
 
 from marketplace import audit, jobs, money
+from marketplace.agencies import service as agencies
 from marketplace.availability import service as availability
 from marketplace.availability.service import Holder, VehicleUnavailable
 from marketplace.bookings import states
 from marketplace.bookings.models import Booking, BookingEvent
 from marketplace.bookings.states import BookingStatus
+from marketplace.clock import BUSINESS_TZ
 from marketplace.errors import Conflict, Forbidden, NotFound, Unprocessable
 from marketplace.extensions import db, utcnow
 from marketplace.fleet import service as fleet
 from marketplace.fleet.service import bookable_vehicle
-from marketplace.kyc.service import ensure_cleared_to_drive
+from marketplace.kyc.service import ensure_cleared_to_drive, identity_of
 from marketplace.notifications import service as notifications
 from marketplace.permissions import Permission
 from marketplace.security import Actor, require
 from marketplace.transactions import UNIQUE_VIOLATION, Retry, keep
-from marketplace.users.consent_texts import CURRENT as CURRENT_TEXTS
-from marketplace.users.models import ConsentKind, User
+from marketplace.users import service as users
 from marketplace.users.service import grant_consent
+from marketplace.users.states import ConsentKind
+
+if TYPE_CHECKING:
+    from marketplace.agencies.models import Agency
 
 if TYPE_CHECKING:
     from marketplace.agencies.models import Agency
     from marketplace.fleet.models import Vehicle
-
-BUSINESS_TZ = ZoneInfo("Asia/Dubai")
 PAY_WITHIN = timedelta(minutes=15)
 FREE_CANCELLATION = timedelta(hours=48)
 _REFERENCE_ALPHABET = "23456789ABCDEFGHJKMNPQRSTUVWXYZ"
@@ -176,15 +178,12 @@ def create_booking(
         replayed = replay()
         if replayed is not None:
             return replayed
-        user = db.session.get(User, user_id)
+        user = users.get_user(user_id)
         assert user is not None
         check_period(starts_at, ends_at)
         for kind, version in ((ConsentKind.RENTAL_TERMS, rental_terms_version),
                               (ConsentKind.MIT_MANDATE, mit_mandate_version)):
-            if CURRENT_TEXTS[kind].version != version:
-                from marketplace.users.service import ConsentVersionMismatch
-
-                raise ConsentVersionMismatch(details={"kind": kind, "current_version": CURRENT_TEXTS[kind].version})
+            users.ensure_current_text(kind, version)
         ensure_cleared_to_drive(user, until=ends_at)  # KYC, licence through the return, 21+, consent
         vehicle = bookable_vehicle(vehicle_id)
         if not availability.is_free(vehicle, starts_at, ends_at):
@@ -238,7 +237,7 @@ def change_dates(actor: Actor, reference: str, *, starts_at: datetime, ends_at: 
         if booking.status not in states.MODIFIABLE:
             raise states.IllegalTransition(details={"status": booking.status})
         check_period(starts_at, ends_at)
-        user = db.session.get(User, booking.customer_id)
+        user = users.get_user(booking.customer_id)
         assert user is not None
         ensure_cleared_to_drive(user, until=ends_at)
         vehicle = fleet.vehicle_by_id(booking.vehicle_id)
@@ -293,7 +292,7 @@ def cancel(actor: Actor, booking: Booking, *, reason: str, by_agency: bool = Fal
     _free_car(booking)
     _event(booking, actor.user.id, "cancelled", from_status=previous, to_status=BookingStatus.CANCELLED,
            reason=reason, fee_fils=fee, by_agency=by_agency)
-    customer = db.session.get(User, booking.customer_id)
+    customer = users.get_user(booking.customer_id)
     assert customer is not None
     notifications.notify(customer, kind="booking_cancelled", essential=True,
                          context={"user": customer, "booking": booking, "fee": fee, "by_agency": by_agency})
@@ -481,6 +480,7 @@ def _no_unfinished_bookings(vehicle_id: int) -> None:
         raise fleet.VehicleHasBookings()
 
 
+@agencies.on_suspended
 def flag_agency_bookings(agency: Agency, reason: str) -> int:
     """When an agency is suspended its live bookings are flagged for platform staff."""
     rows = db.session.execute(
@@ -491,3 +491,38 @@ def flag_agency_bookings(agency: Agency, reason: str) -> int:
         booking.flag_reason = reason
     db.session.flush()
     return len(rows)
+
+
+def flagged_for_agency(actor: Actor, agency: Agency) -> list[Booking]:
+    """Bookings flagged for platform staff (e.g. when the agency was suspended), for the agency's console page."""
+    agencies.require_verifier(actor)
+    return list(db.session.execute(
+        select(Booking).where(Booking.agency_id == agency.id, Booking.flagged_at.is_not(None))
+        .order_by(Booking.starts_at)
+    ).scalars())
+
+
+def vehicle_out(vehicle_id: int) -> dict[str, Any]:
+    v = vehicle_brief(vehicle_id)
+    return {"id": v.public_id, "make": v.make, "model": v.model, "year": v.year, "plate": v.plate}
+
+
+def agency_booking_out(b: Booking) -> dict[str, Any]:
+    """What the agency sees of a booking (P-17): names, car, dates, places, licence, emergency contact.
+
+    The shape of ``AgencyBookingOut``, shared by the API and the agency app.
+    """
+    customer = users.get_user(b.customer_id)
+    assert customer is not None
+    identity = identity_of(customer)
+    return {
+        "reference": b.reference, "status": b.status, "vehicle": vehicle_out(b.vehicle_id), "starts_at": b.starts_at,
+        "ends_at": b.ends_at, "pickup_place": b.pickup_place, "dropoff_place": b.dropoff_place,
+        "renter": {"first_name": customer.first_name, "last_name": customer.last_name},
+        "licence": {"number": identity.licence_number if identity else None,
+                    "issuer": identity.licence_issuer if identity else None,
+                    "expiry": identity.licence_expiry if identity else None,
+                    "category": identity.licence_category if identity else None},
+        "emergency_contact": {"name": customer.emergency_contact_name, "phone": customer.emergency_contact_phone},
+        "flagged": b.flagged_at is not None, "flag_reason": b.flag_reason,
+    }

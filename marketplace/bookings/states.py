@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-from marketplace.errors import Conflict
+from marketplace.states import IllegalTransition as _IllegalTransition
+from marketplace.states import check_transition
 
 
 class BookingStatus(StrEnum):
@@ -33,11 +34,9 @@ ACTIVE = frozenset({B.PENDING_PAYMENT, B.CONFIRMED, B.IN_PROGRESS})  # these hol
 MODIFIABLE = frozenset({B.PENDING_PAYMENT, B.CONFIRMED})
 
 
-class IllegalTransition(Conflict):
-    code = "illegal_state_transition"
+class IllegalTransition(_IllegalTransition):
     message = "This booking cannot move to that state from its current one."
 
 
 def check(current: str, target: BookingStatus) -> None:
-    if target not in TRANSITIONS[BookingStatus(current)]:
-        raise IllegalTransition(details={"from": current, "to": str(target)})
+    check_transition(TRANSITIONS, current, target, IllegalTransition)

@@ -13,12 +13,9 @@ from marketplace.bookings import schemas as s
 from marketplace.bookings import service
 from marketplace.bookings.models import Booking
 from marketplace.errors import Unprocessable
-from marketplace.extensions import db
-from marketplace.kyc.service import identity_of
 from marketplace.permissions import Permission
 from marketplace.schemas import PageArgsSchema, decode_id_cursor, paginate
 from marketplace.security import current_actor, requires
-from marketplace.users.models import User
 
 bookings_bp = ApiBlueprint("bookings", __name__, url_prefix="/api/v1/bookings", description="Quotes and bookings")
 agency_bookings_bp = ApiBlueprint("agency_bookings", __name__, url_prefix="/api/v1/agency/bookings",
@@ -52,15 +49,11 @@ def _money(b: Any) -> dict[str, Any]:
             "deposit": b.deposit_fils, "currency": b.currency}
 
 
-def _vehicle(vehicle_id: int) -> dict[str, Any]:
-    v = service.vehicle_brief(vehicle_id)
-    return {"id": v.public_id, "make": v.make, "model": v.model, "year": v.year, "plate": v.plate}
-
-
 def booking_out(b: Booking) -> dict[str, Any]:
     return {
-        "reference": b.reference, "status": b.status, "vehicle": _vehicle(b.vehicle_id), "starts_at": b.starts_at,
-        "ends_at": b.ends_at, "pickup_place": b.pickup_place, "dropoff_place": b.dropoff_place, "price": _money(b),
+        "reference": b.reference, "status": b.status, "vehicle": service.vehicle_out(b.vehicle_id),
+        "starts_at": b.starts_at, "ends_at": b.ends_at, "pickup_place": b.pickup_place,
+        "dropoff_place": b.dropoff_place, "price": _money(b),
         "pay_by": b.pay_by if b.status == "pending_payment" else None, "rental_terms_version": b.terms_version,
         "mit_mandate_version": b.mandate_version, "cancelled_at": b.cancelled_at, "cancel_reason": b.cancel_reason,
         "cancellation_fee": b.cancellation_fee_fils, "free_cancellation_until": b.starts_at - service.FREE_CANCELLATION,
@@ -70,22 +63,7 @@ def booking_out(b: Booking) -> dict[str, Any]:
     }
 
 
-def agency_booking_out(b: Booking) -> dict[str, Any]:
-    customer = db.session.get(User, b.customer_id)
-    assert customer is not None
-    identity = identity_of(customer)
-    return {
-        "reference": b.reference, "status": b.status, "vehicle": _vehicle(b.vehicle_id), "starts_at": b.starts_at,
-        "ends_at": b.ends_at, "pickup_place": b.pickup_place, "dropoff_place": b.dropoff_place,
-        "renter": {"first_name": customer.first_name, "last_name": customer.last_name},
-        "licence": {"number": identity.licence_number if identity else None,
-                    "issuer": identity.licence_issuer if identity else None,
-                    "expiry": identity.licence_expiry if identity else None,
-                    "category": identity.licence_category if identity else None},
-        "emergency_contact": {"name": customer.emergency_contact_name, "phone": customer.emergency_contact_phone},
-        "flagged": b.flagged_at is not None, "flag_reason": b.flag_reason,
-    }
-
+agency_booking_out = service.agency_booking_out
 
 
 @bookings_bp.route("/quote", methods=["POST"])

@@ -10,7 +10,8 @@ from flask import Response, redirect, request, url_for
 
 from marketplace import transactions
 from marketplace.agencies import service as agencies
-from marketplace.agencies.models import AgencyStatus
+from marketplace.agencies.states import AgencyStatus
+from marketplace.bookings import service as bookings
 from marketplace.console.views import _render, console_bp
 from marketplace.errors import AppError
 from marketplace.extensions import db
@@ -42,7 +43,7 @@ def _agency_page(public_id: str, *, status: int = 200, error: str | None = None)
         "console/agency.html", status=status, error=error, agency=agency, images=images,
         documents=agencies.documents_of(agency), missing=agencies.missing_documents(agency),
         staff=agencies.staff_of(actor, agency), lookalikes=agencies.lookalikes(actor, agency),
-        flagged=agencies.flagged_bookings(actor, agency), S=AgencyStatus,
+        flagged=bookings.flagged_for_agency(actor, agency), S=AgencyStatus,
     )
 
 

@@ -15,7 +15,7 @@ from marketplace.kyc import service as kyc
 from marketplace.kyc.states import CaseStatus
 from marketplace.permissions import Permission, Role
 from marketplace.security import current_actor, requires
-from marketplace.users.models import User
+from marketplace.users import service as users
 from marketplace.users.service import list_staff
 from marketplace.vault import service as vault
 from marketplace.webhelpers import image_response
@@ -52,7 +52,7 @@ def kyc_queue() -> Any:
 def _case_page(public_id: str, *, status: int = 200, error: str | None = None) -> Any:
     actor = current_actor()
     case = kyc.get_case_for_review(actor, public_id)
-    customer = db.session.get(User, case.user_id)
+    customer = users.get_user(case.user_id)
     pending = kyc.pending_decision(case)
     may_view = (case.status == CaseStatus.IN_REVIEW and case.claimed_by_id == actor.user.id) or (
         case.status == CaseStatus.AWAITING_SECOND_REVIEW and pending is not None

@@ -8,6 +8,7 @@ from flask import Blueprint, abort, redirect, render_template, request, url_for
 from werkzeug.wrappers import Response
 
 from marketplace import audit, transactions
+from marketplace.agencies import service as agency_service
 from marketplace.errors import AppError
 from marketplace.extensions import db
 from marketplace.notifications import service as notifications
@@ -56,7 +57,7 @@ def staff() -> Any:
 
 
 def _staff_page(status: int = 200, error: str | None = None) -> Any:
-    agencies = users.list_agencies_for_invites()
+    agencies = agency_service.list_all()
     return _render("console/staff.html", status=status, error=error, staff=users.list_staff(),
                    roles=sorted(PLATFORM_ROLES | AGENCY_ROLES), agencies=agencies,
                    agencies_by_id={a.id: a.public_id for a in agencies})
@@ -67,7 +68,7 @@ def _staff_page(status: int = 200, error: str | None = None) -> Any:
 def invite() -> Any:
     try:
         role = Role(request.form.get("role", ""))
-        agency_id = users.agency_id_from_public(request.form.get("agency") or None)
+        agency_id = agency_service.agency_id_from_public(request.form.get("agency") or None)
         users.invite_staff(current_actor(), email=request.form.get("email", "")[:254],
                            full_name=request.form.get("full_name", "")[:200], role=role, agency_id=agency_id)
     except (AppError, ValueError) as exc:
@@ -87,7 +88,7 @@ def remove_role(user_id: str) -> Response:
         role = Role(request.form.get("role", ""))
     except ValueError:
         abort(422)
-    agency_id = users.agency_id_from_public(request.form.get("agency") or None)
+    agency_id = agency_service.agency_id_from_public(request.form.get("agency") or None)
     users.remove_role(current_actor(), member, role, agency_id)
     return redirect(url_for("console.staff"))
 

@@ -4,19 +4,13 @@ from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
-from enum import StrEnum
 
 from sqlalchemy import ForeignKey, Index, Integer, Numeric, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from marketplace.extensions import Model
+from marketplace.fleet.states import VehicleStatus
 from marketplace.modelbase import PublicIdMixin, TimestampMixin
-
-
-class VehicleStatus(StrEnum):
-    LISTED = "listed"
-    UNLISTED = "unlisted"
-    MAINTENANCE = "maintenance"
 
 
 class Vehicle(PublicIdMixin, TimestampMixin, Model):

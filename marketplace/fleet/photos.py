@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 from sqlalchemy import func, select
 
 from marketplace import audit
-from marketplace.agencies.models import Agency
+from marketplace.agencies import service as agencies
 from marketplace.agencies.service import vault_owner
 from marketplace.errors import Conflict, NotFound
 from marketplace.extensions import db, utcnow
@@ -18,7 +18,9 @@ from marketplace.images import VEHICLE_PHOTO_POLICY, process_image
 from marketplace.permissions import Permission
 from marketplace.security import Actor
 from marketplace.vault import service as vault
-from marketplace.vault.models import Blob
+
+if TYPE_CHECKING:
+    from marketplace.vault.models import Blob
 
 MAX_PHOTOS = 20
 
@@ -65,7 +67,7 @@ def add_photo(actor: Actor, vehicle: Vehicle, stream: IO[bytes], declared_type: 
     if count >= MAX_PHOTOS:
         raise PhotoLimit()
     image = process_image(stream, policy=VEHICLE_PHOTO_POLICY, declared_type=declared_type)
-    agency = db.session.get(Agency, vehicle.agency_id)
+    agency = agencies.agency_by_id(vehicle.agency_id)
     assert agency is not None
     blob = vault.store(vault_owner(agency), PHOTO_KIND, image.data, mime=image.mime, width=image.width,
                        height=image.height)
@@ -92,7 +94,7 @@ def get_photo(vehicle: Vehicle, photo_public_id: str) -> VehiclePhoto:
 
 
 def _photo_blob(photo: VehiclePhoto) -> Blob | None:
-    return db.session.execute(select(Blob).where(Blob.storage_key == photo.storage_key)).scalar_one_or_none()
+    return vault.blob_by_storage_key(photo.storage_key)
 
 
 def photo_bytes(photo: VehiclePhoto) -> bytes:

@@ -11,12 +11,14 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import bindparam, select
 
 from marketplace import audit
-from marketplace.agencies.models import Agency, AgencyStatus
+from marketplace.agencies import service as agencies
+from marketplace.agencies.service import AgencyNotActive
+from marketplace.agencies.states import AgencyStatus
 from marketplace.availability.service import MAX_BLOCK
 from marketplace.errors import Conflict, Unprocessable
 from marketplace.extensions import db, utcnow
@@ -59,6 +61,9 @@ from marketplace.fleet.search import (
 from marketplace.permissions import Permission
 from marketplace.security import Actor, require
 
+if TYPE_CHECKING:
+    from marketplace.agencies.models import Agency
+
 __all__ = [  # the fleet's public surface: the verbs defined here and those of its private modules
     "CATEGORIES", "CITIES", "DEFAULT_RADIUS_KM", "FUEL_POLICIES", "FUEL_TYPES", "KM_PER_DEGREE", "MAX_BLOCK",
     "MAX_DAILY_PRICE_FILS", "MAX_DEPOSIT_FILS", "MAX_PHOTOS", "MAX_RADIUS_KM", "MIN_YEAR", "PHOTO_KIND", "PLATE_HINT",
@@ -84,11 +89,6 @@ MAX_DAILY_PRICE_FILS = 5_000_000  # AED 50,000 a day: 30 days with fee and VAT s
 MAX_DEPOSIT_FILS = 50_000_000
 PLATE_HINT = "A UAE plate: emirate, series and number, e.g. DXB A 12345."
 _PLATE = re.compile(r"^(?=.*\d)[A-Z0-9]{1,6}(?: [A-Z0-9]{1,6}){0,3}$")
-
-
-class AgencyNotActive(Conflict):
-    code = "agency_not_active"
-    message = "Only an active (verified, not suspended) agency can list a car."
 
 
 class DuplicatePlate(Conflict):
@@ -157,7 +157,8 @@ _EDITABLE = ("make", "model", "year", "category", "plate", "seats", "transmissio
 
 def _check_listing(agency: Agency, status: str) -> None:
     if status == VehicleStatus.LISTED and agency.status != AgencyStatus.ACTIVE:
-        raise AgencyNotActive(details={"agency_status": agency.status})
+        raise AgencyNotActive("Only an active (verified, not suspended) agency can list a car.",
+                              details={"agency_status": agency.status})
 
 
 def _check_plate_free(plate: str, *, exclude_id: int | None = None) -> None:
@@ -210,9 +211,7 @@ def update_vehicle(actor: Actor, vehicle: Vehicle, changes: dict[str, Any]) -> V
         if key in values:
             values[key] = _coordinate(values[key])
     if values.get("status") == VehicleStatus.LISTED:
-        agency = db.session.get(Agency, vehicle.agency_id)
-        assert agency is not None
-        _check_listing(agency, VehicleStatus.LISTED)
+        _check_listing(agencies.agency_by_id(vehicle.agency_id), VehicleStatus.LISTED)
     changed = sorted(k for k, v in values.items() if getattr(vehicle, k) != v)
     for key in changed:
         setattr(vehicle, key, values[key])

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any
 
-from flask import Response, current_app, request
+from flask import Response
 
 from marketplace.api import ApiBlueprint
 from marketplace.errors import NotFound
@@ -15,22 +14,13 @@ from marketplace.kyc import service
 from marketplace.kyc.models import KycCase
 from marketplace.security import current_actor
 from marketplace.transactions import writes
-from marketplace.webhelpers import ImageFileIn, image_response, upload_arguments
+from marketplace.webhelpers import ImageFileIn, image_response, upload_arguments, upload_key, upload_limit
 
 kyc_bp = ApiBlueprint("kyc", __name__, url_prefix="/api/v1", description="Identity verification (KYC)")
 
 
 class DocumentUploadIn(ImageFileIn, s.DocumentFormIn):
     """One multipart/form-data body: the document's ``kind`` and its ``image``."""
-
-
-def _upload_key() -> str:
-    token = request.headers.get("Authorization", "")
-    return "upload:" + hashlib.sha256(token.encode()).hexdigest()[:24]
-
-
-def _upload_limit() -> str:
-    return str(current_app.config["SETTINGS"].limits.get("upload_session", "20 per minute"))
 
 
 def _status(user: Any) -> dict[str, Any]:
@@ -74,7 +64,7 @@ def put_identity(args: dict[str, Any]) -> dict[str, Any]:
 
 
 @kyc_bp.route("/me/kyc/selfie", methods=["POST"])
-@limiter.limit(_upload_limit, key_func=_upload_key)
+@limiter.limit(upload_limit, key_func=upload_key)
 @upload_arguments(kyc_bp, ImageFileIn)
 @kyc_bp.response(201, s.UploadedOut)
 def upload_selfie(args: dict[str, Any]) -> dict[str, Any]:
@@ -85,7 +75,7 @@ def upload_selfie(args: dict[str, Any]) -> dict[str, Any]:
 
 
 @kyc_bp.route("/me/kyc/documents", methods=["POST"])
-@limiter.limit(_upload_limit, key_func=_upload_key)
+@limiter.limit(upload_limit, key_func=upload_key)
 @upload_arguments(kyc_bp, DocumentUploadIn)
 @kyc_bp.response(201, s.UploadedOut)
 def upload_document(args: dict[str, Any]) -> dict[str, Any]:

@@ -11,7 +11,7 @@ import smtplib
 import ssl
 from email.message import EmailMessage
 from email.utils import formataddr, make_msgid, parseaddr
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
 from flask import current_app, render_template
@@ -19,9 +19,12 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from marketplace import jobs, transactions
+from marketplace.errors import NotFound
 from marketplace.extensions import db, utcnow
 from marketplace.notifications.models import Channel, OutboxMessage, OutboxStatus
-from marketplace.users.models import User
+
+if TYPE_CHECKING:
+    from marketplace.users.models import User
 
 SMTP_TIMEOUT = 15
 
@@ -104,8 +107,6 @@ def list_in_app(user: User, *, after_id: int | None, limit: int) -> list[OutboxM
 
 
 def get_in_app(user: User, public_id: str) -> OutboxMessage:
-    from marketplace.errors import NotFound
-
     notice = db.session.execute(
         select(OutboxMessage).where(
             OutboxMessage.public_id == public_id,
@@ -194,8 +195,6 @@ def recent_emails(*, limit: int) -> list[OutboxMessage]:
 
 
 def get_email(public_id: str) -> OutboxMessage:
-    from marketplace.errors import NotFound
-
     message = db.session.execute(
         select(OutboxMessage).where(OutboxMessage.public_id == public_id, OutboxMessage.channel == Channel.EMAIL)
     ).scalar_one_or_none()

@@ -17,6 +17,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from marketplace.storage.base import BlobStore, BlobStoreError
 from marketplace.storage.local import LocalBlobStore
+from marketplace.storage.s3 import S3BlobStore
 
 _S3_PARAMS = {"endpoint", "region"}
 _BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
@@ -43,8 +44,6 @@ def blob_store_from_url(url: str, *, base_dir: Path) -> BlobStore:
 
 
 def _s3_store(bucket: str, path: str, query: str, *, has_userinfo: bool) -> BlobStore:
-    from marketplace.storage.s3 import S3BlobStore
-
     if has_userinfo:
         raise BlobStoreConfigError("put S3 credentials in AWS_* environment variables, not in the URL")
     if _BUCKET.fullmatch(bucket) is None:

@@ -42,8 +42,8 @@ class S3BlobStore:
     ) -> None:
         """``access_key``/``secret_key`` None: boto3's default chain (instance role, profile ...)."""
         try:
-            import boto3
-            from botocore.config import Config
+            import boto3  # noqa: PLC0415 - optional extra (s3), imported only when S3 storage is configured
+            from botocore.config import Config  # noqa: PLC0415 - optional extra (s3), as above
         except ImportError as exc:  # pragma: no cover - depends on the installed extras
             raise BlobStoreError("S3 storage needs the 's3' extra (boto3)") from exc
         if prefix and not prefix.endswith("/"):

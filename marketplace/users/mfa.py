@@ -30,6 +30,7 @@ from marketplace.crypto import decrypt_field, encrypt_field
 from marketplace.crypto.keyring import MasterKeyProvider
 from marketplace.errors import AppError, Conflict, Forbidden, MfaInvalid
 from marketplace.extensions import db, utcnow
+from marketplace.notifications import service as notifications
 from marketplace.users.models import User
 
 ISSUER = "CareJar"
@@ -197,7 +198,6 @@ def _increment(session: Session, user_id: int, now: datetime) -> tuple[int, date
                     .execution_options(synchronize_session=False))
     user = session.get(User, user_id)
     assert user is not None
-    from marketplace.notifications import service as notifications
 
     notifications.send_email(to=user.email, kind="mfa_locked", user=user, session=session,
                              context={"user": user, "failures": failures, "locked_until": locked_until})

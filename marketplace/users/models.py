@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from datetime import date, datetime
-from enum import StrEnum
 
 from sqlalchemy import Boolean, Date, ForeignKey, Index, Integer, LargeBinary, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
@@ -11,18 +10,7 @@ from sqlalchemy.orm import Mapped, mapped_column, relationship
 from marketplace.extensions import Model
 from marketplace.modelbase import PublicIdMixin, TimestampMixin
 from marketplace.permissions import Role
-
-
-class AccountType(StrEnum):
-    CUSTOMER = "customer"
-    STAFF = "staff"
-
-
-class AccountStatus(StrEnum):
-    PENDING = "pending_verification"  # registered, e-mail not yet confirmed
-    ACTIVE = "active"
-    DISABLED = "disabled"  # staff removed or account locked by an admin
-    CLOSED = "closed"
+from marketplace.users.states import AccountStatus, AccountType, ConsentKind, SessionChannel, TokenPurpose  # noqa: F401 - re-exported
 
 
 class User(PublicIdMixin, TimestampMixin, Model):
@@ -99,11 +87,6 @@ class RoleAssignment(Model):
     user: Mapped[User] = relationship(back_populates="roles", foreign_keys=[user_id])
 
 
-class SessionChannel(StrEnum):
-    API = "api"  # bearer tokens for the mobile apps and staff API clients
-    WEB = "web"  # cookie sessions for the console and the agency app
-
-
 class AuthSession(PublicIdMixin, Model):
     """A signed-in session. Only hashes of its tokens are stored; revoking it kills every token at once."""
 
@@ -141,11 +124,6 @@ class RetiredRefreshToken(Model):
     retired_at: Mapped[datetime]
 
 
-class TokenPurpose(StrEnum):
-    PASSWORD_RESET = "password_reset"  # noqa: S105 - a token purpose, not a password
-    EMAIL_VERIFY = "email_verify"
-
-
 class OneTimeToken(Model):
     """An e-mailed single-use token; only its SHA-256 is kept."""
 
@@ -158,16 +136,6 @@ class OneTimeToken(Model):
     created_at: Mapped[datetime]
     expires_at: Mapped[datetime]
     used_at: Mapped[datetime | None]
-
-
-class ConsentKind(StrEnum):
-    TERMS = "terms"
-    PRIVACY = "privacy"
-    FACE_DATA = "face_data"
-    MIT_MANDATE = "mit_mandate"
-    RENTAL_TERMS = "rental_terms"
-    MARKETING = "marketing"
-    PRECISE_LOCATION = "precise_location"
 
 
 class Consent(PublicIdMixin, Model):

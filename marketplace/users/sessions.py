@@ -15,7 +15,7 @@ from functools import cache
 from typing import Any
 
 from flask import request
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import bindparam, delete, select, update
 from sqlalchemy.orm import joinedload
 
 from marketplace.config import Settings
@@ -165,8 +165,6 @@ def revoke_all(user: User, reason: str, *, keep: AuthSession | None = None) -> i
 
 def forget_retired_refresh_tokens(settings: Settings) -> int:
     """Retired refresh hashes are kept as long as a refresh token can live, then dropped."""
-    from sqlalchemy import delete
-
     result = db.session.execute(
         delete(RetiredRefreshToken).where(RetiredRefreshToken.retired_at < utcnow() - settings.refresh_token_ttl)
     )

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import current_app
 from flask.views import MethodView
 
 from marketplace import ratelimits
@@ -19,14 +18,11 @@ from marketplace.users import service
 from marketplace.users.consent_texts import CURRENT as CURRENT_TEXTS
 from marketplace.users.models import ConsentKind
 from marketplace.users.sessions import IssuedTokens
+from marketplace.webhelpers import configured_limit as _limit
 
 auth_bp = Blueprint("auth", __name__, url_prefix="/api/v1/auth", description="Registration, sign-in and tokens")
 me_bp = Blueprint("me", __name__, url_prefix="/api/v1/me", description="The signed-in account")
 legal_bp = Blueprint("legal", __name__, url_prefix="/api/v1/legal", description="Consent texts (public)")
-
-
-def _limit(name: str) -> Any:
-    return lambda: current_app.config["SETTINGS"].limits[name]
 
 
 # keyed hashes, never the address itself (issue 7 item 7); normalised like the account lookup

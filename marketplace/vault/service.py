@@ -37,7 +37,7 @@ from itertools import islice
 from pathlib import Path
 
 from flask import current_app
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 
 from marketplace import jobs
@@ -59,6 +59,7 @@ from marketplace.crypto.shred import DestroyedKeyLog
 from marketplace.extensions import db, utcnow
 from marketplace.modelbase import new_public_id
 from marketplace.storage.base import BlobNotFound, BlobStore
+from marketplace.storage.factory import blob_store_from_url
 from marketplace.vault.models import Blob, DataKey
 
 log = logging.getLogger("marketplace.vault")
@@ -72,8 +73,6 @@ def ring() -> MasterKeyProvider:
 def blob_store() -> BlobStore:
     store: BlobStore | None = current_app.extensions.get("blob_store")
     if store is None:
-        from marketplace.storage.factory import blob_store_from_url
-
         settings = current_app.config["SETTINGS"]
         store = blob_store_from_url(settings.blob_store_url, base_dir=Path(settings.var_dir))
         current_app.extensions["blob_store"] = store
@@ -116,6 +115,42 @@ def store(owner: str, kind: str, data: bytes, *, mime: str, width: int, height: 
     db.session.add(blob)
     db.session.flush()
     return blob
+
+
+def get_blob(blob_id: int) -> Blob | None:
+    """One blob row by id (deleted ones too: the caller decides what a deleted blob means)."""
+    return db.session.get(Blob, blob_id)
+
+
+def blob_by_storage_key(storage_key: str) -> Blob | None:
+    return db.session.execute(select(Blob).where(Blob.storage_key == storage_key)).scalar_one_or_none()
+
+
+def uploads_since(user_id: int, since: datetime) -> int:
+    """How many blobs a person stored after ``since`` (an upload rate)."""
+    return int(db.session.execute(
+        select(func.count()).select_from(Blob).where(Blob.user_id == user_id, Blob.created_at > since)
+    ).scalar_one())
+
+
+def stored_bytes(user_id: int) -> int:
+    """What a person keeps in the vault now (ciphertext bytes, deleted blobs not counted)."""
+    return int(db.session.execute(
+        select(func.coalesce(func.sum(Blob.size), 0)).where(Blob.user_id == user_id, Blob.deleted_at.is_(None))
+    ).scalar_one())
+
+
+def mark_attached(blob_id: int, at: datetime) -> None:
+    """A blob is claimed by a row that keeps it: it is no longer an orphan upload to sweep."""
+    db.session.execute(update(Blob).where(Blob.id == blob_id, Blob.attached_at.is_(None)).values(attached_at=at))
+
+
+def unattached_before(cutoff: datetime, *, owner_prefix: str) -> list[Blob]:
+    """Live blobs of these owners that nothing claimed and that were stored before ``cutoff``."""
+    return list(db.session.execute(
+        select(Blob).where(Blob.attached_at.is_(None), Blob.deleted_at.is_(None), Blob.created_at < cutoff,
+                           Blob.owner.startswith(owner_prefix))
+    ).scalars().all())
 
 
 def dimensions(blob_id: int) -> tuple[int, int]:
