@@ -73,8 +73,8 @@ def _import_models() -> None:
     from marketplace import audit, jobs  # noqa: F401
     from marketplace.agencies import models as _agencies  # noqa: F401
     from marketplace.availability import models as _availability  # noqa: F401
+    from marketplace.bookings import jobs as _booking_jobs  # noqa: F401
     from marketplace.bookings import models as _bookings  # noqa: F401
-    from marketplace.bookings import service as _booking_jobs  # noqa: F401
     from marketplace.fleet import models as _fleet  # noqa: F401
     from marketplace.kyc import jobs as _kyc_jobs  # noqa: F401
     from marketplace.kyc import models as _kyc  # noqa: F401

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Select, select
+from sqlalchemy import ScalarSelect, Select, Subquery, select
 
 from marketplace.agencies.models import Agency
 from marketplace.agencies.states import AgencyStatus
@@ -33,6 +33,23 @@ def active_ids() -> Select[Any]:
 
 def get(agency_id: int) -> Agency | None:
     return db.session.get(Agency, agency_id)
+
+
+# Other areas' SQL that must know about agencies gets it from here, as search gets the overlap rule from
+# availability: the selectable of active agencies (a car is public only while its agency is active) and the
+# id behind a public id. Built once: the statements that use them are built once too.
+_ACTIVE_AGENCIES = (select(Agency.id.label("id"), Agency.business_name.label("name"))
+                    .where(Agency.status == AgencyStatus.ACTIVE).subquery("active_agencies"))
+
+
+def active_agencies() -> Subquery:
+    """The active agencies as ``(id, name)`` rows, for another area's statement to join."""
+    return _ACTIVE_AGENCIES
+
+
+def agency_id_of(public_id: Any) -> ScalarSelect[int]:
+    """The row id of the agency with this public id (a value or a bound parameter), as a SQL scalar."""
+    return select(Agency.id).where(Agency.public_id == public_id).scalar_subquery()
 
 
 def agency_by_id(agency_id: int) -> Agency:

@@ -366,7 +366,6 @@ def flag_booking(booking_id: int, reason: str) -> None:
     db.session.flush()
 
 
-@jobs.handler("booking.expire")
 def expire(ref: str) -> None:
     """A booking not paid within 15 minutes expires and frees the car (idempotent)."""
     booking = db.session.execute(select(Booking).where(Booking.id == int(ref)).with_for_update()).scalar_one_or_none()
@@ -380,7 +379,6 @@ def expire(ref: str) -> None:
     audit.record(None, "booking:expire", booking)
 
 
-@jobs.periodic
 def expire_overdue() -> None:
     """Belt and braces: expire any pending booking whose deadline passed (e.g. its work row was lost)."""
     overdue = db.session.execute(

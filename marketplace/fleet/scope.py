@@ -5,22 +5,24 @@ Agency-side loaders are scoped to the actor's own agencies (AZ-04): another agen
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from sqlalchemy import func, select
 
-from marketplace.agencies.models import Agency
+from marketplace.agencies import service as agencies_area
 from marketplace.errors import Forbidden, NotFound, Unprocessable
 from marketplace.extensions import db
 from marketplace.fleet.models import Vehicle, VehicleStatus
 from marketplace.permissions import Permission, permissions_for
 from marketplace.security import Actor, require
 
+if TYPE_CHECKING:
+    from marketplace.agencies.models import Agency
+
 
 def agencies_of(actor: Actor) -> list[Agency]:
     """The agencies the actor holds an agency role in."""
-    ids = actor.agency_ids
-    if not ids:
-        return []
-    return list(db.session.execute(select(Agency).where(Agency.id.in_(ids)).order_by(Agency.business_name)).scalars())
+    return agencies_area.agencies_of(actor)
 
 
 def vehicles_for_staff(actor: Actor) -> list[Vehicle]:
@@ -64,7 +66,7 @@ def list_for_agency(actor: Actor, *, after_id: int | None, limit: int, status: s
     require(actor, Permission.AGENCY_VEHICLE_READ)
     stmt = select(Vehicle).where(Vehicle.agency_id.in_(actor.agency_ids or {-1}), Vehicle.deleted_at.is_(None))
     if agency_public_id is not None:
-        stmt = stmt.join(Agency, Agency.id == Vehicle.agency_id).where(Agency.public_id == agency_public_id)
+        stmt = stmt.where(Vehicle.agency_id == agencies_area.agency_id_of(agency_public_id))
     if status is not None:
         stmt = stmt.where(Vehicle.status == status)
     if city is not None:

@@ -6,7 +6,7 @@ import hashlib
 import json
 from typing import Any
 
-from flask import Response, current_app, jsonify, request
+from flask import Response, jsonify
 from flask.views import MethodView
 
 from marketplace.api import ApiBlueprint
@@ -18,7 +18,7 @@ from marketplace.fleet.models import AvailabilityBlock, Vehicle, VehiclePhoto
 from marketplace.permissions import Permission
 from marketplace.schemas import decode_cursor, decode_id_cursor, paginate
 from marketplace.security import Actor, current_actor, public, requires
-from marketplace.webhelpers import upload_arguments
+from marketplace.webhelpers import upload_arguments, upload_key, upload_limit
 
 # GET /api/v1/vehicles, GET /api/v1/vehicles/{id} (public)
 vehicles_bp = ApiBlueprint("vehicles", __name__, url_prefix="/api/v1/vehicles", description="Search cars (public)")
@@ -218,17 +218,8 @@ class AgencyVehicle(MethodView):
         fleet.delete_vehicle(actor, fleet.get_for_agency(actor, vehicle_id))
 
 
-def _upload_key() -> str:
-    token = request.headers.get("Authorization", "")
-    return "upload:" + hashlib.sha256(token.encode()).hexdigest()[:24]
-
-
-def _upload_limit() -> str:
-    return str(current_app.config["SETTINGS"].limits.get("upload_session", "20 per minute"))
-
-
 @agency_fleet_bp.route("/<string:vehicle_id>/photos", methods=["POST"])
-@limiter.limit(_upload_limit, key_func=_upload_key)
+@limiter.limit(upload_limit, key_func=upload_key)
 @upload_arguments(agency_fleet_bp, s.PhotoFileIn)
 @agency_fleet_bp.response(201, s.PhotoOut)
 @requires(Permission.AGENCY_VEHICLE_WRITE)
