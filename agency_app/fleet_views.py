@@ -10,14 +10,12 @@ from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any
 
 from flask import Response, redirect, request, url_for
-from marshmallow import ValidationError
 
 from agency_app.views import _render, agency_bp
 from marketplace import clock
 from marketplace.clock import BUSINESS_TZ
 from marketplace.errors import AppError, Unprocessable
 from marketplace.extensions import db
-from marketplace.fleet import schemas as fleet_schemas
 from marketplace.fleet import service as fleet
 from marketplace.permissions import Permission
 from marketplace.security import Actor, current_actor, requires
@@ -80,13 +78,7 @@ def _form_values(form: Any, *, partial: bool) -> dict[str, Any]:
 
 
 def _validated(values: dict[str, Any], *, partial: bool) -> dict[str, Any]:
-    schema = fleet_schemas.VehiclePatchIn() if partial else fleet_schemas.VehicleIn()
-    try:
-        data: dict[str, Any] = schema.load(values)
-    except ValidationError as exc:
-        messages = exc.messages if isinstance(exc.messages, dict) else {"_schema": exc.messages}
-        raise Unprocessable(details={"fields": messages}) from exc
-    return data
+    return fleet.validate_vehicle_form(values, partial=partial)
 
 
 def _writable_agencies(actor: Actor) -> list[Any]:

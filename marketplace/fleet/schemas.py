@@ -10,7 +10,7 @@ from marshmallow import ValidationError, fields, validate, validates_schema
 
 from marketplace.availability.service import MAX_TURNAROUND_MINUTES
 from marketplace.errors import AppError
-from marketplace.fleet import service as fleet
+from marketplace.fleet import rules as fleet
 from marketplace.schemas import (
     AT_LEAST_ONE_FIELD,
     CURSOR,

@@ -20,9 +20,8 @@ from marketplace.availability import service as availability
 from marketplace.errors import NotFound
 from marketplace.extensions import db
 from marketplace.fleet.models import Vehicle, VehiclePhoto, VehicleStatus
+from marketplace.fleet.rules import DEFAULT_RADIUS_KM
 
-MAX_RADIUS_KM = 100.0
-DEFAULT_RADIUS_KM = 25.0
 KM_PER_DEGREE = 6371.0088 * math.pi / 180  # mean Earth radius: km per degree of latitude
 
 

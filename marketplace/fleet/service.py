@@ -8,11 +8,11 @@ and its rules belong to ``availability.service``.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
+from marshmallow import ValidationError
 from sqlalchemy import bindparam, select
 
 from marketplace import audit
@@ -22,6 +22,7 @@ from marketplace.agencies.states import AgencyStatus
 from marketplace.availability.service import MAX_BLOCK
 from marketplace.errors import Conflict, Unprocessable
 from marketplace.extensions import db, utcnow
+from marketplace.fleet import schemas as fleet_schemas
 from marketplace.fleet.blocks import check_block_period, create_block, delete_block, list_blocks
 from marketplace.fleet.models import Vehicle, VehicleStatus
 from marketplace.fleet.photos import (
@@ -36,6 +37,21 @@ from marketplace.fleet.photos import (
     photos_of,
     public_photo,
 )
+from marketplace.fleet.rules import (
+    CATEGORIES,
+    CITIES,
+    DEFAULT_RADIUS_KM,
+    FUEL_POLICIES,
+    FUEL_TYPES,
+    MAX_DAILY_PRICE_FILS,
+    MAX_DEPOSIT_FILS,
+    MAX_RADIUS_KM,
+    MIN_YEAR,
+    PLATE_HINT,
+    TRANSMISSIONS,
+    next_model_year,
+    normalise_plate,
+)
 from marketplace.fleet.scope import (
     agencies_of,
     can_in_agency,
@@ -47,9 +63,7 @@ from marketplace.fleet.scope import (
     vehicles_for_staff,
 )
 from marketplace.fleet.search import (
-    DEFAULT_RADIUS_KM,
     KM_PER_DEGREE,
-    MAX_RADIUS_KM,
     GeoPoint,
     SearchHit,
     SearchQuery,
@@ -72,24 +86,11 @@ __all__ = [  # the fleet's public surface: the verbs defined here and those of i
     "can_in_agency", "check_block_period", "create_block", "create_vehicle", "delete_block", "delete_photo",
     "delete_vehicle", "fleet_summary", "get_for_agency", "get_photo", "list_blocks", "list_for_agency",
     "next_model_year", "normalise_plate", "photo_bytes", "photos_by_vehicle", "photos_of", "public_photo",
-    "public_vehicle", "search", "update_vehicle", "vehicle_brief", "vehicle_by_id", "vehicles_for_staff",
+    "public_vehicle", "search", "update_vehicle", "validate_vehicle_form", "vehicle_brief", "vehicle_by_id",
+    "vehicles_for_staff",
 ]
 
 # ---- the fixed vocabularies ---------------------------------------------------------------------------
-
-CATEGORIES = ("mini", "economy", "compact", "sedan", "suv", "luxury", "sports", "van", "pickup")
-TRANSMISSIONS = ("automatic", "manual")
-FUEL_POLICIES = ("full_to_full", "same_to_same", "prepaid")
-FUEL_TYPES = ("petrol", "diesel", "hybrid", "electric")
-# the cities cars are picked up in; search matches them exactly, so listings and searches agree
-CITIES = ("Abu Dhabi", "Ajman", "Al Ain", "Dubai", "Fujairah", "Hatta", "Kalba", "Khor Fakkan", "Ras Al Khaimah",
-          "Ruwais", "Sharjah", "Umm Al Quwain")
-MIN_YEAR = 1990
-MAX_DAILY_PRICE_FILS = 5_000_000  # AED 50,000 a day: 30 days with fee and VAT stay inside a 32-bit integer
-MAX_DEPOSIT_FILS = 50_000_000
-PLATE_HINT = "A UAE plate: emirate, series and number, e.g. DXB A 12345."
-_PLATE = re.compile(r"^(?=.*\d)[A-Z0-9]{1,6}(?: [A-Z0-9]{1,6}){0,3}$")
-
 
 class DuplicatePlate(Conflict):
     code = "duplicate_plate"
@@ -99,20 +100,6 @@ class DuplicatePlate(Conflict):
 class VehicleHasBookings(Conflict):
     code = "vehicle_has_bookings"
     message = "The car has bookings that are not finished; cancel or complete them first."
-
-
-def normalise_plate(raw: str) -> str:
-    """Upper case, single spaces: ``dxb  a 12345`` -> ``DXB A 12345``; UAE plates are an emirate code or
-    name, a letter or number series, and a number."""
-    plate = " ".join(raw.replace("-", " ").upper().split())
-    if not _PLATE.match(plate) or len(plate) > 20:
-        raise Unprocessable(details={"fields": {"plate": [PLATE_HINT]}})
-    return plate
-
-
-def next_model_year() -> int:
-    """Cars of next year's model are sold from mid-year: the newest year a listing may give."""
-    return utcnow().year + 1
 
 
 # ---- loading for the areas above (bookings) ------------------------------------------------------------
@@ -230,3 +217,17 @@ def delete_vehicle(actor: Actor, vehicle: Vehicle) -> None:
     vehicle.status = VehicleStatus.UNLISTED
     db.session.flush()
     audit.record(actor, "vehicle:delete", vehicle)
+
+
+# ---- forms other front doors fill in ---------------------------------------------------------------------
+
+
+def validate_vehicle_form(values: dict[str, Any], *, partial: bool) -> dict[str, Any]:
+    """A car's fields as the API validates them (the agency app's form sends the same shape)."""
+    schema = fleet_schemas.VehiclePatchIn() if partial else fleet_schemas.VehicleIn()
+    try:
+        data: dict[str, Any] = schema.load(values)
+    except ValidationError as exc:
+        messages = exc.messages if isinstance(exc.messages, dict) else {"_schema": exc.messages}
+        raise Unprocessable(details={"fields": messages}) from exc
+    return data
