@@ -16,7 +16,7 @@ from marketplace.agencies import service as agencies
 from marketplace.errors import Unprocessable
 from marketplace.payments import service as invoices
 from marketplace.permissions import Permission
-from marketplace.schemas import decode_cursor, encode_cursor
+from marketplace.schemas import decode_cursor, paginate
 from marketplace.security import current_actor, requires
 
 PAGE = 25
@@ -32,12 +32,9 @@ def invoices_list() -> Any:
     before = decode_cursor(_CURSOR, request.args.get("cursor", "")[:200] or None)
     if before is not None and (isinstance(before, bool) or not isinstance(before, int)):
         raise Unprocessable(details={"fields": {"cursor": ["Invalid cursor."]}})
-    items = invoices.list_for_agency(actor, agency, before_id=before, limit=PAGE + 1)
-    more = len(items) > PAGE
-    items = items[:PAGE]
-    older = encode_cursor(_CURSOR, items[-1].id) if more and items else None
-    return _render("agency/invoices.html", agency=agency, mine=agencies.agencies_of(actor), invoices=items,
-                   older=older)
+    page = paginate(_CURSOR, PAGE, lambda n: invoices.list_for_agency(actor, agency, before_id=before, limit=n))
+    return _render("agency/invoices.html", agency=agency, mine=agencies.agencies_of(actor), invoices=page.items,
+                   older=page.next_cursor)
 
 
 @agency_bp.get("/invoices/<string:number>.pdf")

@@ -11,7 +11,7 @@ from marketplace.agencies import schemas as s
 from marketplace.agencies import service
 from marketplace.api import ApiBlueprint
 from marketplace.extensions import limiter
-from marketplace.schemas import StatusSchema, decode_id_cursor, encode_cursor
+from marketplace.schemas import StatusSchema, decode_id_cursor, paginate
 from marketplace.security import current_actor, public
 from marketplace.webhelpers import ImageFileIn, upload_arguments, upload_key
 from marketplace.webhelpers import configured_limit as _limit
@@ -91,11 +91,10 @@ class AgencyStaff(MethodView):
     def get(self, args: dict[str, Any]) -> dict[str, Any]:
         """Your agency's staff and their roles (cursor pagination)."""
         after = decode_id_cursor("agency-staff", args["cursor"])
-        items = service.list_staff(current_actor(), args.get("agency"), after_id=after, limit=args["limit"] + 1)
-        more = len(items) > args["limit"]
-        items = items[: args["limit"]]
-        cursor = encode_cursor("agency-staff", items[-1].user.id) if more and items else None
-        return {"items": items, "page": {"next_cursor": cursor}}
+        actor, agency = current_actor(), args.get("agency")
+        page = paginate("agency-staff", args["limit"],
+                        lambda n: service.list_staff(actor, agency, after_id=after, limit=n), key=lambda m: m.user.id)
+        return {"items": page.items, "page": {"next_cursor": page.next_cursor}}
 
     @agency_api_bp.arguments(s.AgencyQueryIn, location="query")
     @agency_api_bp.arguments(s.InvitationIn)

@@ -7,6 +7,7 @@ issued). There is no route that changes an invoice.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from flask import Response, request
@@ -16,7 +17,7 @@ from marketplace.agencies import service as agencies
 from marketplace.api import ApiBlueprint
 from marketplace.payments import invoices
 from marketplace.permissions import Permission
-from marketplace.schemas import OutSchema, PageArgsSchema, PageInfoSchema, decode_id_cursor, encode_cursor
+from marketplace.schemas import OutSchema, PageArgsSchema, PageInfoSchema, decode_id_cursor, paginate
 from marketplace.security import current_actor, requires
 
 invoices_bp = ApiBlueprint("invoices", __name__, url_prefix="/api/v1",
@@ -90,11 +91,9 @@ class AgencyInvoiceArgs(PageArgsSchema):
 _PDF_DOC = {"responses": {200: {"content": {PDF: {"schema": {"type": "string", "format": "binary"}}}}}}
 
 
-def _page(items: list[invoices.Invoice], limit: int, scope: str) -> dict[str, Any]:
-    more = len(items) > limit
-    items = items[:limit]
-    return {"items": [invoices.invoice_json(i) for i in items],
-            "page": {"next_cursor": encode_cursor(scope, items[-1].id) if more and items else None}}
+def _page(scope: str, limit: int, fetch: Callable[[int], list[invoices.Invoice]]) -> dict[str, Any]:
+    page = paginate(scope, limit, fetch)
+    return {"items": [invoices.invoice_json(i) for i in page.items], "page": {"next_cursor": page.next_cursor}}
 
 
 def _wanted() -> str:
@@ -127,9 +126,8 @@ def invoice_detail(number: str) -> Any:
 @invoices_bp.response(200, InvoicePageOut)
 def invoice_list(args: dict[str, Any]) -> dict[str, Any]:
     """Your tax invoices and credit notes, newest first."""
-    items = invoices.list_for_customer(current_actor(), before_id=decode_id_cursor("invoices", args["cursor"]),
-                                       limit=args["limit"] + 1)
-    return _page(items, args["limit"], "invoices")
+    actor, before = current_actor(), decode_id_cursor("invoices", args["cursor"])
+    return _page("invoices", args["limit"], lambda n: invoices.list_for_customer(actor, before_id=before, limit=n))
 
 
 @invoices_bp.route("/me/invoices")
@@ -137,9 +135,8 @@ def invoice_list(args: dict[str, Any]) -> dict[str, Any]:
 @invoices_bp.response(200, InvoicePageOut)
 def my_invoices(args: dict[str, Any]) -> dict[str, Any]:
     """Your tax invoices and credit notes, newest first (the same list as `GET /api/v1/invoices`)."""
-    items = invoices.list_for_customer(current_actor(), before_id=decode_id_cursor("invoices", args["cursor"]),
-                                       limit=args["limit"] + 1)
-    return _page(items, args["limit"], "invoices")
+    actor, before = current_actor(), decode_id_cursor("invoices", args["cursor"])
+    return _page("invoices", args["limit"], lambda n: invoices.list_for_customer(actor, before_id=before, limit=n))
 
 
 @agency_invoices_bp.route("")
@@ -150,6 +147,6 @@ def agency_invoice_list(args: dict[str, Any]) -> dict[str, Any]:
     """Your agency's invoices and credit notes (issued by it or addressed to it), newest first."""
     actor = current_actor()
     agency = agencies.own_agency(actor, str(args["agency"]) if args["agency"] else None)
-    items = invoices.list_for_agency(actor, agency, before_id=decode_id_cursor("agency-invoices", args["cursor"]),
-                                     limit=args["limit"] + 1)
-    return _page(items, args["limit"], "agency-invoices")
+    before = decode_id_cursor("agency-invoices", args["cursor"])
+    return _page("agency-invoices", args["limit"],
+                 lambda n: invoices.list_for_agency(actor, agency, before_id=before, limit=n))
