@@ -1060,11 +1060,6 @@ def _at(value: Any) -> datetime | None:
     return datetime.fromtimestamp(value, UTC) if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-def _naive(value: datetime | None) -> datetime | None:
-    """The database keeps UTC without a zone (``utcnow``): Stripe's timestamps are stored the same way."""
-    return value.replace(tzinfo=None) if value is not None and value.tzinfo is not None else value
-
-
 def _dispute_payment(obj: dict[str, Any]) -> PaymentIntentRow | None:
     intent = obj.get("payment_intent")
     intent_id = intent if isinstance(intent, str) else (intent or {}).get("id") if isinstance(intent, dict) else None
@@ -1117,7 +1112,7 @@ def apply_dispute_event(kind: str, obj: dict[str, Any]) -> str:
         if obj.get("reason"):
             row.reason = str(obj["reason"])[:40]
         outcome = "updated"
-    due = _naive(_at((obj.get("evidence_details") or {}).get("due_by")))
+    due = _at((obj.get("evidence_details") or {}).get("due_by"))
     if due is not None:
         row.due_by = due
     if row.status in DISPUTE_CLOSED and row.closed_at is None:
@@ -1289,7 +1284,7 @@ def submit_dispute_evidence(actor: Actor, public_id: str, *, now: datetime | Non
         raise DisputeEvidenceSubmitted()
     if row.status not in AWAITING_EVIDENCE or row.closed_at is not None:
         raise DisputeNotOpen(details={"status": row.status})
-    if row.due_by is None or _naive(now) >= row.due_by:  # type: ignore[operator]
+    if row.due_by is None or now >= row.due_by:
         raise DisputePastDue(details={"due_by": _fmt(row.due_by)})
     evidence = evidence_pack(actor, row).stripe_evidence()
     row.submission_key = submission_key(row)
