@@ -191,6 +191,11 @@ class FakeStripe:
         self._emit("charge.dispute.created", dispute)
         return json.loads(json.dumps(dispute))
 
+    def register_dispute(self, dispute: Mapping[str, Any]) -> None:
+        """A dispute Stripe opened on a charge made elsewhere (a localstripe payment, whose server has no
+        disputes): the fake then answers evidence submissions for it."""
+        self._disputes[str(dispute["id"])] = json.loads(json.dumps(dict(dispute)))
+
     def withdraw_dispute_funds(self, dispute_id: str) -> dict[str, Any]:
         """Stripe takes the disputed amount from the balance: ``charge.dispute.funds_withdrawn``."""
         dispute = self._disputes[dispute_id]
