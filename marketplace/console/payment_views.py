@@ -57,7 +57,8 @@ def disputes_queue() -> Any:
     closed = request.args.get("closed") == "1"
     cases = payments.dispute_queue(actor, include_closed=closed)
     audit.record(actor, "console:disputes_view", None, shown=len(cases))
-    return _render("console/disputes.html", cases=cases, closed=closed, now=utcnow())
+    references = {d.id: payments.booking_reference(d.booking_id) for d in cases if d.booking_id is not None}
+    return _render("console/disputes.html", cases=cases, closed=closed, now=utcnow(), references=references)
 
 
 def _case_page(public_id: str, *, status: int = 200, error: str | None = None) -> Any:

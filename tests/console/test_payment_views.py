@@ -74,6 +74,7 @@ def test_disputes_queue_by_due_date_case_page_and_one_submission(app: Flask, cli
     page = queue.get_data(as_text=True)
     sooner_case, later_case = _case("dp_sooner"), _case("dp_later")
     assert page.index(sooner_case.public_id) < page.index(later_case.public_id)  # nearest due date first
+    assert f">{reference}</a>" in page
     assert len(_audited("console:disputes_view")) == 1
 
     path = f"/console/disputes/{sooner_case.public_id}"
@@ -188,3 +189,20 @@ def test_payments_review_lists_flags_and_a_person_resolves_them(app: Flask, clie
     assert again.status_code == 404
     unknown = web.post(f"/console/payments/review/ledger/{refund.id}/resolve", data={"csrf_token": token})
     assert unknown.status_code == 404
+
+
+def test_a_submission_stripe_refuses_is_shown_recorded_and_audited(app: Flask, client: FlaskClient, app_ctx: None,
+                                                                   stripe_gateway: Any, fake_disputes: Any) -> None:
+    # the fake never heard of this dispute: Stripe's refusal is the page's error, kept on the row and audited
+    _, row = _paid_booking(client, stripe_gateway)
+    post_event(client, "charge.dispute.created", _dispute(row, dispute_id="dp_unknown_to_stripe"))
+    case = _case("dp_unknown_to_stripe")
+    web = app.test_client()
+    web_login(web, make_staff(Role.DISPUTES_AGENT))
+    path = f"/console/disputes/{case.public_id}"
+    response = web.post(f"{path}/submit", data={"csrf_token": page_csrf(web, path)})
+    assert response.status_code == 422
+    assert "payment_invalid" in response.get_data(as_text=True)
+    after = _case("dp_unknown_to_stripe")
+    assert after.submitted_at is None and after.submission_error == "resource_missing"
+    assert [e.outcome for e in _audited("dispute:submit_evidence")] == ["attempted", "refused"]
