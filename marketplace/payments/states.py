@@ -96,4 +96,4 @@ def dispute_may_move(current: str, target: str) -> bool:
         return False
     if now in DISPUTE_CLOSED:
         return False
-    return _DISPUTE_RANK[then] > _DISPUTE_RANK[now] or (now is D.WARNING_NEEDS_RESPONSE and then is D.NEEDS_RESPONSE)
+    return _DISPUTE_RANK[then] > _DISPUTE_RANK[now]

@@ -29,7 +29,6 @@ from tests.payments.fake_stripe import FakeStripe
 from tests.payments.test_disputes import _case, _dispute, _paid_booking
 from tests.payments.test_views import _booking, post_event
 from tests.staff_web import error_code, page_csrf, password_step
-from tests.stripe_fixtures import localstripe, localstripe_server, stripe_gateway  # noqa: F401 - fixtures
 
 
 def _text(page: str) -> str:

@@ -280,3 +280,14 @@ def test_the_real_gateway_maps_localstripes_missing_disputes_route_to_an_outage(
                                                                    key="dispute:0:evidence")
     with pytest.raises(ValueError):
         app.extensions["payments_gateway"].submit_dispute_evidence("ch_wrong", {}, key="dispute:0:evidence")
+
+
+def test_dispute_statuses_only_move_forward():
+    # enforces P-24: a late event never reopens a closed case nor takes one back to awaiting evidence
+    from marketplace.payments.states import dispute_may_move
+
+    assert dispute_may_move("warning_needs_response", "needs_response")  # an inquiry became a chargeback
+    assert dispute_may_move("needs_response", "under_review") and dispute_may_move("under_review", "lost")
+    assert not dispute_may_move("under_review", "needs_response")
+    assert not dispute_may_move("won", "lost") and not dispute_may_move("lost", "needs_response")
+    assert not dispute_may_move("needs_response", "no_such_status")
