@@ -205,3 +205,12 @@ def test_a_submission_stripe_refuses_is_shown_recorded_and_audited(app: Flask, c
     after = _case("dp_unknown_to_stripe")
     assert after.submitted_at is None and after.submission_error == "resource_missing"
     assert [e.outcome for e in _audited("dispute:submit_evidence")] == ["attempted", "refused"]
+
+
+def test_resolving_a_row_that_is_not_a_number_is_404(app: Flask, client: FlaskClient, app_ctx: None) -> None:
+    web = app.test_client()
+    web_login(web, make_staff(Role.ADMIN))
+    token = page_csrf(web, "/console/payments/review")
+    for path in ("/console/payments/review/refund/abc/resolve", "/console/payments/review/refund/-1/resolve"):
+        response = web.post(path, data={"csrf_token": token})
+        assert response.status_code == 404 and error_code(response) == "not_found", path
