@@ -42,6 +42,7 @@ class Permission(StrEnum):
     OUTBOX_READ = "console:outbox:read"
     STAFF_MANAGE = "console:staff:manage"
     INVOICE_READ = "console:invoice:read"
+    PAYMENT_REVIEW = "console:payment:review"  # a booking's payments page, the reconciliation queue
     # agency app and the agency JSON API
     AGENCY_ACCESS = "agency:app:access"
     AGENCY_PROFILE_WRITE = "agency:profile:write"
@@ -67,11 +68,12 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
     Role.AGENCY_OWNER: frozenset(_AGENCY_MANAGE | {P.AGENCY_STAFF_MANAGE, P.AGENCY_PROFILE_WRITE}),
     Role.KYC_REVIEWER: frozenset({P.CONSOLE_ACCESS, P.KYC_CASE_READ, P.KYC_CASE_DECIDE, P.KYC_IMAGE_VIEW}),
     # invoices: disputes (evidence packs, P-24), the DPO (access requests, P-25) and admins read any
-    Role.DISPUTES_AGENT: frozenset({P.CONSOLE_ACCESS, P.DISPUTE_DECIDE, P.KYC_IMAGE_VIEW, P.INVOICE_READ}),
+    Role.DISPUTES_AGENT: frozenset({P.CONSOLE_ACCESS, P.DISPUTE_DECIDE, P.KYC_IMAGE_VIEW, P.INVOICE_READ,
+                                    P.PAYMENT_REVIEW}),
     Role.DPO: frozenset({P.CONSOLE_ACCESS, P.PRIVACY_REQUEST_MANAGE, P.BREACH_MANAGE, P.AUDIT_READ, P.INVOICE_READ}),
     Role.ADMIN: frozenset(
         {P.CONSOLE_ACCESS, P.STAFF_MANAGE, P.AGENCY_VERIFY, P.AUDIT_READ, P.OUTBOX_READ, P.BREACH_MANAGE,
-         P.INVOICE_READ}
+         P.INVOICE_READ, P.PAYMENT_REVIEW}
     ),
 }
 

@@ -366,6 +366,29 @@ def flag_booking(booking_id: int, reason: str) -> None:
     db.session.flush()
 
 
+def get_by_reference(reference: str) -> Booking:
+    """Any booking by its reference, for platform staff pages whose own service checked the permission."""
+    booking = db.session.execute(select(Booking).where(Booking.reference == reference[:16])).scalar_one_or_none()
+    if booking is None:
+        raise NotFound()
+    return booking
+
+
+def flagged(*, limit: int = 200) -> list[Booking]:
+    """Every booking flagged for platform staff, oldest flag first (the console's review queue)."""
+    return list(db.session.execute(select(Booking).where(Booking.flagged_at.is_not(None))
+                                   .order_by(Booking.flagged_at).limit(limit)).scalars())
+
+
+def clear_flag(booking_id: int) -> str | None:
+    """A person looked at the flagged booking: the flag goes (its reason is returned for the audit row)."""
+    booking = get(booking_id)
+    reason = booking.flag_reason
+    booking.flagged_at, booking.flag_reason = None, None
+    db.session.flush()
+    return reason
+
+
 def expire(ref: str) -> None:
     """A booking not paid within 15 minutes expires and frees the car (idempotent)."""
     booking = db.session.execute(select(Booking).where(Booking.id == int(ref)).with_for_update()).scalar_one_or_none()

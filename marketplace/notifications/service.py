@@ -201,3 +201,13 @@ def get_email(public_id: str) -> OutboxMessage:
     if message is None:
         raise NotFound()
     return message
+
+
+def messages_mentioning(user_id: int, text: str, *, limit: int = 50) -> list[OutboxMessage]:
+    """A person's notices that name ``text`` (a booking reference), oldest first: dispute evidence (P-24)
+    shows what we told the customer and when it was delivered."""
+    return list(db.session.execute(
+        select(OutboxMessage).where(OutboxMessage.user_id == user_id,
+                                    (OutboxMessage.subject.contains(text)) | (OutboxMessage.body_text.contains(text)))
+        .order_by(OutboxMessage.id).limit(limit)
+    ).scalars())

@@ -202,3 +202,36 @@ class Payout(Model):
     error_code: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     settled_at: Mapped[datetime | None]
+
+
+class Dispute(PublicIdMixin, Model):
+    """A chargeback (P-24): Stripe's dispute on a booking payment, opened and updated by its webhooks.
+
+    ``due_by`` is Stripe's ``evidence_details.due_by``; evidence goes to Stripe once, under
+    ``dispute:<id>:evidence`` (``submission_key``, committed before the call). The funds Stripe withdrew and
+    reinstated are kept here so ``flask ledger check`` can match the ledger's disputed-funds account.
+    """
+
+    __tablename__ = "disputes"
+    __table_args__ = (Index("ix_disputes_due", "closed_at", "due_by"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    stripe_dispute_id: Mapped[str] = mapped_column(String(64), unique=True)
+    stripe_charge_id: Mapped[str | None] = mapped_column(String(64))
+    stripe_intent_id: Mapped[str | None] = mapped_column(String(64))
+    payment_id: Mapped[int | None] = mapped_column(ForeignKey("payment_intents.id"), index=True)
+    booking_id: Mapped[int | None] = mapped_column(ForeignKey("bookings.id"), index=True)
+    amount_fils: Mapped[int] = mapped_column(Integer)
+    currency: Mapped[str] = mapped_column(String(3), default="AED")
+    reason: Mapped[str] = mapped_column(String(40))
+    status: Mapped[str] = mapped_column(String(32))  # Stripe's dispute status
+    due_by: Mapped[datetime | None]
+    withdrawn_fils: Mapped[int] = mapped_column(Integer, default=0)
+    reinstated_fils: Mapped[int] = mapped_column(Integer, default=0)
+    submission_key: Mapped[str | None] = mapped_column(String(120), unique=True)
+    submitted_at: Mapped[datetime | None]
+    submitted_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    submission_error: Mapped[str | None] = mapped_column(String(64))
+    opened_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    closed_at: Mapped[datetime | None]

@@ -17,18 +17,19 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import func, select, update
 
-from marketplace import jobs, money
+from marketplace import audit, jobs, money
 from marketplace.agencies import service as agencies
 from marketplace.bookings import service as bookings
 from marketplace.bookings.states import BookingStatus
 from marketplace.errors import Conflict, Forbidden, NotFound, Unprocessable
 from marketplace.extensions import db, utcnow
 from marketplace.money import Money
+from marketplace.notifications import service as notifications
 from marketplace.payments import invoices
 from marketplace.payments.errors import (
     AuthenticationRequired,
@@ -37,9 +38,16 @@ from marketplace.payments.errors import (
     PaymentInvalid,
     PaymentProviderUnavailable,
 )
-from marketplace.payments.gateway import Intent, IntentStatus, current_gateway, intent_from, refund_from
+from marketplace.payments.gateway import (
+    Intent,
+    IntentStatus,
+    current_gateway,
+    intent_from,
+    refund_from,
+)
 from marketplace.payments.models import (
     CardSetup,
+    Dispute,
     JournalEntry,
     JournalLine,
     MandateAcceptance,
@@ -51,7 +59,18 @@ from marketplace.payments.models import (
     SavedCard,
     WebhookEvent,
 )
-from marketplace.payments.states import OPEN, Account, IntentKind, IntentState, RefundState, may_move
+from marketplace.payments.states import (
+    AWAITING_EVIDENCE,
+    DISPUTE_CLOSED,
+    OPEN,
+    Account,
+    DisputeStatus,
+    IntentKind,
+    IntentState,
+    RefundState,
+    dispute_may_move,
+    may_move,
+)
 from marketplace.permissions import Permission
 from marketplace.security import Actor, require
 from marketplace.transactions import UNIQUE_VIOLATION, keep, outside, serialised
@@ -190,9 +209,12 @@ def ledger_check() -> LedgerReport:
         PaymentIntentRow.kind == IntentKind.DEPOSIT, PaymentIntentRow.state == IntentState.HELD))
     transferred = _sum(select(func.sum(Payout.amount_fils)).where(Payout.state == "paid"))
     owed = _sum(select(func.sum(Payout.amount_fils)).where(Payout.state != "paid"))
-    expected = {Account.CASH: paid + captured - refunded - transferred, Account.REFUNDS: -in_flight,
+    disputed = _sum(select(func.sum(Dispute.withdrawn_fils - Dispute.reinstated_fils)))
+    lost = _sum(select(func.sum(Dispute.withdrawn_fils - Dispute.reinstated_fils)).where(
+        Dispute.status == DisputeStatus.LOST))
+    expected = {Account.CASH: paid + captured - refunded - transferred - disputed, Account.REFUNDS: -in_flight,
                 Account.DEPOSITS_HELD: held, Account.DEPOSITS_CAPTURED: -captured,
-                Account.PAYOUTS: -owed}
+                Account.PAYOUTS: -owed, Account.DISPUTED: disputed - lost, Account.DISPUTE_LOSSES: lost}
     for account, want in expected.items():
         got = balance(account)
         if got != want:
@@ -917,6 +939,8 @@ def _dispatch(kind: str, obj: dict[str, Any]) -> str:  # noqa: PLR0911, PLR0912 
                 apply_refund(refund.id, result.id, result.status)
                 found += 1
         return "applied" if found else "unknown_refund"
+    if kind.startswith("charge.dispute."):
+        return apply_dispute_event(kind, obj)
     if kind == "setup_intent.succeeded":
         setup = db.session.execute(select(CardSetup).where(
             CardSetup.stripe_setup_intent_id == obj.get("id"))).scalar_one_or_none()
@@ -1009,6 +1033,358 @@ def flagged() -> list[Any]:
     intents = db.session.execute(select(PaymentIntentRow).where(PaymentIntentRow.needs_review.is_not(None))).scalars()
     refunds = db.session.execute(select(Refund).where(Refund.needs_review.is_not(None))).scalars()
     return [*intents, *refunds]
+
+
+# ---- chargebacks (P-24) -----------------------------------------------------------------------------------
+
+
+class DisputeEvidenceSubmitted(Conflict):
+    code = "dispute_evidence_submitted"
+    message = "Evidence for this dispute has already been submitted."
+
+
+class DisputeNotOpen(Conflict):
+    code = "dispute_not_open"
+    message = "This dispute no longer takes evidence."
+
+
+class DisputePastDue(Conflict):
+    code = "dispute_past_due"
+    message = "The evidence due date has passed: Stripe no longer accepts evidence for this dispute."
+
+
+DISPUTE_FIELD_LIMIT = 20000  # characters per text field we send (Stripe "Dispute evidence")
+
+
+def _at(value: Any) -> datetime | None:
+    return datetime.fromtimestamp(value, UTC) if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _dispute_payment(obj: dict[str, Any]) -> PaymentIntentRow | None:
+    intent = obj.get("payment_intent")
+    intent_id = intent if isinstance(intent, str) else (intent or {}).get("id") if isinstance(intent, dict) else None
+    if isinstance(intent_id, str):
+        row = db.session.execute(select(PaymentIntentRow).where(
+            PaymentIntentRow.stripe_intent_id == intent_id)).scalar_one_or_none()
+        if row is not None:
+            return row
+    charge = obj.get("charge")
+    charge_id = charge if isinstance(charge, str) else (charge or {}).get("id") if isinstance(charge, dict) else None
+    if isinstance(charge_id, str):
+        return db.session.execute(select(PaymentIntentRow).where(
+            PaymentIntentRow.stripe_charge_id == charge_id)).scalars().first()
+    return None
+
+
+def apply_dispute_event(kind: str, obj: dict[str, Any]) -> str:
+    """Open or update the dispute case from any ``charge.dispute.*`` event, in whatever order they come.
+
+    Every event carries the whole dispute, so the first one seen opens the case; the status only moves
+    forward (``states.dispute_may_move``); funds withdrawn and reinstated post to the ledger once each
+    (their ``source`` is unique), and a lost case moves what was withdrawn to the losses account."""
+    dispute_id = obj.get("id")
+    if not (isinstance(dispute_id, str) and dispute_id.startswith(("dp_", "du_"))):
+        return "unreadable"
+    row = db.session.execute(select(Dispute).where(Dispute.stripe_dispute_id == dispute_id)
+                             .with_for_update()).scalar_one_or_none()
+    amount = obj.get("amount")
+    status = str(obj.get("status") or DisputeStatus.NEEDS_RESPONSE)
+    if row is None:
+        payment = _dispute_payment(obj)
+        charge, intent = obj.get("charge"), obj.get("payment_intent")
+        row = Dispute(stripe_dispute_id=dispute_id, stripe_charge_id=charge if isinstance(charge, str) else None,
+                      stripe_intent_id=intent if isinstance(intent, str) else None,
+                      payment_id=payment.id if payment else None, booking_id=payment.booking_id if payment else None,
+                      amount_fils=int(amount) if isinstance(amount, int) else 0,
+                      currency=str(obj.get("currency") or "aed").upper()[:3],
+                      reason=str(obj.get("reason") or "general")[:40],
+                      status=status if status in set(DisputeStatus) else DisputeStatus.NEEDS_RESPONSE)
+        db.session.add(row)
+        db.session.flush()
+        if row.booking_id is not None:
+            bookings.flag_booking(row.booking_id, f"chargeback opened ({row.reason}): evidence in the disputes queue")
+        outcome = "opened"
+    else:
+        if dispute_may_move(row.status, status):
+            row.status = status
+        if isinstance(amount, int) and row.withdrawn_fils == 0:
+            row.amount_fils = amount
+        if obj.get("reason"):
+            row.reason = str(obj["reason"])[:40]
+        outcome = "updated"
+    due = _at((obj.get("evidence_details") or {}).get("due_by"))
+    if due is not None:
+        row.due_by = due
+    if row.status in DISPUTE_CLOSED and row.closed_at is None:
+        row.closed_at = utcnow()
+    disputed = Money(row.amount_fils)
+    if kind == "charge.dispute.funds_withdrawn" and row.withdrawn_fils == 0 and disputed.fils > 0:
+        row.withdrawn_fils = disputed.fils
+        post("dispute", f"dispute:{row.id}:withdrawn", [(Account.DISPUTED, disputed), (Account.CASH, -disputed)],
+             booking_id=row.booking_id, memo=f"chargeback {dispute_id}: funds withdrawn")
+    if kind == "charge.dispute.funds_reinstated" and row.reinstated_fils == 0 and disputed.fils > 0:
+        row.reinstated_fils = disputed.fils
+        post("dispute", f"dispute:{row.id}:reinstated", [(Account.CASH, disputed), (Account.DISPUTED, -disputed)],
+             booking_id=row.booking_id, memo=f"chargeback {dispute_id}: funds reinstated")
+    gone = row.withdrawn_fils - row.reinstated_fils
+    if row.status == DisputeStatus.LOST and gone > 0:
+        post("dispute", f"dispute:{row.id}:lost", [(Account.DISPUTE_LOSSES, Money(gone)),
+                                                  (Account.DISPUTED, -Money(gone))],
+             booking_id=row.booking_id, memo=f"chargeback {dispute_id} lost")
+    db.session.flush()
+    return outcome
+
+
+def has_open_dispute(booking_id: int) -> bool:
+    """STRIPE.md §1.3: no post-rental charge while a chargeback on the booking is open (step 7 asks this)."""
+    return db.session.execute(select(Dispute.id).where(
+        Dispute.booking_id == booking_id, Dispute.closed_at.is_(None))).first() is not None
+
+
+def dispute_queue(actor: Actor, *, include_closed: bool = False) -> list[Dispute]:
+    """The disputes queue: open cases first, the nearest due date first (no due date last)."""
+    require(actor, Permission.DISPUTE_DECIDE)
+    stmt = select(Dispute)
+    if not include_closed:
+        stmt = stmt.where(Dispute.closed_at.is_(None))
+    return list(db.session.execute(stmt.order_by(Dispute.closed_at.is_not(None), Dispute.due_by.is_(None),
+                                                 Dispute.due_by, Dispute.id).limit(200)).scalars())
+
+
+def dispute_for_staff(actor: Actor, public_id: str) -> Dispute:
+    require(actor, Permission.DISPUTE_DECIDE)
+    row = db.session.execute(select(Dispute).where(Dispute.public_id == public_id[:36])).scalar_one_or_none()
+    if row is None:
+        raise NotFound()
+    return row
+
+
+@dataclass(frozen=True)
+class EvidencePack:
+    """What our records say about a disputed payment (P-24), for a person to read and Stripe to receive.
+
+    ``notices`` holds what we told the customer about the booking and when it was delivered; post-rental
+    charge notices and ``inspection_photos`` come with step 7 (handover and charges): the slots are here and
+    list what exists. ``missing`` names what the pack lacks, so a reviewer sees a thin case at once."""
+
+    dispute: Dispute
+    booking: dict[str, Any] | None
+    mandate: dict[str, Any] | None
+    notices: list[dict[str, Any]]
+    inspection_photos: list[dict[str, Any]]
+    invoices: list[dict[str, Any]]
+    payments: list[dict[str, Any]]
+    refunds: list[dict[str, Any]]
+    missing: list[str]
+
+    def stripe_evidence(self) -> dict[str, str]:
+        """Stripe's evidence text fields, filled from the pack (files would need uploading first)."""
+        fields: dict[str, str] = {}
+        booking, mandate = self.booking, self.mandate
+        if booking is not None:
+            fields["customer_name"] = booking["customer_name"]
+            fields["customer_email_address"] = booking["customer_email"]
+            fields["service_date"] = booking["starts_at"][:10]
+            fields["product_description"] = (
+                f"Car rental {booking['reference']}: {booking['car']} from {booking['agency']}, "
+                f"{booking['starts_at']} to {booking['ends_at']}, collected at {booking['pickup_place']}.")
+        if mandate is not None:
+            if mandate["ip_address"]:
+                fields["customer_purchase_ip"] = mandate["ip_address"]
+            fields["access_activity_log"] = (
+                f"The cardholder actively accepted the payment terms and the merchant-initiated charges mandate "
+                f"(version {mandate['text_version']}, SHA-256 {mandate['text_sha256']}) at {mandate['accepted_at']} "
+                f"from IP {mandate['ip_address'] or 'unknown'}, device {mandate['device'] or 'unknown'}, "
+                f"user agent {mandate['user_agent'] or 'unknown'}, on the {mandate['channel']}, for card "
+                f"{mandate['card_brand']} ending {mandate['card_last4']}.")
+        lines = [f"Payment {p['stripe_intent_id']}: {p['kind']} {p['amount']} {p['state']} at {p['settled_at']}"
+                 for p in self.payments]
+        lines += [f"Refund {r['stripe_refund_id']}: {r['amount']} {r['state']} ({r['reason']})" for r in self.refunds]
+        lines += [f"{i['doc_type']} {i['number']} issued {i['issued_at']}: total {i['total']}" for i in self.invoices]
+        lines += [f"Notice '{n['subject']}' ({n['channel']}) {n['status']} at {n['delivered_at']}"
+                  for n in self.notices]
+        if lines:
+            fields["uncategorized_text"] = "\n".join(lines)
+        return {name: value[:DISPUTE_FIELD_LIMIT] for name, value in fields.items()}
+
+
+def _fmt(value: datetime | None) -> str | None:
+    return value.strftime("%Y-%m-%dT%H:%M:%SZ") if value is not None else None
+
+
+def evidence_pack(actor: Actor, dispute: Dispute) -> EvidencePack:
+    """Assemble the pack from our own rows: mandate, booking, notices, photos, invoices, payments, refunds."""
+    require(actor, Permission.DISPUTE_DECIDE)
+    missing: list[str] = []
+    booking_out = mandate_out = None
+    notices: list[dict[str, Any]] = []
+    invoices_out: list[dict[str, Any]] = []
+    payments_out: list[dict[str, Any]] = []
+    refunds_out: list[dict[str, Any]] = []
+    if dispute.booking_id is None:
+        missing.append("booking: the disputed charge matches none of our payments")
+    else:
+        booking = bookings.get(dispute.booking_id)
+        customer = users.user_by_id(booking.customer_id)
+        car = bookings.vehicle_out(booking.vehicle_id)
+        booking_out = {
+            "reference": booking.reference, "status": booking.status, "starts_at": _fmt(booking.starts_at) or "",
+            "ends_at": _fmt(booking.ends_at) or "", "pickup_place": booking.pickup_place,
+            "dropoff_place": booking.dropoff_place,
+            "car": f"{car['make']} {car['model']} {car['year']} ({car['plate']})",
+            "agency": agencies.agency_by_id(booking.agency_id).business_name, "customer_name": customer.full_name,
+            "customer_email": customer.email, "total": str(Money(booking.total_fils)),
+            "deposit": str(Money(booking.deposit_fils)), "terms_version": booking.terms_version,
+            "cancelled_at": _fmt(booking.cancelled_at)}
+        mandate = db.session.execute(select(MandateAcceptance).where(MandateAcceptance.booking_id == booking.id)
+                                     .order_by(MandateAcceptance.id.desc()).limit(1)).scalar_one_or_none()
+        if mandate is None:
+            missing.append("mandate acceptance")
+        else:
+            mandate_out = {
+                "text_version": mandate.text_version, "text_sha256": mandate.text_sha256, "language": mandate.language,
+                "accepted_at": _fmt(mandate.accepted_at), "ip_address": mandate.ip_address,
+                "user_agent": mandate.user_agent, "device": mandate.device, "channel": mandate.channel,
+                "card_brand": mandate.card_brand, "card_last4": mandate.card_last4,
+                "stripe_payment_method_id": mandate.stripe_payment_method_id}
+        notices = [{"subject": m.subject, "kind": m.kind, "channel": m.channel, "status": m.status,
+                    "created_at": _fmt(m.created_at), "delivered_at": _fmt(m.sent_at)}
+                   for m in notifications.messages_mentioning(booking.customer_id, booking.reference)]
+        invoices_out = [{"number": i.number, "doc_type": i.doc_type, "issued_at": _fmt(i.issued_at),
+                         "total": str(Money(i.total_fils)), "vat": str(Money(i.vat_fils)),
+                         "supplier": i.supplier_name} for i in invoices.invoices_for_booking(booking)]
+        if not invoices_out:
+            missing.append("tax invoices")
+        payments_out = [{"kind": p.kind, "attempt": p.attempt, "state": p.state, "amount": str(Money(p.amount_fils)),
+                         "captured": str(Money(p.captured_fils)), "stripe_intent_id": p.stripe_intent_id,
+                         "stripe_charge_id": p.stripe_charge_id, "created_at": _fmt(p.created_at),
+                         "settled_at": _fmt(p.settled_at)}
+                        for kind in (IntentKind.BOOKING, IntentKind.DEPOSIT) for p in _intents(booking.id, kind)]
+        refunds_out = [{"amount": str(Money(r.amount_fils)), "state": r.state, "reason": r.reason,
+                        "stripe_refund_id": r.stripe_refund_id, "created_at": _fmt(r.created_at),
+                        "settled_at": _fmt(r.settled_at)} for r in refunds_for(booking.id)]
+    missing.append("inspection photos (handover, step 7)")
+    return EvidencePack(dispute, booking_out, mandate_out, notices, [], invoices_out, payments_out, refunds_out,
+                        missing)
+
+
+def submission_key(dispute: Dispute) -> str:
+    return f"dispute:{dispute.id}:evidence"
+
+
+def submit_dispute_evidence(actor: Actor, public_id: str, *, now: datetime | None = None) -> Dispute:
+    """A person sends the evidence pack to Stripe, once, before the due date, under ``dispute:<id>:evidence``.
+
+    The key is committed on the row before Stripe is asked; after an outage the same person (or another)
+    tries again and the key replays the one submission."""
+    dispute = dispute_for_staff(actor, public_id)
+    row = db.session.execute(select(Dispute).where(Dispute.id == dispute.id).with_for_update()).scalar_one()
+    now = now or utcnow()
+    if row.submitted_at is not None:
+        raise DisputeEvidenceSubmitted()
+    if row.status not in AWAITING_EVIDENCE or row.closed_at is not None:
+        raise DisputeNotOpen(details={"status": row.status})
+    if row.due_by is None or now >= row.due_by:
+        raise DisputePastDue(details={"due_by": _fmt(row.due_by)})
+    evidence = evidence_pack(actor, row).stripe_evidence()
+    row.submission_key = submission_key(row)
+    row.submission_error = None
+    audit.record(actor, "dispute:submit_evidence", row, outcome="attempted", fields=sorted(evidence))
+    db.session.flush()
+    row_id, stripe_id, key = row.id, row.stripe_dispute_id, row.submission_key
+    try:
+        result = outside(lambda: _gateway().submit_dispute_evidence(stripe_id, evidence, key=key))
+    except (PaymentInvalid, IdempotencyConflict) as exc:
+        code = exc.code if not isinstance(exc, PaymentInvalid) else (exc.stripe_code or exc.code)
+
+        def note() -> None:
+            failed = db.session.get(Dispute, row_id)
+            assert failed is not None
+            failed.submission_error = str(code)[:64]
+            audit.record(actor, "dispute:submit_evidence", failed, outcome="refused", code=str(code)[:64])
+
+        keep(note)
+        raise
+    done = db.session.get(Dispute, row_id)
+    assert done is not None
+    done.submitted_at, done.submitted_by_id = utcnow(), actor.user.id
+    if dispute_may_move(done.status, result.status):
+        done.status = result.status
+    audit.record(actor, "dispute:submit_evidence", done, outcome="success", status=done.status)
+    db.session.flush()
+    return done
+
+
+# ---- the console's payment pages ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BookingPayments:
+    """Everything money about one booking, for platform staff: payments, holds, refunds, invoices, disputes."""
+
+    booking: Any
+    payments: list[PaymentIntentRow]
+    deposits: list[PaymentIntentRow]
+    refunds: list[Refund]
+    invoices: list[Any]
+    disputes: list[Dispute]
+    payout: Payout | None
+
+
+def booking_payments_for_staff(actor: Actor, reference: str) -> BookingPayments:
+    require(actor, Permission.PAYMENT_REVIEW)
+    booking = bookings.get_by_reference(reference)
+    return BookingPayments(
+        booking, _intents(booking.id, IntentKind.BOOKING), _intents(booking.id, IntentKind.DEPOSIT),
+        refunds_for(booking.id), invoices.invoices_for_booking(booking),
+        list(db.session.execute(select(Dispute).where(Dispute.booking_id == booking.id)
+                                .order_by(Dispute.id)).scalars()),
+        db.session.execute(select(Payout).where(Payout.booking_id == booking.id)).scalar_one_or_none())
+
+
+@dataclass(frozen=True)
+class ReviewItem:
+    kind: str  # payment | refund | booking
+    id: int
+    reference: str
+    reason: str
+    since: datetime | None
+
+
+def review_queue(actor: Actor) -> list[ReviewItem]:
+    """Rows reconciliation flagged (``needs_review``) and bookings payments flagged, for a person to resolve."""
+    require(actor, Permission.PAYMENT_REVIEW)
+    items: list[ReviewItem] = []
+    for row in flagged():
+        kind = "refund" if isinstance(row, Refund) else "payment"
+        since = row.created_at if isinstance(row, Refund) else row.updated_at
+        items.append(ReviewItem(kind, row.id, booking_reference(row.booking_id), row.needs_review or "", since))
+    items += [ReviewItem("booking", b.id, b.reference, b.flag_reason or "", b.flagged_at)
+              for b in bookings.flagged()]
+    return items
+
+
+def resolve_review(actor: Actor, kind: str, row_id: int, *, note: str) -> None:
+    """A person looked at a flag and settled it: the flag goes, the audit row keeps what it said and why."""
+    require(actor, Permission.PAYMENT_REVIEW)
+    subject: tuple[str, str]
+    if kind == "booking":
+        reference = bookings.get(row_id).reference
+        reason = bookings.clear_flag(row_id)
+        subject = ("bookings", reference)
+    elif kind in ("payment", "refund"):
+        row: PaymentIntentRow | Refund | None = (db.session.get(PaymentIntentRow, row_id) if kind == "payment"
+                                                 else db.session.get(Refund, row_id))
+        if row is None or row.needs_review is None:
+            raise NotFound()
+        reason, row.needs_review = row.needs_review, None
+        subject = (row.__tablename__, str(row_id))
+    else:
+        raise NotFound()
+    if reason is None:
+        raise NotFound()
+    audit.record(actor, "payments:review_resolved", subject, kind=kind, flag=reason, note=note[:500])
+    db.session.flush()
 
 
 # ---- escrow and payouts (P-22) -----------------------------------------------------------------------------

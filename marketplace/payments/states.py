@@ -63,3 +63,37 @@ class Account(StrEnum):
     DEPOSIT_AUTHORISATIONS = "deposit_authorisations"
     DEPOSITS_CAPTURED = "deposits_captured"
     PAYOUTS = "payouts"
+    DISPUTED = "disputed_funds"  # what Stripe withdrew for an open chargeback (P-24)
+    DISPUTE_LOSSES = "dispute_losses"  # chargebacks lost: the money went back to the cardholder
+
+
+class DisputeStatus(StrEnum):
+    """Stripe's dispute statuses ("Disputes": the ``status`` field)."""
+
+    WARNING_NEEDS_RESPONSE = "warning_needs_response"  # an inquiry: no funds withdrawn yet
+    WARNING_UNDER_REVIEW = "warning_under_review"
+    WARNING_CLOSED = "warning_closed"
+    NEEDS_RESPONSE = "needs_response"
+    UNDER_REVIEW = "under_review"
+    WON = "won"
+    LOST = "lost"
+    PREVENTED = "prevented"
+
+
+D = DisputeStatus
+AWAITING_EVIDENCE = frozenset({D.NEEDS_RESPONSE, D.WARNING_NEEDS_RESPONSE})
+DISPUTE_CLOSED = frozenset({D.WARNING_CLOSED, D.WON, D.LOST, D.PREVENTED})
+# a dispute only goes forward: awaiting evidence -> under review -> closed; an inquiry may become a chargeback
+_DISPUTE_RANK = {D.WARNING_NEEDS_RESPONSE: 0, D.NEEDS_RESPONSE: 1, D.WARNING_UNDER_REVIEW: 2, D.UNDER_REVIEW: 2,
+                 D.WARNING_CLOSED: 3, D.WON: 3, D.LOST: 3, D.PREVENTED: 3}
+
+
+def dispute_may_move(current: str, target: str) -> bool:
+    """A late ``charge.dispute.updated`` never reopens a closed case or takes one back to awaiting evidence."""
+    try:
+        now, then = DisputeStatus(current), DisputeStatus(target)
+    except ValueError:
+        return False
+    if now in DISPUTE_CLOSED:
+        return False
+    return _DISPUTE_RANK[then] > _DISPUTE_RANK[now]

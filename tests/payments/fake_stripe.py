@@ -41,6 +41,7 @@ from marketplace.payments.errors import (
 from marketplace.payments.gateway import (
     CardDetails,
     CardSetup,
+    DisputeResult,
     Intent,
     IntentStatus,
     RefundResult,
@@ -127,6 +128,7 @@ class FakeStripe:
         self._charges: dict[str, _Charge] = {}
         self._transfers: dict[str, TransferResult] = {}
         self._refunds: dict[str, RefundResult] = {}
+        self._disputes: dict[str, dict[str, Any]] = {}
         self._accounts: set[str] = set()
         self._keys: dict[str, tuple[str, datetime, Any]] = {}
         self._faults: list[bool] = []
@@ -185,8 +187,32 @@ class FakeStripe:
                    "currency": "aed", "reason": reason, "status": "needs_response",
                    "evidence_details": {"due_by": int((self.now + timedelta(days=7)).timestamp()),
                                         "has_evidence": False, "submission_count": 0}}
+        self._disputes[dispute["id"]] = dispute
         self._emit("charge.dispute.created", dispute)
-        return dispute
+        return json.loads(json.dumps(dispute))
+
+    def register_dispute(self, dispute: Mapping[str, Any]) -> None:
+        """A dispute Stripe opened on a charge made elsewhere (a localstripe payment, whose server has no
+        disputes): the fake then answers evidence submissions for it."""
+        self._disputes[str(dispute["id"])] = json.loads(json.dumps(dict(dispute)))
+
+    def withdraw_dispute_funds(self, dispute_id: str) -> dict[str, Any]:
+        """Stripe takes the disputed amount from the balance: ``charge.dispute.funds_withdrawn``."""
+        dispute = self._disputes[dispute_id]
+        self._emit("charge.dispute.funds_withdrawn", dispute)
+        return json.loads(json.dumps(dispute))
+
+    def close_dispute(self, dispute_id: str, *, won: bool) -> dict[str, Any]:
+        """The issuer decides: ``charge.dispute.closed``, and on a win ``charge.dispute.funds_reinstated``."""
+        dispute = self._disputes[dispute_id]
+        dispute["status"] = "won" if won else "lost"
+        self._emit("charge.dispute.closed", dispute)
+        if won:
+            self._emit("charge.dispute.funds_reinstated", dispute)
+        return json.loads(json.dumps(dispute))
+
+    def dispute(self, dispute_id: str) -> dict[str, Any]:
+        return json.loads(json.dumps(self._disputes[dispute_id]))
 
     def signed(self, event: Mapping[str, Any], *, timestamp: int | None = None,
                secret: str | None = None) -> tuple[bytes, str]:
@@ -355,6 +381,28 @@ class FakeStripe:
 
         params = (account_id, fils, transfer_group, source_charge_id, dict(metadata or {}))
         return self._call("transfer_to_agency", key, params, transfer)
+
+    def submit_dispute_evidence(self, dispute_id: str, evidence: Mapping[str, str], *,
+                                key: str) -> DisputeResult:
+        """Stripe "Respond to disputes": ``submit=true`` sends the evidence on; a dispute no longer awaiting a
+        response (submitted, closed, or past ``due_by``) refuses further evidence."""
+        fields = dict(evidence)
+
+        def submit() -> DisputeResult:
+            dispute = self._disputes.get(dispute_id)
+            if dispute is None:
+                raise PaymentInvalid(stripe_code="resource_missing")
+            details = dispute["evidence_details"]
+            if dispute["status"] not in ("needs_response", "warning_needs_response") or \
+                    self.now.timestamp() > details["due_by"]:
+                raise PaymentInvalid(stripe_code="dispute_not_open", param="evidence")
+            dispute["evidence"] = fields
+            dispute["status"] = "under_review" if dispute["status"] == "needs_response" else "warning_under_review"
+            details["has_evidence"], details["submission_count"] = True, details["submission_count"] + 1
+            self._emit("charge.dispute.updated", dispute)
+            return DisputeResult(dispute_id, dispute["status"], details["submission_count"])
+
+        return self._call("submit_dispute_evidence", key, (dispute_id, tuple(sorted(fields.items()))), submit)
 
     def verify_webhook(self, raw_body: bytes, signature_header: str | None) -> dict[str, Any]:
         if not isinstance(raw_body, bytes | bytearray):
