@@ -194,6 +194,7 @@ class Gateway:
             max_network_retries=max_network_retries,
         )
         self._webhook_secret = webhook_secret
+        self.api_base = api_base  # None: Stripe itself
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Gateway:

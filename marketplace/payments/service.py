@@ -102,6 +102,11 @@ def _gateway() -> Any:
     return current_gateway()
 
 
+def stripe_api_base() -> str | None:
+    """Where the gateway talks to Stripe (None: Stripe itself); the demo plays the SDK only against a local one."""
+    return getattr(_gateway(), "api_base", None)
+
+
 def _invoice_payment(row_id: int, booking_id: int) -> None:
     """P-23: the captured payment's tax invoices (idempotent per payment row)."""
     booking = bookings.get(booking_id)

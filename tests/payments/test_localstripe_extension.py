@@ -1,4 +1,4 @@
-"""The test launcher and its localstripe extension do what tests/payments/localstripe_server.py promises.
+"""The test launcher and its localstripe extension do what devtools/localstripe_server.py promises.
 
 Each extension test shows the stock behaviour first (STRIPE.md §3.4, against ``stock_localstripe``: the same
 launcher without the patches) and then the patched one, so a localstripe upgrade that changes either shows up
@@ -70,7 +70,7 @@ def test_the_launcher_refuses_another_localstripe_version(tmp_path: Path) -> Non
     shim.write_text("import localstripe\nlocalstripe.__version__ = '9.9.9'\n")
     root = Path(__file__).resolve().parents[2]
     result = subprocess.run(
-        [sys.executable, "-m", "tests.payments.localstripe_server", "1"], cwd=root, capture_output=True, text=True,
+        [sys.executable, "-m", "devtools.localstripe_server", "1"], cwd=root, capture_output=True, text=True,
         env={**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{root}"}, timeout=60, check=False)
     assert result.returncode != 0 and "1.15.10" in result.stderr
 

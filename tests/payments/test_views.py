@@ -1,5 +1,5 @@
 """Saved cards, paying a booking, deposits and cancellation refunds over HTTP, against real localstripe on
-loopback (the extension closes its gaps, tests/payments/localstripe_server.py); the ledger is checked after
+loopback (the extension closes its gaps, devtools/localstripe_server.py); the ledger is checked after
 every flow (``flask ledger check``)."""
 
 from __future__ import annotations

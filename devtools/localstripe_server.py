@@ -1,8 +1,10 @@
-"""Run localstripe for the tests: loopback only, in memory, with the extension that closes its gaps.
+"""Run localstripe for the tests and the demo: loopback only, in memory, with the extension that closes its gaps.
 
-    python -m tests.payments.localstripe_server PORT [--stock]
+    python -m devtools.localstripe_server PORT [--stock]
 
-localstripe (GPL-3.0-or-later) is a dev dependency run as this separate process; the product never imports it.
+The test fixtures (tests/stripe_fixtures.py) and ``make run`` (devtools/with_localstripe.py) both start it.
+localstripe (GPL-3.0-or-later) is a dev/demo dependency run as this separate process; the product (the
+``marketplace`` and ``agency_app`` packages) never imports it and the wheel does not contain ``devtools/``.
 The stock ``localstripe --port N`` binds every interface and pickles its whole store to a shared
 ``/tmp/localstripe.pickle`` after each write (STRIPE.md §3.2), so this launcher runs its app itself.
 
