@@ -72,8 +72,8 @@ assert localstripe.__version__ == LOCALSTRIPE_VERSION, (
 HOLD_WINDOW_SECONDS = 7 * 24 * 3600  # Stripe's card hold window for a customer-present authorisation
 
 # ---- always: in memory, never a pickle (STRIPE.md §3.2) ---------------------------------------------------
-ls.Store.dump_to_disk = lambda self: None  # type: ignore[method-assign]
-ls.Store.try_load_from_disk = lambda self: None  # type: ignore[method-assign]
+ls.Store.dump_to_disk = lambda self: None
+ls.Store.try_load_from_disk = lambda self: None
 
 
 def _accept_allowed_payment_method_types(cls: Any) -> None:
@@ -135,7 +135,7 @@ TEST_PAYMENT_METHODS: dict[str, str] = {
 
 # localstripe's extra routes hold bound methods taken at import time: a patched classmethod must replace its
 # entry in ``extra_apis`` too, before ``localstripe.server`` builds its routes from that list.
-_EXTRA_ROUTES: list[tuple[str, str, Any]] = []
+_EXTRA_ROUTES: list[tuple[Any, tuple[str, ...]]] = []  # (resource class, its verbs)
 
 
 def _replace_route(method: str, url: str, func: Any) -> None:

@@ -51,16 +51,21 @@ def _answers(base_url: str) -> bool:
         return False
 
 
-def start(port: int, log: IO[bytes]) -> subprocess.Popen[bytes]:
-    """localstripe with the extension on 127.0.0.1:port; raises if it exits or does not answer in time."""
+def spawn(port: int, log: IO[bytes]) -> subprocess.Popen[bytes]:
+    """localstripe with the extension on 127.0.0.1:port (refused if something already answers there)."""
     base_url = f"http://127.0.0.1:{port}"
     if _answers(base_url):
         raise RuntimeError(f"something already answers on {base_url}: stop it (or set STRIPE_API_BASE and "
                            f"run the app yourself)")
-    process = subprocess.Popen(  # noqa: S603 - our own module, fixed arguments
+    return subprocess.Popen(
         [sys.executable, "-m", "devtools.localstripe_server", str(port)], cwd=ROOT,
         env={**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])},
         stdout=subprocess.DEVNULL, stderr=log)
+
+
+def wait_ready(process: subprocess.Popen[bytes], port: int, log: IO[bytes]) -> None:
+    """Until it answers; raises if it exits or does not answer in time."""
+    base_url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -68,16 +73,15 @@ def start(port: int, log: IO[bytes]) -> subprocess.Popen[bytes]:
             raise RuntimeError(f"localstripe exited with {process.returncode}: "
                                f"{log.read().decode(errors='replace')[-2000:]}")
         if _answers(base_url):
-            return process
+            return
         time.sleep(0.05)
-    stop(process)
     raise RuntimeError(f"localstripe did not answer on {base_url} within {START_TIMEOUT} s")
 
 
 def register_webhook(port: int, url: str, secret: str) -> None:
     """localstripe signs and POSTs every event to ``url`` with ``secret`` (as a Stripe webhook endpoint)."""
     data = urllib.parse.urlencode({"url": url, "secret": secret}).encode()
-    request = urllib.request.Request(  # noqa: S310 - our loopback child
+    request = urllib.request.Request(
         f"http://127.0.0.1:{port}/_config/webhooks/{WEBHOOK_NAME}", data=data, method="POST")
     with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 - our loopback child
         if response.status != 200:
@@ -111,19 +115,20 @@ def main(argv: list[str]) -> int:
     if os.environ.get("STRIPE_SECRET_KEY"):
         print("with_localstripe: STRIPE_SECRET_KEY is set, so Stripe itself is used; localstripe not started",
               file=sys.stderr)
-        return subprocess.call(command)  # noqa: S603 - the Makefile's own command
+        return subprocess.call(command)
     signal.signal(signal.SIGTERM, _on_sigterm)
     secret = os.environ.get("STRIPE_WEBHOOK_SECRET") or DEMO_WEBHOOK_SECRET
     base_url = f"http://127.0.0.1:{args.port}"
     env = {**os.environ, "STRIPE_API_BASE": base_url, "STRIPE_WEBHOOK_SECRET": secret}
     child: subprocess.Popen[bytes] | None = None
     with tempfile.TemporaryFile() as log:
-        process = start(args.port, log)
+        process = spawn(args.port, log)
         try:
+            wait_ready(process, args.port, log)
             register_webhook(args.port, args.webhook_url, secret)
             print(f"with_localstripe: localstripe on {base_url} (pid {process.pid}), webhooks to {args.webhook_url}",
                   file=sys.stderr, flush=True)
-            child = subprocess.Popen(command, env=env)  # noqa: S603 - the Makefile's own command
+            child = subprocess.Popen(command, env=env)
             return child.wait()
         except KeyboardInterrupt:  # Ctrl-C reached the whole process group: let the command finish exiting
             return child.wait() if child is not None else 130

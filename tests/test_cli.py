@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime, timedelta
-
 from collections.abc import Iterator
+from datetime import UTC, date, datetime, timedelta
 
 import pytest
 import time_machine
@@ -149,7 +148,7 @@ def test_demo_seed_without_localstripe_seeds_the_rest_and_says_so(app: Flask, cl
 
 
 def test_demo_seed_with_localstripe_saves_a_card_and_pays_a_booking(
-        app: Flask, client: FlaskClient, stripe_gateway: object) -> None:
+        app: Flask, client: FlaskClient, stripe_gateway: object) -> None:  # noqa: F811 - the fixture
     # P-19 (a saved card, brand and last four only), P-20 (the mandate accepted at booking), P-22 (deposit held),
     # P-23 (the tax invoices): the seeded customer shows the whole payment flow, against real localstripe
     from marketplace.payments import service as payments
@@ -176,7 +175,7 @@ def test_demo_seed_with_localstripe_saves_a_card_and_pays_a_booking(
         db.session.rollback()
 
 
-def test_demo_card_saves_a_test_card_for_a_customer(app: Flask, client: FlaskClient, stripe_gateway: object) -> None:
+def test_demo_card_saves_a_test_card_for_a_customer(app: Flask, client: FlaskClient, stripe_gateway: object) -> None:  # noqa: F811 - the fixture
     sign_ins = _seed(app)
     result = app.test_cli_runner().invoke(args=["demo", "card", CUSTOMER, "--number", "5555555555554444"])
     assert result.exit_code == 0, result.output

@@ -1,0 +1,148 @@
+"""``make run``'s launcher (devtools/with_localstripe.py) really starts localstripe, hands the command the
+settings that reach it, delivers signed webhooks to the app's URL, and stops localstripe when the command ends
+or the launcher is told to stop. Real processes on loopback ports, nothing mocked."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import http.server
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.stripe_fixtures import _free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _answers(port: int) -> bool:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/v1/customers", headers={"Authorization": "Bearer sk_test_localstripe"})
+    try:
+        with urllib.request.urlopen(request, timeout=2) as response:  # noqa: S310 - loopback
+            return bool(response.status == 200)
+    except (urllib.error.URLError, ConnectionError, TimeoutError):
+        return False
+
+
+def _env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("STRIPE_SECRET_KEY", "STRIPE_WEBHOOK_SECRET")}
+    env["PYTHONPATH"] = str(ROOT)
+    return env
+
+
+class _Hook(http.server.BaseHTTPRequestHandler):
+    received: list[tuple[str, bytes]] = []
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        self.received.append((self.headers.get("Stripe-Signature", ""), body))
+        self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def webhook_receiver() -> Iterator[tuple[int, list[tuple[str, bytes]]]]:
+    _Hook.received = []
+    server = http.server.HTTPServer(("127.0.0.1", 0), _Hook)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1], _Hook.received
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+CHILD = textwrap.dedent("""
+    import os, sys, time, urllib.request
+    base, secret = os.environ["STRIPE_API_BASE"], os.environ["STRIPE_WEBHOOK_SECRET"]
+    request = urllib.request.Request(base + "/v1/customers", data=b"email=demo%40example.com", method="POST",
+                                     headers={"Authorization": "Bearer sk_test_localstripe"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert response.status == 200
+    print(base, secret, flush=True)
+    marker = sys.argv[1]
+    deadline = time.monotonic() + 20
+    while not os.path.exists(marker) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    sys.exit(7)
+""")
+
+
+def test_the_launcher_runs_localstripe_for_the_command_and_stops_it(
+        tmp_path: Path, webhook_receiver: tuple[int, list[tuple[str, bytes]]]) -> None:
+    hook_port, received = webhook_receiver
+    port = _free_port()
+    marker = tmp_path / "delivered"
+
+    def mark_when_delivered() -> None:
+        deadline = time.monotonic() + 20
+        while not received and time.monotonic() < deadline:
+            time.sleep(0.1)
+        marker.touch()
+
+    threading.Thread(target=mark_when_delivered, daemon=True).start()
+    result = subprocess.run(  # noqa: S603 - our own module
+        [sys.executable, "-m", "devtools.with_localstripe", "--port", str(port),
+         "--webhook-url", f"http://127.0.0.1:{hook_port}/api/v1/payments/stripe/webhook",
+         "--", sys.executable, "-c", CHILD, str(marker)],
+        cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=90, check=False)
+    assert result.returncode == 7, result.stderr  # the command's own exit code
+    base, secret = result.stdout.split()
+    assert base == f"http://127.0.0.1:{port}" and secret.startswith("whsec_")
+    # a signed event reached the app's webhook URL, with the secret the command was given (STRIPE.md §1.6)
+    assert received, result.stderr
+    signature, body = received[0]
+    parts = dict(p.split("=", 1) for p in signature.split(","))
+    expected = hmac.new(secret.encode(), f"{parts['t']}.".encode() + body, hashlib.sha256).hexdigest()
+    assert hmac.compare_digest(parts["v1"], expected)
+    assert not _answers(port), "localstripe still running after the command ended"
+    assert "localstripe stopped" in result.stderr
+
+
+def test_the_launcher_stops_localstripe_and_the_command_on_sigterm() -> None:
+    port = _free_port()
+    launcher = subprocess.Popen(  # noqa: S603 - our own module
+        [sys.executable, "-m", "devtools.with_localstripe", "--port", str(port), "--",
+         sys.executable, "-c", "import time; time.sleep(120)"],
+        cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while not _answers(port):
+            assert launcher.poll() is None and time.monotonic() < deadline, "localstripe never answered"
+            time.sleep(0.1)
+        os.kill(launcher.pid, signal.SIGTERM)
+        assert launcher.wait(timeout=60) == 143
+        assert not _answers(port)
+    finally:
+        if launcher.poll() is None:
+            os.kill(launcher.pid, signal.SIGKILL)
+            launcher.wait()
+        assert launcher.stderr is not None
+        launcher.stderr.close()
+
+
+def test_the_launcher_leaves_real_stripe_alone() -> None:
+    port = _free_port()
+    result = subprocess.run(  # noqa: S603 - our own module
+        [sys.executable, "-m", "devtools.with_localstripe", "--port", str(port), "--", sys.executable, "-c",
+         "import os; print(os.environ.get('STRIPE_API_BASE', 'unset'))"],
+        cwd=ROOT, env={**_env(), "STRIPE_SECRET_KEY": "sk_test_real_account"}, capture_output=True, text=True,
+        timeout=60, check=False)
+    assert result.returncode == 0 and result.stdout.strip() == "unset"
+    assert "not started" in result.stderr and not _answers(port)
