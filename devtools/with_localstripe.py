@@ -7,7 +7,8 @@
 2. Registers the app's webhook with it (localstripe's ``POST /_config/webhooks/<name>``, with a signing secret),
    so payment events reach ``/api/v1/payments/stripe/webhook`` as they would from Stripe.
 3. Runs COMMAND with ``STRIPE_API_BASE`` and ``STRIPE_WEBHOOK_SECRET`` set to match, and returns its exit code.
-4. Stops localstripe (by its pid) when COMMAND ends, on Ctrl-C and on SIGTERM.
+4. Stops localstripe (by its pid) when COMMAND ends, on Ctrl-C and on SIGTERM. COMMAND runs in its own process
+   group, and Ctrl-C or SIGTERM is passed on to that whole group (make, the seed, gunicorn and its workers).
 
 When ``STRIPE_SECRET_KEY`` is set (a real Stripe test or live key), nothing is started: COMMAND runs as is.
 Standard library only: it runs before the app is importable and never imports localstripe itself.
@@ -99,6 +100,26 @@ def stop(process: subprocess.Popen[bytes]) -> None:
             process.wait(timeout=5)
 
 
+def _stop_group(child: subprocess.Popen[bytes], first: signal.Signals) -> int:
+    """Signal the command's process group (ours: it was started in a new session), then SIGKILL after 30 s."""
+    for sig, wait in ((first, 30.0), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(child.pid, sig)
+        except ProcessLookupError:  # the group is gone already
+            break
+        try:
+            child.wait(timeout=wait)
+            break
+        except subprocess.TimeoutExpired:
+            continue
+    code = child.wait()
+    try:  # whatever the command left behind in its group (a gunicorn its shell did not wait for)
+        os.killpg(child.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    return code
+
+
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:
     raise Stopped()
 
@@ -128,18 +149,14 @@ def main(argv: list[str]) -> int:
             register_webhook(args.port, args.webhook_url, secret)
             print(f"with_localstripe: localstripe on {base_url} (pid {process.pid}), webhooks to {args.webhook_url}",
                   file=sys.stderr, flush=True)
-            child = subprocess.Popen(command, env=env)
+            # its own process group, so a stop reaches everything it started (make -> flask, gunicorn workers)
+            child = subprocess.Popen(command, env=env, start_new_session=True)
             return child.wait()
-        except KeyboardInterrupt:  # Ctrl-C reached the whole process group: let the command finish exiting
-            return child.wait() if child is not None else 130
+        except KeyboardInterrupt:  # Ctrl-C: pass it on to the command's group and let it finish exiting
+            return _stop_group(child, signal.SIGINT) if child is not None else 130
         except Stopped:
-            if child is not None and child.poll() is None:
-                child.terminate()
-                try:
-                    child.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    child.kill()
-                    child.wait()
+            if child is not None:
+                _stop_group(child, signal.SIGTERM)
             return 143
         finally:
             stop(process)

@@ -228,19 +228,24 @@ DEMO_CUSTOMER = "layla@demo.carejar.example"
 def _seed_payments(car: str) -> str:
     """The demo customer's saved card and a paid, confirmed booking (deposit held, invoices issued), with
     localstripe as Stripe. Its own unit of work: without localstripe the rest of the seed stands, and says so."""
-    customer = users.find_by_email(DEMO_CUSTOMER)
-    assert customer is not None
+    db.session.rollback()  # end the read the seed's callers began, so each unit below begins its own transaction
     try:
         with unit_of_work():
-            card = demo.save_test_card(customer)
+            card = demo.save_test_card(_demo_customer())
         with unit_of_work():
-            reference = demo.pay_a_booking(customer, car, card)
+            reference = demo.pay_a_booking(_demo_customer(), car, card)
     except demo.DemoStripeUnavailable as exc:
         return (f"\nPayments: not seeded ({exc}). `make run` starts localstripe; then save a test card with\n"
                 f"  flask --app wsgi demo card {DEMO_CUSTOMER}\n")
     return (f"\nPayments (localstripe): {DEMO_CUSTOMER} has a saved Visa ending 4242 and booking {reference},\n"
             f"paid and confirmed, its deposit held and its tax invoices issued.\n"
             f"Save a test card for any customer: flask --app wsgi demo card EMAIL [--number 5555555555554444]\n")
+
+
+def _demo_customer() -> User:
+    customer = users.find_by_email(DEMO_CUSTOMER)
+    assert customer is not None
+    return customer
 
 
 @demo_cli.command("card")
@@ -252,17 +257,18 @@ def demo_card(email: str, number: str) -> None:
     settings = current_app.config["SETTINGS"]
     if settings.production:
         raise click.ClickException("only outside production, against localstripe")
-    customer = users.find_by_email(email.lower())
-    if customer is None or customer.is_staff:
-        raise click.ClickException("no such customer account")
     try:
-        with unit_of_work():
+        with unit_of_work():  # looked up inside: on SQLite a read begun outside could not turn into the write
+            customer = users.find_by_email(email.lower())
+            if customer is None or customer.is_staff:
+                raise click.ClickException("no such customer account")
             card_id = demo.save_test_card(customer, number)
+            shown = customer.email
     except demo.DemoStripeUnavailable as exc:
         raise click.ClickException(f"{exc}; `make run` starts localstripe on 127.0.0.1:8420") from exc
     except (ValueError, AppError) as exc:
         raise click.ClickException(str(getattr(exc, "code", None) or exc)) from exc
-    click.echo(f"Saved {demo.TEST_CARDS[number]} (ending {number[-4:]}) for {customer.email}: card id {card_id}")
+    click.echo(f"Saved {demo.TEST_CARDS[number]} (ending {number[-4:]}) for {shown}: card id {card_id}")
 
 
 @demo_cli.command("totp")

@@ -115,23 +115,47 @@ def test_the_launcher_runs_localstripe_for_the_command_and_stops_it(
     assert "localstripe stopped" in result.stderr
 
 
-def test_the_launcher_stops_localstripe_and_the_command_on_sigterm() -> None:
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize(("how", "code"), [("SIGTERM", 143), ("Ctrl-C", None)])
+def test_a_stop_ends_localstripe_and_everything_the_command_started(tmp_path: Path, how: str,
+                                                                    code: int | None) -> None:
+    # `make run` stopped: localstripe, make and what make started (the seed, gunicorn) all end
     port = _free_port()
+    pidfile = tmp_path / "grandchild.pid"
+    grandchild = f"import os, time; open({str(pidfile)!r}, 'w').write(str(os.getpid())); time.sleep(120)"
     launcher = subprocess.Popen(  # noqa: S603 - our own module
         [sys.executable, "-m", "devtools.with_localstripe", "--port", str(port), "--",
-         sys.executable, "-c", "import time; time.sleep(120)"],
-        cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+         "sh", "-c", f'{sys.executable} -c "{grandchild}"; true'],
+        cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        start_new_session=True)  # its own group, as a terminal's foreground job is
     try:
         deadline = time.monotonic() + 60
-        while not _answers(port):
-            assert launcher.poll() is None and time.monotonic() < deadline, "localstripe never answered"
+        while not (_answers(port) and pidfile.exists() and pidfile.read_text()):
+            assert launcher.poll() is None and time.monotonic() < deadline, "never started"
             time.sleep(0.1)
-        os.kill(launcher.pid, signal.SIGTERM)
-        assert launcher.wait(timeout=60) == 143
+        pid = int(pidfile.read_text())
+        if how == "SIGTERM":
+            os.kill(launcher.pid, signal.SIGTERM)
+        else:  # the terminal sends SIGINT to its foreground process group
+            os.killpg(launcher.pid, signal.SIGINT)
+        returned = launcher.wait(timeout=60)
+        if code is not None:
+            assert returned == code
         assert not _answers(port)
+        deadline = time.monotonic() + 10
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _alive(pid), "the command's own child outlived the stop"
     finally:
         if launcher.poll() is None:
-            os.kill(launcher.pid, signal.SIGKILL)
+            os.killpg(launcher.pid, signal.SIGKILL)
             launcher.wait()
         assert launcher.stderr is not None
         launcher.stderr.close()
