@@ -17,6 +17,7 @@ Standard library only: it runs before the app is importable and never imports lo
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import subprocess
@@ -113,10 +114,8 @@ def _stop_group(child: subprocess.Popen[bytes], first: signal.Signals) -> int:
         except subprocess.TimeoutExpired:
             continue
     code = child.wait()
-    try:  # whatever the command left behind in its group (a gunicorn its shell did not wait for)
+    with contextlib.suppress(ProcessLookupError):  # what the command left in its group (a shell's orphan)
         os.killpg(child.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        pass
     return code
 
 
