@@ -41,7 +41,8 @@ serve:
 
 # localstripe (devtools/with_localstripe.py) runs beside the seed and the server and stops with them
 run: migrate  ## set up, migrate, start localstripe, seed demo data and serve on http://127.0.0.1:5000
-	$(BIN)/python -m devtools.with_localstripe --port $(STRIPE_PORT) \
+	@mkdir -p $${VAR_DIR:-var}
+	$(BIN)/python -m devtools.with_localstripe --port $(STRIPE_PORT) --store $${VAR_DIR:-var}/localstripe.pickle \
 		--webhook-url http://$(HOST):$(PORT)/api/v1/payments/stripe/webhook \
 		-- $(MAKE) --no-print-directory demo-seed serve
 

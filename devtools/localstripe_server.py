@@ -1,6 +1,6 @@
 """Run localstripe for the tests and the demo: loopback only, in memory, with the extension that closes its gaps.
 
-    python -m devtools.localstripe_server PORT [--stock]
+    python -m devtools.localstripe_server PORT [--stock] [--store PATH]
 
 The test fixtures (tests/stripe_fixtures.py) and ``make run`` (devtools/with_localstripe.py) both start it.
 localstripe (GPL-3.0-or-later) is a dev/demo dependency run as this separate process; the product (the
@@ -588,6 +588,9 @@ def _extend() -> None:
     _EXTRA_ROUTES.extend([(Account, ("create", "retrieve", "list")), (AccountLink, ("create",)),
                           (Transfer, ("create", "retrieve", "list")),
                           (WebhookEndpoint, ("create", "retrieve", "list", "delete"))])
+    for cls in (Account, AccountLink, Transfer, WebhookEndpoint):  # module-level names, so --store can pickle them
+        cls.__qualname__ = cls.__name__
+        globals()[cls.__name__] = cls
 
 
 # ---- 1. Idempotency-Key replay -------------------------------------------------------------------------------
@@ -675,10 +678,38 @@ def build_app(*, stock: bool = False) -> web.Application:
     return app
 
 
+def keep_store_in(path: str) -> None:
+    """``--store PATH`` (the demo's, never the tests'): the store is kept in this one file (mode 0600), loaded at
+    start and written after each change, so a restarted ``make run`` still knows the Stripe ids in ``var/``."""
+    import os
+    import pickle
+
+    def dump(self: Any) -> None:
+        fd = os.open(path + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            pickle.dump(dict(self), f, protocol=pickle.HIGHEST_PROTOCOL)
+        os.replace(path + ".tmp", path)
+
+    def load(self: Any) -> None:
+        try:
+            with open(path, "rb") as f:
+                saved = pickle.load(f)  # noqa: S301 - our own file under var/, written by dump above
+        except FileNotFoundError:
+            return
+        dict.clear(self)
+        dict.update(self, saved)
+
+    ls.Store.dump_to_disk = dump
+    ls.Store.try_load_from_disk = load
+    ls.store.try_load_from_disk()
+
+
 def main(argv: list[str]) -> None:
     port = int(argv[1])
     _BASE_URL[0] = f"http://127.0.0.1:{port}"
     app = build_app(stock="--stock" in argv[2:])
+    if "--store" in argv[2:]:
+        keep_store_in(argv[argv.index("--store") + 1])
     # loopback only, never the stock server's [::] (STRIPE.md §3.2); no access log: the tests read no output
     web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None, handle_signals=True)
 

@@ -2,8 +2,9 @@
 
     python -m devtools.with_localstripe [--port 8420] [--webhook-url URL] -- COMMAND [ARGS...]
 
-1. Starts ``devtools/localstripe_server.py`` (localstripe 1.15.10 with the same extension the tests use; in
-   memory; bound to 127.0.0.1 only) as a child process and waits until it answers.
+1. Starts ``devtools/localstripe_server.py`` (localstripe 1.15.10 with the same extension the tests use; bound
+   to 127.0.0.1 only; in memory, or kept in ``--store PATH`` so a restart still knows the ids the app saved) as a
+   child process and waits until it answers.
 2. Registers the app's webhook with it (localstripe's ``POST /_config/webhooks/<name>``, with a signing secret),
    so payment events reach ``/api/v1/payments/stripe/webhook`` as they would from Stripe.
 3. Runs COMMAND with ``STRIPE_API_BASE`` and ``STRIPE_WEBHOOK_SECRET`` set to match, and returns its exit code.
@@ -53,14 +54,15 @@ def _answers(base_url: str) -> bool:
         return False
 
 
-def spawn(port: int, log: IO[bytes]) -> subprocess.Popen[bytes]:
+def spawn(port: int, log: IO[bytes], store: str | None = None) -> subprocess.Popen[bytes]:
     """localstripe with the extension on 127.0.0.1:port (refused if something already answers there)."""
     base_url = f"http://127.0.0.1:{port}"
     if _answers(base_url):
         raise RuntimeError(f"something already answers on {base_url}: stop it (or set STRIPE_API_BASE and "
                            f"run the app yourself)")
     return subprocess.Popen(
-        [sys.executable, "-m", "devtools.localstripe_server", str(port)], cwd=ROOT,
+        [sys.executable, "-m", "devtools.localstripe_server", str(port), *(["--store", store] if store else [])],
+        cwd=ROOT,
         env={**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])},
         stdout=subprocess.DEVNULL, stderr=log)
 
@@ -127,6 +129,8 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m devtools.with_localstripe", description=__doc__.split("\n")[0])
     parser.add_argument("--port", type=int, default=DEFAULT_PORT)
     parser.add_argument("--webhook-url", default="http://127.0.0.1:5000/api/v1/payments/stripe/webhook")
+    parser.add_argument("--store", help="keep localstripe's data in this file across runs (make run: "
+                                        "var/localstripe.pickle, next to the database that holds its ids)")
     parser.add_argument("command", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
@@ -142,7 +146,7 @@ def main(argv: list[str]) -> int:
     env = {**os.environ, "STRIPE_API_BASE": base_url, "STRIPE_WEBHOOK_SECRET": secret}
     child: subprocess.Popen[bytes] | None = None
     with tempfile.TemporaryFile() as log:
-        process = spawn(args.port, log)
+        process = spawn(args.port, log, args.store)
         try:
             wait_ready(process, args.port, log)
             register_webhook(args.port, args.webhook_url, secret)

@@ -170,3 +170,52 @@ def test_the_launcher_leaves_real_stripe_alone() -> None:
         timeout=60, check=False)
     assert result.returncode == 0 and result.stdout.strip() == "unset"
     assert "not started" in result.stderr and not _answers(port)
+
+
+def _serve(port: int, store: Path) -> subprocess.Popen[bytes]:
+    server = subprocess.Popen(  # noqa: S603 - our own module
+        [sys.executable, "-m", "devtools.localstripe_server", str(port), "--store", str(store)],
+        cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while not _answers(port):
+        assert server.poll() is None and time.monotonic() < deadline, "localstripe never answered"
+        time.sleep(0.1)
+    return server
+
+
+def _stripe(port: int, method: str, path: str, form: dict[str, str] | None = None) -> dict[str, object]:
+    import json
+    import urllib.parse
+
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}{path}", method=method,
+        data=urllib.parse.urlencode(form).encode() if form is not None else None,
+        headers={"Authorization": "Bearer sk_test_localstripe"})
+    with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 - loopback
+        return dict(json.loads(response.read()))
+
+
+def test_with_a_store_a_restarted_localstripe_still_knows_the_ids_the_app_saved(tmp_path: Path) -> None:
+    # make run keeps var/localstripe.pickle beside the database, so the cus_/pm_/pi_/acct_ ids it holds stay valid
+    store, port = tmp_path / "localstripe.pickle", _free_port()
+    server = _serve(port, store)
+    try:
+        customer = _stripe(port, "POST", "/v1/customers", {"email": "demo@example.com"})
+        intent = _stripe(port, "POST", "/v1/payment_intents", {
+            "amount": "10500", "currency": "aed", "customer": str(customer["id"]), "payment_method": "pm_card_visa",
+            "allowed_payment_method_types[]": "card", "confirm": "true"})
+        account = _stripe(port, "POST", "/v1/accounts", {"type": "express", "country": "AE"})
+        _stripe(port, "POST", "/v1/account_links", {"account": str(account["id"]), "type": "account_onboarding",
+                                                     "refresh_url": "http://x.test/", "return_url": "http://x.test/"})
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+    assert store.exists() and (store.stat().st_mode & 0o777) == 0o600
+    server = _serve(port, store)
+    try:
+        assert _stripe(port, "GET", f"/v1/customers/{customer['id']}")["email"] == "demo@example.com"
+        assert _stripe(port, "GET", f"/v1/payment_intents/{intent['id']}")["status"] == "succeeded"
+        assert _stripe(port, "GET", f"/v1/accounts/{account['id']}")["payouts_enabled"] is False
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
