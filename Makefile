@@ -4,24 +4,28 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 HOST   ?= 127.0.0.1
 PORT   ?= 5000
+# localstripe for `make run` (marketplace/config.py: the default STRIPE_API_BASE outside production)
+STRIPE_PORT ?= 8420
 export FLASK_APP := wsgi
 
-.PHONY: run test setup setup-dev browser-deps migrate seed serve lint typecheck bench bench-quick clean
+.PHONY: run test setup setup-dev browser-deps migrate seed demo-seed serve lint typecheck bench bench-quick clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
-setup: $(BIN)/python  ## install the app (embedded defaults: SQLite, local files, in-process jobs)
-	$(BIN)/pip install --quiet -e .
+setup: $(BIN)/python  ## install the app and its demo Stripe (embedded defaults: SQLite, local files, in-process jobs, localstripe)
+	$(BIN)/pip install --quiet -e '.[demo]'
 
 setup-dev: $(BIN)/python  ## install the app with everything the tests need
-	$(BIN)/pip install --quiet -e '.[dev,s3]'
+	$(BIN)/pip install --quiet -e '.[dev,demo,s3]'
 
 migrate: setup  ## apply database migrations (SQLite under var/ unless DATABASE_URL is set)
 	$(BIN)/flask db upgrade
 
-seed: migrate  ## demo data; prints the demo sign-ins (kept in var/demo-credentials.txt)
+seed: migrate demo-seed  ## demo data; prints the demo sign-ins (kept in var/demo-credentials.txt)
+
+demo-seed:  # the seed alone; with localstripe running (make run) it also saves a card and pays a booking
 	$(BIN)/flask demo seed
 
 serve:
@@ -35,7 +39,12 @@ serve:
 	PUBLIC_BASE_URL=$${PUBLIC_BASE_URL:-http://$(HOST):$(PORT)} $(BIN)/gunicorn --bind $(HOST):$(PORT) --worker-class gthread --workers 2 --threads 4 \
 		--access-logfile - --access-logformat '%(h)s "%(m)s %(U)s" %(s)s %(b)s %(M)sms' 'wsgi:app'
 
-run: seed serve  ## set up, migrate, seed demo data and serve on http://127.0.0.1:5000
+# localstripe (devtools/with_localstripe.py) runs beside the seed and the server and stops with them
+run: migrate  ## set up, migrate, start localstripe, seed demo data and serve on http://127.0.0.1:5000
+	@mkdir -p $${VAR_DIR:-var}
+	$(BIN)/python -m devtools.with_localstripe --port $(STRIPE_PORT) --store $${VAR_DIR:-var}/localstripe.pickle \
+		--webhook-url http://$(HOST):$(PORT)/api/v1/payments/stripe/webhook \
+		-- $(MAKE) --no-print-directory demo-seed serve
 
 browser-deps:  ## Debian's Chromium for the browser tests (installed when missing and we are root)
 	@if [ ! -x /usr/bin/chromium ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
@@ -45,7 +54,7 @@ test: setup-dev browser-deps  ## install test needs and run the suite (SQLite, i
 	$(BIN)/pytest -q -p no:cacheprovider
 
 lint: setup-dev  ## ruff, the import contracts between areas (docs/architecture.md), mypy
-	$(BIN)/ruff check marketplace agency_app tests bench migrations
+	$(BIN)/ruff check marketplace agency_app tests bench migrations devtools
 	$(BIN)/lint-imports --no-logo --no-cache
 	$(BIN)/mypy
 

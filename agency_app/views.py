@@ -9,6 +9,7 @@ from flask import Blueprint, render_template
 from marketplace import clock
 from marketplace.bookings import service as bookings
 from marketplace.fleet import service as fleet
+from marketplace.payments import service as payments
 from marketplace.permissions import Permission
 from marketplace.security import csrf_token, current_actor
 from marketplace.webauth import add_auth_routes
@@ -32,7 +33,10 @@ def home() -> Any:
     actor = current_actor()
     day = clock.business_today()
     today = bookings.today_for_agency(actor, day)
-    return _render("agency/home.html", agencies=fleet.agencies_of(actor), day=day,
+    mine = fleet.agencies_of(actor)
+    return _render("agency/home.html", agencies=mine, day=day,
+                   payouts_not_ready=[a for a in mine if not payments.payouts_ready(a.id)],
+                   payouts_required=payments.payouts_required(),
                    pickups=[bookings.agency_booking_out(b) for b in today["pickups"]],
                    returns=[bookings.agency_booking_out(b) for b in today["returns"]],
                    summary=fleet.fleet_summary(actor))
@@ -41,4 +45,5 @@ def home() -> Any:
 from agency_app import booking_views as _booking_views  # noqa: E402,F401  (bookings pages)
 from agency_app import fleet_views as _fleet_views  # noqa: E402,F401  (fleet and availability pages)
 from agency_app import invoice_views as _invoice_views  # noqa: E402,F401  (tax invoices and their PDFs)
+from agency_app import payout_views as _payout_views  # noqa: E402,F401  (payout account and statement)
 from agency_app import profile_views as _profile_views  # noqa: E402,F401  (registers the profile and staff pages)

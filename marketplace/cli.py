@@ -172,14 +172,15 @@ def seed_demo() -> None:
         click.echo(path.read_text() if path.exists() else "Demo data exists (credentials file missing).")
         return
     with unit_of_work():
-        lines = _seed()
+        lines, car = _seed()
+    lines += _seed_payments(car)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as fh:
         fh.write(lines)
     click.echo(lines)
 
 
-def _seed() -> str:
+def _seed() -> tuple[str, str]:
     agency = agencies.create_verified(
         business_name="Desert Wheels Car Rental LLC", trade_licence_number="DED-1234567", trn="100123456700003",
         address_line1="Sheikh Zayed Road, Al Quoz 1", address_city="Dubai", address_country="AE",
@@ -204,7 +205,7 @@ def _seed() -> str:
         secret = users.enrol_totp(user)
         out.append(f"{email:<34} {password:<22} {secret}")
         made[email] = user
-    demo.list_cars(made["owner@desertwheels.example"], agency.public_id)
+    cars = demo.list_cars(made["owner@desertwheels.example"], agency.public_id)
     password = "Demo-" + secrets.token_urlsafe(12)
     customer = users.create_verified_customer(
         email="layla@demo.carejar.example", phone="+971501234567", password=password, full_name="Layla Haddad",
@@ -218,7 +219,56 @@ def _seed() -> str:
     out.append(f"{customer.email:<34} {password:<22} (customer: API sign-in, no MFA)")
     out += ["", "Console: /console   Agency app: /agency   API docs: /api/docs",
             "A current TOTP code for a demo account: flask --app wsgi demo totp EMAIL"]
-    return "\n".join(out) + "\n"
+    return "\n".join(out) + "\n", cars[-1]  # the paid demo booking takes the last car, leaving the others free
+
+
+DEMO_CUSTOMER = "layla@demo.carejar.example"
+
+
+def _seed_payments(car: str) -> str:
+    """The demo customer's saved card and a paid, confirmed booking (deposit held, invoices issued), with
+    localstripe as Stripe. Its own unit of work: without localstripe the rest of the seed stands, and says so."""
+    db.session.rollback()  # end the read the seed's callers began, so each unit below begins its own transaction
+    try:
+        with unit_of_work():
+            card = demo.save_test_card(_demo_customer())
+        with unit_of_work():
+            reference = demo.pay_a_booking(_demo_customer(), car, card)
+    except demo.DemoStripeUnavailable as exc:
+        return (f"\nPayments: not seeded ({exc}). `make run` starts localstripe; then save a test card with\n"
+                f"  flask --app wsgi demo card {DEMO_CUSTOMER}\n")
+    return (f"\nPayments (localstripe): {DEMO_CUSTOMER} has a saved Visa ending 4242 and booking {reference},\n"
+            f"paid and confirmed, its deposit held and its tax invoices issued.\n"
+            f"Save a test card for any customer: flask --app wsgi demo card EMAIL [--number 5555555555554444]\n")
+
+
+def _demo_customer() -> User:
+    customer = users.find_by_email(DEMO_CUSTOMER)
+    assert customer is not None
+    return customer
+
+
+@demo_cli.command("card")
+@click.argument("email")
+@click.option("--number", default=demo.DEMO_CARD, show_default=True,
+              type=click.Choice(sorted(demo.TEST_CARDS)), help="One of Stripe's test card numbers.")
+def demo_card(email: str, number: str) -> None:
+    """Save a Stripe test card for a customer, playing the mobile SDK's part against localstripe."""
+    settings = current_app.config["SETTINGS"]
+    if settings.production:
+        raise click.ClickException("only outside production, against localstripe")
+    try:
+        with unit_of_work():  # looked up inside: on SQLite a read begun outside could not turn into the write
+            customer = users.find_by_email(email.lower())
+            if customer is None or customer.is_staff:
+                raise click.ClickException("no such customer account")
+            card_id = demo.save_test_card(customer, number)
+            shown = customer.email
+    except demo.DemoStripeUnavailable as exc:
+        raise click.ClickException(f"{exc}; `make run` starts localstripe on 127.0.0.1:8420") from exc
+    except (ValueError, AppError) as exc:
+        raise click.ClickException(str(getattr(exc, "code", None) or exc)) from exc
+    click.echo(f"Saved {demo.TEST_CARDS[number]} (ending {number[-4:]}) for {shown}: card id {card_id}")
 
 
 @demo_cli.command("totp")

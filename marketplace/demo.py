@@ -9,15 +9,25 @@ instead of rows written around the services.
 from __future__ import annotations
 
 import io
-from datetime import date
+import json
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass
+from datetime import date, timedelta
 from decimal import Decimal
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 from PIL import Image, ImageDraw, ImageFont
 
+from marketplace.bookings import service as bookings
+from marketplace.errors import AppError
+from marketplace.extensions import utcnow
 from marketplace.fleet import service as fleet
 from marketplace.kyc import service as kyc
 from marketplace.kyc.states import ApproveReason, Decision
+from marketplace.payments import service as payments
 from marketplace.users import service as users
 from marketplace.users.states import ConsentKind
 
@@ -59,17 +69,20 @@ CARS = [
 ]
 
 
-def list_cars(owner: User, agency_public_id: str) -> None:
-    """The agency's owner lists four cars through the fleet service, as the agency app does."""
+def list_cars(owner: User, agency_public_id: str) -> list[str]:
+    """The agency's owner lists four cars through the fleet service, as the agency app does; their ids."""
     actor = users.open_api_session(owner, mfa_done=True)
+    ids = []
     for i, (make, model, year, category, plate, seats, gearbox, price, deposit) in enumerate(CARS):
-        fleet.create_vehicle(
+        vehicle = fleet.create_vehicle(
             actor, agency=agency_public_id, make=make, model=model, year=year, category=category, plate=plate,
             seats=seats, transmission=gearbox, city="Dubai", latitude=Decimal("25.1412") + Decimal(i) / 100,
             longitude=Decimal("55.2230"), daily_price_fils=price, deposit_fils=deposit,
             mileage_limit_km_per_day=250, status="listed",
         )
+        ids.append(str(vehicle.public_id))
     users.close_session(actor, "demo_seed_done")
+    return ids
 
 
 def clear_customer(customer: User, reviewer: User) -> None:
@@ -110,6 +123,93 @@ def clear_customer(customer: User, reviewer: User) -> None:
     kyc.decide(review, case, decision=Decision.APPROVE, reason_code=ApproveReason.DOCUMENTS_MATCH,
                note="Demo seed: selfie and ID photo show the same person; data matches the licence.")
     users.close_session(review, "demo_seed_done")
+
+
+# ---- the payment journey, with localstripe playing Stripe and this module playing the mobile SDK ---------
+
+# Stripe's published test card numbers (Stripe "Testing"); nothing else is ever sent, and only to localstripe
+TEST_CARDS = {
+    "4242424242424242": "Visa, succeeds",
+    "5555555555554444": "Mastercard, succeeds",
+    "4000002500003155": "Visa, asks for 3D Secure once, then works off-session",
+    "4000000000009995": "Visa, declined: insufficient funds",
+}
+DEMO_CARD = "4242424242424242"
+DEMO_PUBLISHABLE_KEY = "pk_test_localstripe_demo"  # localstripe accepts any pk_ key for the SDK's calls
+
+
+class DemoStripeUnavailable(Exception):
+    """localstripe is not answering (or Stripe is not local): the payment parts of the demo are skipped."""
+
+
+@dataclass(frozen=True)
+class DemoPayment:
+    card: str  # "visa ending 4242"
+    booking: str | None = None  # the paid booking's reference
+    invoice: str | None = None  # its tax invoice number
+
+
+def local_stripe_base(api_base: str | None) -> str:
+    """The loopback localstripe the demo may hand a test card to; anything else (real Stripe) is refused."""
+    host = urlsplit(api_base or "").hostname
+    if api_base is None or host not in ("127.0.0.1", "localhost", "::1"):
+        raise DemoStripeUnavailable("Stripe is not localstripe on this machine (STRIPE_API_BASE); the demo "
+                                    "only plays the SDK against localstripe")
+    return api_base.rstrip("/")
+
+
+def sdk_confirm_setup(api_base: str, setup_intent_id: str, client_secret: str, number: str) -> None:
+    """What the mobile SDK does: confirm the SetupIntent with the card, at Stripe directly (our API never sees
+    the number). Only Stripe's test numbers, only to a loopback localstripe."""
+    if number not in TEST_CARDS:
+        raise ValueError("only Stripe's test card numbers: " + ", ".join(TEST_CARDS))
+    form = {"key": DEMO_PUBLISHABLE_KEY, "client_secret": client_secret, "payment_method_data[type]": "card",
+            "payment_method_data[card][number]": number, "payment_method_data[card][exp_month]": "12",
+            "payment_method_data[card][exp_year]": str(utcnow().year + 4), "payment_method_data[card][cvc]": "123"}
+    request = urllib.request.Request(  # noqa: S310 - a loopback localstripe, checked by local_stripe_base
+        f"{local_stripe_base(api_base)}/v1/setup_intents/{setup_intent_id}/confirm",
+        data=urllib.parse.urlencode(form).encode(), method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 - loopback localstripe
+            response.read()
+    except urllib.error.HTTPError as exc:
+        body = json.loads(exc.read() or b"{}").get("error", {})
+        raise ValueError(f"localstripe refused the card: {body.get('code') or body.get('message')}") from exc
+    except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:
+        raise DemoStripeUnavailable(f"localstripe does not answer at {api_base}") from exc
+
+
+def save_test_card(customer: User, number: str = DEMO_CARD) -> str:
+    """Save a test card for ``customer`` through the payments service, as the app and its SDK would.
+    Raises DemoStripeUnavailable when localstripe is not there."""
+    base = local_stripe_base(payments.stripe_api_base())
+    actor = users.open_api_session(customer)
+    try:
+        started = payments.start_card_setup(actor)
+    except AppError as exc:  # payment_provider_unavailable: nothing answers at STRIPE_API_BASE
+        raise DemoStripeUnavailable(f"localstripe does not answer at {base} ({exc.code})") from exc
+    sdk_confirm_setup(base, started.setup_intent_id, started.client_secret, number)
+    card = payments.complete_card_setup(actor, started.setup_intent_id)
+    users.close_session(actor, "demo_seed_done")
+    return str(card.public_id)
+
+
+def pay_a_booking(customer: User, vehicle_public_id: str, card_public_id: str, *, start_in_days: int = 5,
+                  days: int = 2) -> str:
+    """The customer books a car and pays it with her saved card, accepting the MIT mandate; the deposit is held
+    and the tax invoice issued by the payments service as for any payment. Returns the booking reference."""
+    actor = users.open_api_session(customer)
+    starts = (utcnow() + timedelta(days=start_in_days)).replace(minute=0, second=0, microsecond=0)
+    booking, _ = bookings.create_booking(
+        actor, vehicle_id=vehicle_public_id, starts_at=starts, ends_at=starts + timedelta(days=days),
+        rental_terms_version=users.current_text_version(ConsentKind.RENTAL_TERMS),
+        mit_mandate_version=users.current_text_version(ConsentKind.MIT_MANDATE))
+    reference = str(booking.reference)
+    text = users.mit_mandate_text()
+    payments.pay_booking(actor, reference, card_public_id=card_public_id, mandate=payments.MandateShown(
+        version=text.version, text_sha256=text.sha256, device=DEVICE, channel="app"))
+    users.close_session(actor, "demo_seed_done")
+    return reference
 
 
 # ---- generated photos (drawn, so the demo needs no image files and holds no real person) -----------

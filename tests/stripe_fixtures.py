@@ -1,7 +1,7 @@
 """localstripe for the tests: one process per test session (per xdist worker), on a free loopback port.
 
 ``tests/payments/conftest.py`` imports the fixtures; later areas (bookings, charges) can import them the same
-way. The server is ``tests/payments/localstripe_server.py`` (in memory, 127.0.0.1 only, with the extension
+way. The server is ``devtools/localstripe_server.py`` (in memory, 127.0.0.1 only, with the extension
 that closes localstripe's gaps); ``--stock`` runs the same launcher without the extension, for the tests that
 show the gateway reads localstripe's own shapes too. Nothing here talks to the internet (TESTING.md §6 rule 2).
 """
@@ -69,7 +69,7 @@ def _ready(base_url: str) -> bool:
 
 def start_localstripe(*, stock: bool = False) -> LocalStripe:
     port = _free_port()
-    args = [sys.executable, "-m", "tests.payments.localstripe_server", str(port)] + (["--stock"] if stock else [])
+    args = [sys.executable, "-m", "devtools.localstripe_server", str(port)] + (["--stock"] if stock else [])
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     # stderr to a file, not a pipe: a pipe nobody reads would fill and stall the server
     log = tempfile.TemporaryFile()  # noqa: SIM115 - closed in stop_localstripe

@@ -2,18 +2,36 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 
+import pytest
 import time_machine
 from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import func, select
 
 from marketplace.extensions import db, utcnow
+from marketplace.payments.gateway import Gateway
 from marketplace.users.consent_texts import CURRENT
 from marketplace.users.models import ConsentKind
+from tests.stripe_fixtures import _free_port, localstripe, localstripe_server, stripe_gateway  # noqa: F401
 
 CUSTOMER = "layla@demo.carejar.example"
+
+
+@pytest.fixture(autouse=True)
+def _no_localstripe(app: Flask) -> Iterator[None]:
+    """By default nothing answers where the seed looks for Stripe (a closed loopback port), so these tests
+    never reach a localstripe someone runs on 8420; the payment tests ask for ``stripe_gateway`` on top."""
+    previous = app.extensions.get("payments_gateway")
+    app.extensions["payments_gateway"] = Gateway(secret_key="sk_test_nothing_there",
+                                                 api_base=f"http://127.0.0.1:{_free_port()}", max_network_retries=0)
+    yield
+    if previous is None:
+        app.extensions.pop("payments_gateway", None)
+    else:
+        app.extensions["payments_gateway"] = previous
 
 
 def _seed(app: Flask) -> dict[str, str]:
@@ -114,3 +132,69 @@ def test_demo_seed_on_29_february(app: Flask) -> None:
             customer = db.session.execute(select(User).where(User.email == CUSTOMER)).scalar_one()
             assert customer.date_of_birth == date(1998, 2, 28)
             db.session.rollback()
+
+
+# ---- the payment journey in the demo (issue 9: `make run` shows every flow) ------------------------------
+
+
+def test_demo_seed_without_localstripe_seeds_the_rest_and_says_so(app: Flask, client: FlaskClient) -> None:
+    result = app.test_cli_runner().invoke(args=["demo", "seed"])
+    assert result.exit_code == 0, result.output
+    assert "Payments: not seeded" in result.output and "demo card" in result.output
+    sign_ins = _seed(app)  # the second run answers with the saved credentials
+    headers = _login(client, CUSTOMER, sign_ins[CUSTOMER])
+    assert client.get("/api/v1/me/kyc", headers=headers).get_json()["status"] == "approved"
+    assert client.get("/api/v1/me/payment-methods", headers=headers).get_json()["items"] == []
+
+
+def test_demo_seed_with_localstripe_saves_a_card_and_pays_a_booking(
+        app: Flask, client: FlaskClient, stripe_gateway: object) -> None:  # noqa: F811 - the fixture
+    # P-19 (a saved card, brand and last four only), P-20 (the mandate accepted at booking), P-22 (deposit held),
+    # P-23 (the tax invoices): the seeded customer shows the whole payment flow, against real localstripe
+    from marketplace.payments import service as payments
+
+    result = app.test_cli_runner().invoke(args=["demo", "seed"])
+    assert result.exit_code == 0, result.output
+    assert "Payments (localstripe)" in result.output
+    headers = _login(client, CUSTOMER, _seed(app)[CUSTOMER])
+    cards = client.get("/api/v1/me/payment-methods", headers=headers).get_json()["items"]
+    assert [(c["brand"], c["last4"], c["is_default"]) for c in cards] == [("visa", "4242", True)]
+    bookings = client.get("/api/v1/bookings", headers=headers).get_json()["items"]
+    assert [b["status"] for b in bookings] == ["confirmed"]
+    reference = bookings[0]["reference"]
+    assert reference in result.output
+    payment = client.get(f"/api/v1/bookings/{reference}/payment", headers=headers).get_json()
+    assert payment["payment"]["state"] == "succeeded", payment
+    assert payment["deposit"]["state"] == "held", payment
+    assert client.get(f"/api/v1/bookings/{reference}/mandate", headers=headers).status_code == 200
+    invoices = client.get("/api/v1/me/invoices", headers=headers).get_json()["items"]
+    assert invoices and all(i["booking_reference"] == reference for i in invoices), invoices
+    assert {i["title"] for i in invoices} == {"Tax Invoice"}
+    with app.app_context():
+        assert payments.ledger_check().ok
+        db.session.rollback()
+
+
+def test_demo_card_saves_a_test_card_for_a_customer(app: Flask, client: FlaskClient, stripe_gateway: object) -> None:  # noqa: F811 - the fixture
+    sign_ins = _seed(app)
+    result = app.test_cli_runner().invoke(args=["demo", "card", CUSTOMER, "--number", "5555555555554444"])
+    assert result.exit_code == 0, result.output
+    assert "ending 4444" in result.output
+    headers = _login(client, CUSTOMER, sign_ins[CUSTOMER])
+    cards = client.get("/api/v1/me/payment-methods", headers=headers).get_json()["items"]
+    assert ("mastercard", "4444") in {(c["brand"], c["last4"]) for c in cards}
+
+
+def test_demo_card_refuses_anything_but_a_test_number_and_staff(app: Flask) -> None:
+    _seed(app)
+    runner = app.test_cli_runner()
+    real_looking = runner.invoke(args=["demo", "card", CUSTOMER, "--number", "4111111111111112"])
+    assert real_looking.exit_code != 0 and "ending" not in real_looking.output
+    staff = runner.invoke(args=["demo", "card", "admin@demo.carejar.example"])
+    assert staff.exit_code != 0 and "no such customer" in staff.output
+
+
+def test_demo_card_without_localstripe_says_how_to_start_it(app: Flask) -> None:
+    _seed(app)
+    result = app.test_cli_runner().invoke(args=["demo", "card", CUSTOMER])
+    assert result.exit_code != 0 and "make run" in result.output

@@ -145,6 +145,16 @@ def _by_key(customer_id: int, key: str) -> Booking | None:
     ).scalar_one_or_none()
 
 
+# checks a higher area adds before a car is booked (payments: in production the agency's payout account must be
+# ready); each ``check(agency_id)`` raises to refuse
+_BOOKING_CHECKS: list[Callable[[int], None]] = []
+
+
+def before_booking(check: Callable[[int], None]) -> Callable[[int], None]:
+    _BOOKING_CHECKS.append(check)
+    return check
+
+
 def create_booking(
     actor: Actor,
     *,
@@ -186,6 +196,8 @@ def create_booking(
             users.ensure_current_text(kind, version)
         ensure_cleared_to_drive(user, until=ends_at)  # KYC, licence through the return, 21+, consent
         vehicle = bookable_vehicle(vehicle_id)
+        for check in _BOOKING_CHECKS:
+            check(vehicle.agency_id)
         if not availability.is_free(vehicle, starts_at, ends_at):
             # taken by a twin request with this key that committed meanwhile? then answer as it did
             replayed = replay()

@@ -82,7 +82,7 @@ __all__ = [  # the fleet's public surface: the verbs defined here and those of i
     "CATEGORIES", "CITIES", "DEFAULT_RADIUS_KM", "FUEL_POLICIES", "FUEL_TYPES", "KM_PER_DEGREE", "MAX_BLOCK",
     "MAX_DAILY_PRICE_FILS", "MAX_DEPOSIT_FILS", "MAX_PHOTOS", "MAX_RADIUS_KM", "MIN_YEAR", "PHOTO_KIND", "PLATE_HINT",
     "TRANSMISSIONS", "AgencyNotActive", "DuplicatePlate", "GeoPoint", "PhotoLimit", "SearchHit", "SearchQuery",
-    "VehicleHasBookings", "add_photo", "agencies_of", "before_retire", "bookable", "bookable_vehicle",
+    "VehicleHasBookings", "add_photo", "agencies_of", "before_listing", "before_retire", "bookable", "bookable_vehicle",
     "can_in_agency", "check_block_period", "create_block", "create_vehicle", "delete_block", "delete_photo",
     "delete_vehicle", "fleet_summary", "get_for_agency", "get_photo", "list_blocks", "list_for_agency",
     "next_model_year", "normalise_plate", "photo_bytes", "photos_by_vehicle", "photos_of", "public_photo",
@@ -142,10 +142,23 @@ _EDITABLE = ("make", "model", "year", "category", "plate", "seats", "transmissio
              "extra_km_fils", "fuel_policy", "turnaround_minutes", "status")
 
 
+_LISTING_CHECKS: list[Callable[[int], None]] = []
+
+
+def before_listing(check: Callable[[int], None]) -> Callable[[int], None]:
+    """Register ``check(agency_id)``, run before an agency lists a car; it raises to refuse (payments registers
+    one: in production an agency lists only once its payout account is ready)."""
+    _LISTING_CHECKS.append(check)
+    return check
+
+
 def _check_listing(agency: Agency, status: str) -> None:
     if status == VehicleStatus.LISTED and agency.status != AgencyStatus.ACTIVE:
         raise AgencyNotActive("Only an active (verified, not suspended) agency can list a car.",
                               details={"agency_status": agency.status})
+    if status == VehicleStatus.LISTED:
+        for check in _LISTING_CHECKS:
+            check(agency.id)
 
 
 def _check_plate_free(plate: str, *, exclude_id: int | None = None) -> None:

@@ -92,3 +92,13 @@ class InvalidSignature(AppError):
 
 class InvalidIdempotencyKey(ValueError):
     """A caller passed an empty, overlong or non-text key: a programming error, never a client's."""
+
+
+class PayoutsNotReady(AppError):
+    """In production an agency's cars are listed and booked only once its Stripe connected account can take
+    transfers (Connect onboarding finished), so the money of every booking can reach it."""
+
+    status = 409
+    code = "agency_payouts_not_ready"
+    message = ("This agency has not finished setting up payouts (Stripe Connect onboarding): its cars cannot "
+               "be listed or booked until it has.")

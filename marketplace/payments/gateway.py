@@ -163,6 +163,25 @@ class TransferResult:
     transfer_group: str | None
 
 
+@dataclass(frozen=True)
+class ConnectedAccount:
+    """An agency's Stripe connected account as far as payouts care: may it take transfers yet?"""
+
+    id: str
+    details_submitted: bool
+    payouts_enabled: bool
+
+    @property
+    def ready(self) -> bool:
+        return self.details_submitted and self.payouts_enabled
+
+
+def connected_account_from(data: Mapping[str, Any]) -> ConnectedAccount:
+    """An Account from Stripe's answer or a verified ``account.updated`` event's ``data.object``."""
+    return ConnectedAccount(id=str(data["id"]), details_submitted=bool(data.get("details_submitted")),
+                            payouts_enabled=bool(data.get("payouts_enabled")))
+
+
 class PaymentGateway(Protocol):
     """The gateway's surface; ``tests/payments/fake_stripe.py`` implements the same one."""
 
@@ -191,6 +210,10 @@ class PaymentGateway(Protocol):
     def retrieve_refund(self, refund_id: str) -> RefundResult: ...
     def submit_dispute_evidence(self, dispute_id: str, evidence: Mapping[str, str], *,
                                 key: str) -> DisputeResult: ...
+    def create_connected_account(self, *, email: str | None, key: str,
+                                 metadata: Mapping[str, str] | None = None) -> ConnectedAccount: ...
+    def onboarding_link(self, account_id: str, *, refresh_url: str, return_url: str) -> str: ...
+    def connected_account(self, account_id: str) -> ConnectedAccount: ...
     def verify_webhook(self, raw_body: bytes, signature_header: str | None) -> dict[str, Any]: ...
 
 
@@ -206,6 +229,7 @@ class Gateway:
             max_network_retries=max_network_retries,
         )
         self._webhook_secret = webhook_secret
+        self.api_base = api_base  # None: Stripe itself
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Gateway:
@@ -418,6 +442,35 @@ class Gateway:
         with _stripe_errors("submit_dispute_evidence", key):
             dispute = self._client.v1.disputes.update(dispute_id, params=params, options={"idempotency_key": key})
         return dispute_from(_plain(dispute))
+
+    # ---- Connect onboarding (STRIPE.md §1.4: separate charges and transfers) ----------------------------------
+
+    def create_connected_account(self, *, email: str | None, key: str,
+                                 metadata: Mapping[str, str] | None = None) -> ConnectedAccount:
+        """An Express connected account in the UAE for an agency, able to receive transfers once its owner
+        finishes Stripe's hosted onboarding [Stripe "Express accounts"]."""
+        key = _checked_key(key)
+        params: dict[str, Any] = {"type": "express", "country": "AE",
+                                  "capabilities": {"transfers": {"requested": True}}, "metadata": _metadata(metadata)}
+        if email:
+            params["email"] = email
+        with _stripe_errors("create_connected_account", key):
+            account = self._client.v1.accounts.create(params=params,  # type: ignore[arg-type]
+                                                      options={"idempotency_key": key})
+        return connected_account_from(_plain(account))
+
+    def onboarding_link(self, account_id: str, *, refresh_url: str, return_url: str) -> str:
+        """A single-use link to Stripe's hosted onboarding (expires in minutes: make one per visit, never store it)."""
+        with _stripe_errors("onboarding_link"):
+            link = self._client.v1.account_links.create(params={
+                "account": account_id, "refresh_url": refresh_url, "return_url": return_url,
+                "type": "account_onboarding"})
+        return str(_plain(link)["url"])
+
+    def connected_account(self, account_id: str) -> ConnectedAccount:
+        with _stripe_errors("connected_account"):
+            account = self._client.v1.accounts.retrieve(account_id)
+        return connected_account_from(_plain(account))
 
     # ---- webhooks (STRIPE.md §1.6) ----------------------------------------------------------------------------
 

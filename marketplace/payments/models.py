@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Boolean, ForeignKey, Index, Integer, String, Text, UniqueConstraint, event
+from sqlalchemy import Boolean, ForeignKey, Index, Integer, String, Text, UniqueConstraint, event, false
 from sqlalchemy.orm import Mapped, mapped_column
 
 from marketplace.extensions import Model, utcnow
@@ -184,6 +184,11 @@ class PayoutAccount(Model):
     agency_id: Mapped[int] = mapped_column(ForeignKey("agencies.id"), unique=True)
     stripe_account_id: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # as Stripe last reported them (the account, or an ``account.updated`` webhook); ready once both hold
+    details_submitted: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    payouts_enabled: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    ready_at: Mapped[datetime | None]
+    updated_at: Mapped[datetime | None]
 
 
 class Payout(Model):

@@ -184,3 +184,21 @@ class PayoutOut(OutSchema):
 
 class PayoutListOut(OutSchema):
     items = fields.List(fields.Nested(PayoutOut), required=True)
+
+
+class OnboardingIn(StrictSchema):
+    agency = fields.UUID(load_default=None, metadata={"description": "Needed only if you work for several"})
+
+
+class PayoutAccountOut(OutSchema):
+    account_id = fields.String(allow_none=True, metadata={"description": "the Stripe connected account (acct_...)"})
+    details_submitted = fields.Boolean(required=True)
+    payouts_enabled = fields.Boolean(required=True)
+    ready = fields.Boolean(required=True, metadata={"description": "Stripe can pay this agency out"})
+    required = fields.Boolean(required=True, metadata={
+        "description": "true in production: no car is listed or booked before the account is ready"})
+
+
+class OnboardingOut(PayoutAccountOut):
+    onboarding_url = fields.String(required=True, metadata={
+        "description": "Stripe's hosted onboarding; single use, expires within minutes: open it at once"})

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from flask import current_app
 from sqlalchemy import func, select, update
 
 from marketplace import audit, jobs, money
@@ -28,6 +29,7 @@ from marketplace.bookings import service as bookings
 from marketplace.bookings.states import BookingStatus
 from marketplace.errors import Conflict, Forbidden, NotFound, Unprocessable
 from marketplace.extensions import db, utcnow
+from marketplace.fleet import service as fleet
 from marketplace.money import Money
 from marketplace.notifications import service as notifications
 from marketplace.payments import invoices
@@ -37,10 +39,13 @@ from marketplace.payments.errors import (
     IdempotencyConflict,
     PaymentInvalid,
     PaymentProviderUnavailable,
+    PayoutsNotReady,
 )
 from marketplace.payments.gateway import (
+    ConnectedAccount,
     Intent,
     IntentStatus,
+    connected_account_from,
     current_gateway,
     intent_from,
     refund_from,
@@ -72,7 +77,7 @@ from marketplace.payments.states import (
     may_move,
 )
 from marketplace.permissions import Permission
-from marketplace.security import Actor, require
+from marketplace.security import Actor, require, require_in_agency
 from marketplace.transactions import UNIQUE_VIOLATION, keep, outside, serialised
 from marketplace.users import service as users
 
@@ -119,6 +124,11 @@ class StaffCannotPay(Forbidden):
 
 def _gateway() -> Any:
     return current_gateway()
+
+
+def stripe_api_base() -> str | None:
+    """Where the gateway talks to Stripe (None: Stripe itself); the demo plays the SDK only against a local one."""
+    return getattr(_gateway(), "api_base", None)
 
 
 def _invoice_payment(row_id: int, booking_id: int) -> None:
@@ -949,6 +959,8 @@ def _dispatch(kind: str, obj: dict[str, Any]) -> str:  # noqa: PLR0911, PLR0912 
         if setup.card_id is None:
             jobs.schedule("payments.save_card", setup.id, dedupe_key=f"save-card:{setup.id}")
         return "applied"
+    if kind == "account.updated":
+        return _account_updated(obj)
     if kind == "setup_intent.setup_failed":
         setup = db.session.execute(select(CardSetup).where(
             CardSetup.stripe_setup_intent_id == obj.get("id"))).scalar_one_or_none()
@@ -1391,15 +1403,121 @@ def resolve_review(actor: Actor, kind: str, row_id: int, *, note: str) -> None:
 
 
 def connect_payout_account(agency_id: int, stripe_account_id: str) -> PayoutAccount:
-    """Record the agency's onboarded connected account (the onboarding flow itself is not built yet)."""
-    row = db.session.execute(select(PayoutAccount).where(PayoutAccount.agency_id == agency_id)).scalar_one_or_none()
+    """Record a connected account already onboarded outside the app (an operator's shell, a test): ready."""
+    row = payout_account_of(agency_id)
     if row is None:
         row = PayoutAccount(agency_id=agency_id, stripe_account_id=stripe_account_id)
         db.session.add(row)
     else:
         row.stripe_account_id = stripe_account_id
-    db.session.flush()
+    _apply_account(row, ConnectedAccount(stripe_account_id, details_submitted=True, payouts_enabled=True))
     return row
+
+
+# ---- Connect onboarding: an agency's connected account, ready once Stripe says it can take transfers ------
+
+
+@dataclass(frozen=True)
+class PayoutSetup:
+    """Where an agency stands with payouts, for its app and API."""
+
+    account_id: str | None
+    details_submitted: bool
+    payouts_enabled: bool
+    ready: bool
+    required: bool  # production: no listing or booking before it is ready
+
+
+def payout_account_of(agency_id: int) -> PayoutAccount | None:
+    return db.session.execute(select(PayoutAccount).where(
+        PayoutAccount.agency_id == agency_id)).scalar_one_or_none()
+
+
+def _production() -> bool:
+    return bool(current_app.config["SETTINGS"].production)
+
+
+def payouts_required() -> bool:
+    """Production: an agency lists and rents out cars only with a ready payout account."""
+    return _production()
+
+
+def payouts_ready(agency_id: int) -> bool:
+    row = payout_account_of(agency_id)
+    return row is not None and row.ready_at is not None
+
+
+def payout_setup(actor: Actor, agency: Any) -> PayoutSetup:
+    """The agency's payout account as the agency sees it (``agency`` loaded through ``agencies.own_agency``)."""
+    require_in_agency(actor, agency.id, Permission.AGENCY_ACCESS)
+    row = payout_account_of(agency.id)
+    if row is None:
+        return PayoutSetup(None, False, False, False, _production())
+    return PayoutSetup(row.stripe_account_id, row.details_submitted, row.payouts_enabled, row.ready_at is not None,
+                       _production())
+
+
+def _apply_account(row: PayoutAccount, account: ConnectedAccount) -> None:
+    row.details_submitted, row.payouts_enabled, row.updated_at = (
+        account.details_submitted, account.payouts_enabled, utcnow())
+    if account.ready and row.ready_at is None:
+        row.ready_at = utcnow()
+    elif not account.ready:
+        row.ready_at = None  # Stripe disabled it (requirements due): no new listings or bookings in production
+    db.session.flush()
+
+
+def start_payout_onboarding(actor: Actor, agency: Any, *, refresh_url: str, return_url: str) -> tuple[PayoutSetup, str]:
+    """The agency owner starts (or resumes) Stripe's hosted onboarding: the connected account is created once
+    (key ``connect:agency:<id>``), and a fresh single-use onboarding link is returned each time."""
+    require_in_agency(actor, agency.id, Permission.AGENCY_PROFILE_WRITE)  # its owner: the account is the business's
+    agency_id, email = agency.id, agency.contact_email
+    row = payout_account_of(agency_id)
+    if row is None:
+        account = outside(lambda: _gateway().create_connected_account(
+            email=email, key=f"connect:agency:{agency_id}", metadata={"agency": str(agency.public_id)}))
+        row = PayoutAccount(agency_id=agency_id, stripe_account_id=account.id)
+        db.session.add(row)
+        _apply_account(row, account)
+    account_id = row.stripe_account_id
+    url = outside(lambda: _gateway().onboarding_link(account_id, refresh_url=refresh_url, return_url=return_url))
+    return payout_setup(actor, agency), url
+
+
+def refresh_payout_account(agency_id: int) -> PayoutAccount | None:
+    """Ask Stripe how the account stands (on return from onboarding, as Stripe advises: the return URL alone
+    proves nothing); the ``account.updated`` webhook does the same without being asked."""
+    row = payout_account_of(agency_id)
+    if row is None:
+        return None
+    account_id = row.stripe_account_id
+    account = outside(lambda: _gateway().connected_account(account_id))
+    row = payout_account_of(agency_id)
+    assert row is not None
+    _apply_account(row, account)
+    return row
+
+
+def _account_updated(obj: dict[str, Any]) -> str:
+    row = db.session.execute(select(PayoutAccount).where(
+        PayoutAccount.stripe_account_id == obj.get("id"))).scalar_one_or_none()
+    if row is None:
+        return "unknown_account"
+    try:
+        account = connected_account_from(obj)
+    except KeyError:
+        return "unreadable"
+    _apply_account(row, account)
+    return "applied"
+
+
+@fleet.before_listing
+@bookings.before_booking
+def ensure_payouts_ready(agency_id: int) -> None:
+    """Production only: an agency whose payout account is not ready lists and rents out nothing (outside
+    production it may, and its app shows a note)."""
+    if _production() and not payouts_ready(agency_id):
+        raise PayoutsNotReady()
 
 
 def release_payouts(*, now: datetime | None = None, limit: int = 50) -> int:
@@ -1466,9 +1584,16 @@ def _transfer(payout_id: int) -> int:
 
 
 def payouts_for_agency(actor: Actor) -> list[Payout]:
-    require(actor, Permission.AGENCY_BOOKING_READ)
+    require(actor, Permission.AGENCY_PAYOUT_READ)
     return list(db.session.execute(select(Payout).where(Payout.agency_id.in_(actor.agency_ids or {-1}))
                                    .order_by(Payout.id.desc()).limit(200)).scalars())
+
+
+def payout_line(p: Payout) -> dict[str, Any]:
+    """One payout as ``GET /api/v1/agency/payouts`` and the agency app's statement show it."""
+    return {"booking": booking_reference(p.booking_id), "amount": p.amount_fils, "platform_fee": p.platform_fee_fils,
+            "currency": "AED", "state": p.state, "transfer_id": p.stripe_transfer_id, "created_at": p.created_at,
+            "settled_at": p.settled_at, "agency_id": p.agency_id}
 
 
 def booking_reference(booking_id: int) -> str:

@@ -1,11 +1,13 @@
-"""Payments over the JSON API: saved cards, paying a booking, its mandate, and Stripe's webhook."""
+"""Payments over the JSON API: saved cards, paying a booking, its mandate, the agency's payouts and Connect
+onboarding, and Stripe's webhook."""
 
 from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from flask import request
+from flask import current_app, request
 
+from marketplace.agencies import service as agencies
 from marketplace.api import ApiBlueprint, DocumentedConverter
 from marketplace.payments import schemas as s
 from marketplace.payments import service
@@ -150,15 +152,33 @@ def mandate(reference: str) -> dict[str, Any]:
 # ---- the agency's payouts ----------------------------------------------------------------------------------
 
 
+def payout_setup_out(setup: service.PayoutSetup) -> dict[str, Any]:
+    return {"account_id": setup.account_id, "details_submitted": setup.details_submitted,
+            "payouts_enabled": setup.payouts_enabled, "ready": setup.ready, "required": setup.required}
+
+
 @agency_payouts_bp.route("", methods=["GET"])
 @agency_payouts_bp.response(200, s.PayoutListOut)
-@requires(Permission.AGENCY_BOOKING_READ)
+@requires(Permission.AGENCY_PAYOUT_READ)
 def agency_payouts() -> dict[str, Any]:
     """Your agency's payouts: each completed booking's money less the platform fee, after the holding period."""
-    return {"items": [{"booking": service.booking_reference(p.booking_id), "amount": p.amount_fils,
-                       "platform_fee": p.platform_fee_fils, "currency": "AED", "state": p.state,
-                       "transfer_id": p.stripe_transfer_id, "created_at": p.created_at, "settled_at": p.settled_at}
+    return {"items": [{k: v for k, v in service.payout_line(p).items() if k != "agency_id"}
                       for p in service.payouts_for_agency(current_actor())]}
+
+
+@agency_payouts_bp.route("/onboarding", methods=["POST"])
+@agency_payouts_bp.arguments(s.OnboardingIn)
+@agency_payouts_bp.response(201, s.OnboardingOut)
+@requires(Permission.AGENCY_PROFILE_WRITE)
+def start_onboarding(args: dict[str, Any]) -> tuple[dict[str, Any], int]:
+    """The agency's owner starts (or resumes) Stripe Connect onboarding: its connected account is created once,
+    and each call returns a fresh single-use link to Stripe's hosted form. The account becomes ready when
+    Stripe reports it can take payouts (`account.updated`); in production cars are listed and booked only then."""
+    actor = current_actor()
+    agency = agencies.own_agency(actor, str(args["agency"]) if args["agency"] else None)
+    back = f"{current_app.config['SETTINGS'].public_base_url}/agency/payouts?returned=1"  # the agency app's page
+    setup, link = service.start_payout_onboarding(actor, agency, refresh_url=back, return_url=back)
+    return {**payout_setup_out(setup), "onboarding_url": link}, 201
 
 
 # ---- Stripe's webhook (STRIPE.md §1.6) ----------------------------------------------------------------

@@ -41,6 +41,7 @@ from marketplace.payments.errors import (
 from marketplace.payments.gateway import (
     CardDetails,
     CardSetup,
+    ConnectedAccount,
     DisputeResult,
     Intent,
     IntentStatus,
@@ -130,6 +131,7 @@ class FakeStripe:
         self._refunds: dict[str, RefundResult] = {}
         self._disputes: dict[str, dict[str, Any]] = {}
         self._accounts: set[str] = set()
+        self._onboarded: dict[str, bool] = {}  # accounts made by create_connected_account: onboarding finished?
         self._keys: dict[str, tuple[str, datetime, Any]] = {}
         self._faults: list[bool] = []
 
@@ -403,6 +405,36 @@ class FakeStripe:
             return DisputeResult(dispute_id, dispute["status"], details["submission_count"])
 
         return self._call("submit_dispute_evidence", key, (dispute_id, tuple(sorted(fields.items()))), submit)
+
+    # ---- Connect onboarding: an Express account takes nothing until onboarded [Stripe "Express accounts"] -----
+
+    def create_connected_account(self, *, email: str | None, key: str,
+                                 metadata: Mapping[str, str] | None = None) -> ConnectedAccount:
+        def create() -> ConnectedAccount:
+            account = self.add_account()
+            self._onboarded[account] = False
+            return ConnectedAccount(account, details_submitted=False, payouts_enabled=False)
+
+        return self._call("create_connected_account", key, (email, dict(metadata or {})), create)
+
+    def onboarding_link(self, account_id: str, *, refresh_url: str, return_url: str) -> str:
+        self.calls.append("onboarding_link")
+        if account_id not in self._accounts:
+            raise PaymentInvalid(stripe_code="resource_missing", param="account")
+        return f"https://connect.stripe.test/setup/e/{account_id}/{self._new('link')}"
+
+    def finish_onboarding(self, account_id: str) -> None:
+        """Test control: the owner completed Stripe's form; ``account.updated`` follows, as on Stripe."""
+        self._onboarded[account_id] = True
+        self._emit("account.updated", {"id": account_id, "object": "account", "details_submitted": True,
+                                       "payouts_enabled": True, "charges_enabled": True})
+
+    def connected_account(self, account_id: str) -> ConnectedAccount:
+        self.calls.append("connected_account")
+        if account_id not in self._accounts:
+            raise PaymentInvalid(stripe_code="resource_missing", param="account")
+        done = self._onboarded.get(account_id, True)
+        return ConnectedAccount(account_id, details_submitted=done, payouts_enabled=done)
 
     def verify_webhook(self, raw_body: bytes, signature_header: str | None) -> dict[str, Any]:
         if not isinstance(raw_body, bytes | bytearray):

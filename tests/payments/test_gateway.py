@@ -1,6 +1,6 @@
 """The payments gateway against real localstripe on loopback, with the test extension (issue 9, STRIPE.md).
 
-Every test here talks to ``tests/payments/localstripe_server.py`` through ``Gateway`` (no mock): the
+Every test here talks to ``devtools/localstripe_server.py`` through ``Gateway`` (no mock): the
 extension gives localstripe Stripe's idempotency replay, off-session 3-D Secure errors, ``card_error``
 declines, refund limits and Connect stubs. The last section runs the same calls against *stock* localstripe
 to show the gateway reads its shapes too. Hold expiry, key pruning and disputes are in test_fake_stripe.py.

@@ -1,4 +1,4 @@
-"""The test launcher and its localstripe extension do what tests/payments/localstripe_server.py promises.
+"""The test launcher and its localstripe extension do what devtools/localstripe_server.py promises.
 
 Each extension test shows the stock behaviour first (STRIPE.md §3.4, against ``stock_localstripe``: the same
 launcher without the patches) and then the patched one, so a localstripe upgrade that changes either shows up
@@ -12,6 +12,7 @@ import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import pytest
 import stripe
@@ -70,7 +71,7 @@ def test_the_launcher_refuses_another_localstripe_version(tmp_path: Path) -> Non
     shim.write_text("import localstripe\nlocalstripe.__version__ = '9.9.9'\n")
     root = Path(__file__).resolve().parents[2]
     result = subprocess.run(
-        [sys.executable, "-m", "tests.payments.localstripe_server", "1"], cwd=root, capture_output=True, text=True,
+        [sys.executable, "-m", "devtools.localstripe_server", "1"], cwd=root, capture_output=True, text=True,
         env={**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{root}"}, timeout=60, check=False)
     assert result.returncode != 0 and "1.15.10" in result.stderr
 
@@ -295,6 +296,41 @@ def test_the_extension_has_accounts_and_transfers_within_the_balance(localstripe
     assert status == 200 and body["id"].startswith("tr_") and body["transfer_group"] == "booking_1"
     unknown = http(localstripe, "POST", "/v1/transfers", {**transfer, "amount": "1", "destination": "acct_nope"})
     assert unknown[0] == 400
+
+
+def test_stock_has_no_account_links(stock_localstripe: LocalStripe) -> None:
+    assert http(stock_localstripe, "POST", "/v1/account_links", {"account": "acct_1"})[0] == 404
+
+
+def test_the_extension_onboards_an_express_account_through_its_link(localstripe: LocalStripe) -> None:
+    # Stripe: an Express account takes no payouts until onboarded; the hosted form returns to return_url
+    import urllib.error
+    import urllib.request
+
+    account = http(localstripe, "POST", "/v1/accounts", {"type": "express", "country": "AE"})[2]
+    assert (account["details_submitted"], account["payouts_enabled"]) == (False, False)
+    form = {"account": account["id"], "type": "account_onboarding",
+            "refresh_url": "http://127.0.0.1:5000/agency/payouts", "return_url": "http://127.0.0.1:5000/agency/back"}
+    status, _, link = http(localstripe, "POST", "/v1/account_links", form)
+    assert status == 200 and link["object"] == "account_link" and link["url"].startswith(localstripe.base_url)
+    assert http(localstripe, "POST", "/v1/account_links", {**form, "account": "acct_nope"})[0] == 400
+    assert http(localstripe, "POST", "/v1/account_links", {**form, "type": "nonsense"})[0] == 400
+
+    class NoRedirect(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+            return None
+
+    opener = urllib.request.build_opener(NoRedirect)
+    try:
+        opener.open(link["url"], timeout=10)
+        raise AssertionError("the onboarding page redirects")
+    except urllib.error.HTTPError as exc:
+        assert exc.code == 302 and exc.headers["Location"] == "http://127.0.0.1:5000/agency/back"
+    onboarded = http(localstripe, "GET", f"/v1/accounts/{account['id']}")[2]
+    assert (onboarded["details_submitted"], onboarded["payouts_enabled"], onboarded["charges_enabled"]) == (
+        True, True, True)
+    events = http(localstripe, "GET", "/v1/events", None)[2]["data"]
+    assert any(e["type"] == "account.updated" and e["data"]["object"]["id"] == account["id"] for e in events)
 
 
 # ---- 9. webhook endpoints ----------------------------------------------------------------------------------------

@@ -1,5 +1,5 @@
 """Saved cards, paying a booking, deposits and cancellation refunds over HTTP, against real localstripe on
-loopback (the extension closes its gaps, tests/payments/localstripe_server.py); the ledger is checked after
+loopback (the extension closes its gaps, devtools/localstripe_server.py); the ledger is checked after
 every flow (``flask ledger check``)."""
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ import logging
 from datetime import timedelta
 from typing import Any
 
+import pytest
 from sqlalchemy import func, select
 
 from marketplace.bookings.models import Booking, BookingEvent
@@ -20,6 +21,7 @@ from tests.conftest import drain_jobs
 from tests.factories import (
     auth_headers,
     book,
+    booking_body,
     make_agency,
     make_vehicle,
     make_verified_customer,
@@ -372,3 +374,94 @@ def booking_agency_name(booking: Booking) -> str:
     from marketplace.agencies.service import agency_by_id
 
     return agency_by_id(booking.agency_id).business_name
+
+
+# ---- Connect onboarding and payouts readiness (P-22: payouts reach an onboarded connected account) ---------------
+
+
+def _open_link(url: str) -> int:
+    """The owner's browser at Stripe's hosted onboarding (the extension's loopback stand-in); no redirect followed."""
+    import urllib.error
+    import urllib.request
+
+    class NoRedirect(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+            return None
+
+    try:
+        urllib.request.build_opener(NoRedirect).open(url, timeout=10)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    return 200
+
+
+def test_the_owner_onboards_the_agency_and_account_updated_makes_it_ready(app, client, app_ctx, stripe_gateway):
+    # enforces P-22 (payouts need a ready connected account); against localstripe with the extension's Connect
+    from marketplace.permissions import Role
+    from tests.factories import make_staff
+
+    agency = make_agency()
+    owner = auth_headers(client, make_staff(Role.AGENCY_OWNER, agency=agency))
+    for role in (Role.AGENCY_MANAGER, Role.AGENCY_STAFF):  # owner only
+        other = auth_headers(client, make_staff(role, agency=agency))
+        assert client.post("/api/v1/agency/payouts/onboarding", json={}, headers=other).status_code == 403
+    started = client.post("/api/v1/agency/payouts/onboarding", json={}, headers=owner)
+    assert started.status_code == 201, started.get_json()
+    body = started.get_json()
+    assert body["account_id"].startswith("acct_") and body["ready"] is False and body["required"] is False
+    assert body["onboarding_url"].startswith(stripe_gateway.base_url)
+    again = client.post("/api/v1/agency/payouts/onboarding", json={}, headers=owner).get_json()
+    assert again["account_id"] == body["account_id"] and again["onboarding_url"] != body["onboarding_url"]
+    assert len(raw_client(stripe_gateway).v1.accounts.list().data) == 1  # created once
+    assert not service.payouts_ready(agency.id)
+
+    assert _open_link(body["onboarding_url"]) == 302  # the owner fills in Stripe's form
+    account = raw_client(stripe_gateway).v1.accounts.retrieve(body["account_id"])
+    assert post_event(client, "account.updated", account.to_dict()).get_json()["outcome"] == "applied"
+    db.session.expire_all()
+    assert service.payouts_ready(agency.id)
+    disabled = {**account.to_dict(), "payouts_enabled": False}  # Stripe later disables it (requirements due)
+    assert post_event(client, "account.updated", disabled).get_json()["outcome"] == "applied"
+    db.session.expire_all()
+    assert not service.payouts_ready(agency.id)
+    unknown = post_event(client, "account.updated", {"id": "acct_someone_else", "object": "account"})
+    assert unknown.get_json()["outcome"] == "unknown_account"
+
+
+@pytest.fixture
+def production(app, monkeypatch):
+    """The running app's settings as in production (MARKETPLACE_ENV=production), for this test only."""
+    import dataclasses
+
+    monkeypatch.setitem(app.config, "SETTINGS", dataclasses.replace(app.config["SETTINGS"], env="production"))
+
+
+def test_in_production_an_agency_without_ready_payouts_neither_lists_nor_rents_out(
+        app, client, app_ctx, stripe_gateway, production):
+    # enforces P-22 in production: the money of every booking must be able to reach the agency
+    from marketplace.permissions import Role
+    from tests.factories import make_staff
+
+    agency = make_agency()
+    vehicle = make_vehicle(agency)  # listed before the rule (or before Stripe disabled the account)
+    owner = auth_headers(client, make_staff(Role.AGENCY_OWNER, agency=agency))
+    listing = client.post("/api/v1/agency/vehicles", headers=owner, json={
+        "make": "Kia", "model": "Rio", "year": 2024, "category": "economy", "plate": "DXB Q 77123", "seats": 5,
+        "transmission": "automatic", "city": "Dubai", "latitude": 25.2, "longitude": 55.3,
+        "daily_price_fils": 12000, "deposit_fils": 50000, "mileage_limit_km_per_day": 250, "status": "listed"})
+    assert listing.status_code == 409 and listing.get_json()["error"]["code"] == "agency_payouts_not_ready"
+    customer = auth_headers(client, make_verified_customer())
+    refused = client.post("/api/v1/bookings", json=booking_body(vehicle), headers=customer)
+    assert refused.status_code == 409 and refused.get_json()["error"]["code"] == "agency_payouts_not_ready"
+    assert client.post("/api/v1/agency/payouts/onboarding", json={}, headers=owner).get_json()["required"] is True
+
+    service.connect_payout_account(agency.id, raw_client(stripe_gateway).v1.accounts.create(
+        params={"type": "standard"}).id)
+    db.session.commit()
+    assert client.post("/api/v1/bookings", json=booking_body(vehicle), headers=customer).status_code == 201
+
+
+def test_outside_production_an_agency_without_payouts_still_rents_out(app, client, app_ctx):
+    vehicle = make_vehicle(make_agency())
+    customer = auth_headers(client, make_verified_customer())
+    assert client.post("/api/v1/bookings", json=booking_body(vehicle), headers=customer).status_code == 201

@@ -1,8 +1,10 @@
-"""Run localstripe for the tests: loopback only, in memory, with the extension that closes its gaps.
+"""Run localstripe for the tests and the demo: loopback only, in memory, with the extension that closes its gaps.
 
-    python -m tests.payments.localstripe_server PORT [--stock]
+    python -m devtools.localstripe_server PORT [--stock] [--store PATH]
 
-localstripe (GPL-3.0-or-later) is a dev dependency run as this separate process; the product never imports it.
+The test fixtures (tests/stripe_fixtures.py) and ``make run`` (devtools/with_localstripe.py) both start it.
+localstripe (GPL-3.0-or-later) is a dev/demo dependency run as this separate process; the product (the
+``marketplace`` and ``agency_app`` packages) never imports it and the wheel does not contain ``devtools/``.
 The stock ``localstripe --port N`` binds every interface and pickles its whole store to a shared
 ``/tmp/localstripe.pickle`` after each write (STRIPE.md §3.2), so this launcher runs its app itself.
 
@@ -33,8 +35,11 @@ and ``tests/payments/test_localstripe_extension.py`` checks every patch against 
    off-session use when ``usage=off_session``).
 7. Refunds default to the remainder of the captured amount; more than the remainder, or any refund of an
    uncaptured or fully refunded charge, is refused (400).
-8. Connect stubs: ``POST/GET /v1/accounts``, ``POST/GET /v1/transfers`` (destination must exist; the
-   amount must be covered by the platform's balance: captured charges - refunds - transfers).
+8. Connect stubs: ``POST/GET /v1/accounts`` (an Express or Custom account starts with charges and payouts
+   disabled, as on Stripe), ``POST /v1/account_links`` (onboarding) whose ``url`` is a loopback page
+   ``/_config/connect/onboard/<link>`` standing in for Stripe's hosted form: opening it marks the account onboarded,
+   fires ``account.updated`` and redirects to ``return_url``; ``POST/GET /v1/transfers`` (destination must
+   exist; the amount must be covered by the platform's balance: captured charges - refunds - transfers).
 9. ``POST /v1/webhook_endpoints`` (and GET/DELETE) registers a localstripe webhook with a fresh ``whsec_``.
 10. More ``pm_card_*`` test ids (``pm_card_authenticationRequired``, ``pm_card_chargeDeclinedInsufficientFunds``,
     ...), the card brand from the number, and the PaymentIntent keeps the real ``pm_`` id behind a test id.
@@ -51,6 +56,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 import sys
+import time
 import warnings
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -70,8 +76,8 @@ assert localstripe.__version__ == LOCALSTRIPE_VERSION, (
 HOLD_WINDOW_SECONDS = 7 * 24 * 3600  # Stripe's card hold window for a customer-present authorisation
 
 # ---- always: in memory, never a pickle (STRIPE.md §3.2) ---------------------------------------------------
-ls.Store.dump_to_disk = lambda self: None  # type: ignore[method-assign]
-ls.Store.try_load_from_disk = lambda self: None  # type: ignore[method-assign]
+ls.Store.dump_to_disk = lambda self: None
+ls.Store.try_load_from_disk = lambda self: None
 
 
 def _accept_allowed_payment_method_types(cls: Any) -> None:
@@ -133,7 +139,8 @@ TEST_PAYMENT_METHODS: dict[str, str] = {
 
 # localstripe's extra routes hold bound methods taken at import time: a patched classmethod must replace its
 # entry in ``extra_apis`` too, before ``localstripe.server`` builds its routes from that list.
-_EXTRA_ROUTES: list[tuple[str, str, Any]] = []
+_EXTRA_ROUTES: list[tuple[Any, tuple[str, ...]]] = []  # (resource class, its verbs)
+_BASE_URL = ["http://127.0.0.1:8420"]  # where this process listens (set by main), for onboarding links
 
 
 def _replace_route(method: str, url: str, func: Any) -> None:
@@ -475,9 +482,47 @@ def _extend() -> None:
             self.business_type = business_type
             self.metadata = metadata or {}
             self.capabilities = {name: "active" for name in (capabilities or {})}
-            self.charges_enabled = True
-            self.payouts_enabled = True
-            self.details_submitted = True
+            # Stripe: an Express or Custom account can take nothing until its owner finished onboarding
+            # (details_submitted, charges/payouts enabled); a Standard account here is as if onboarded
+            onboarded = type == "standard"
+            self.charges_enabled = onboarded
+            self.payouts_enabled = onboarded
+            self.details_submitted = onboarded
+            self.requirements = {"currently_due": [] if onboarded else ["external_account", "tos_acceptance.date"],
+                                 "disabled_reason": None if onboarded else "requirements.past_due"}
+
+        def _finish_onboarding(self) -> None:
+            self.charges_enabled = self.payouts_enabled = self.details_submitted = True
+            self.requirements = {"currently_due": [], "disabled_reason": None}
+            ls_webhooks.schedule_webhook(ls.Event("account.updated", self))
+
+    class AccountLink(ls.StripeObject):
+        """Stripe's hosted onboarding, here one loopback page: ``GET /_config/connect/onboard/<link>`` marks the
+        account onboarded (as if its owner filled Stripe's form), fires ``account.updated`` and redirects to
+        ``return_url`` [Stripe "Connect onboarding", "Account Links"]."""
+
+        object = "account_link"
+        _id_prefix = "acctlink_"
+
+        def __init__(self, *, account: Any = None, refresh_url: Any = None, return_url: Any = None,
+                     type: Any = None, collect: Any = None, **kwargs: Any) -> None:
+            if kwargs:
+                raise UserError(400, "Unexpected " + ", ".join(kwargs.keys()))
+            if not (isinstance(account, str) and ls.store.get(f"account:{account}")):
+                raise UserError(400, f"No such account: '{account}'", {"param": "account"})
+            if type not in ("account_onboarding", "account_update"):
+                raise UserError(400, "Invalid type", {"param": "type"})
+            for name, url in (("refresh_url", refresh_url), ("return_url", return_url)):
+                if not (isinstance(url, str) and url.startswith("http")):
+                    raise UserError(400, f"Invalid {name}", {"param": name})
+            super().__init__()
+            self.account = account
+            self.refresh_url = refresh_url
+            self.return_url = return_url
+            self.type = type
+            self.expires_at = self.created + 300
+            self.url = f"{_BASE_URL[0]}/_config/connect/onboard/{self.id}"
+
 
     def available_balance() -> int:
         charges = sum(c.amount_captured for k, c in ls.store.items() if k.startswith("charge:"))
@@ -540,9 +585,12 @@ def _extend() -> None:
             ls_webhooks._webhooks.pop(id, None)
             return super()._api_delete(id)
 
-    _EXTRA_ROUTES.extend([(Account, ("create", "retrieve", "list")),
+    _EXTRA_ROUTES.extend([(Account, ("create", "retrieve", "list")), (AccountLink, ("create",)),
                           (Transfer, ("create", "retrieve", "list")),
                           (WebhookEndpoint, ("create", "retrieve", "list", "delete"))])
+    for cls in (Account, AccountLink, Transfer, WebhookEndpoint):  # module-level names, so --store can pickle them
+        cls.__qualname__ = cls.__name__
+        globals()[cls.__name__] = cls
 
 
 # ---- 1. Idempotency-Key replay -------------------------------------------------------------------------------
@@ -598,6 +646,16 @@ async def idempotency_middleware(request: web.Request,
         _running.discard(scope)
 
 
+async def onboard(request: web.Request) -> web.StreamResponse:
+    """Stripe's hosted onboarding form, already filled in: the account becomes ready; back to ``return_url``."""
+    link = ls.store.get(f"account_link:{request.match_info['link']}")
+    if link is None or link.expires_at < int(time.time()):
+        return _stripe_error(404, "invalid_request_error", "This onboarding link is invalid or expired.")
+    account = ls.store[f"account:{link.account}"]
+    account._finish_onboarding()
+    raise web.HTTPFound(link.return_url)
+
+
 def build_app(*, stock: bool = False) -> web.Application:
     if not stock:
         _extend()
@@ -616,12 +674,42 @@ def build_app(*, stock: bool = False) -> web.Application:
                 app.router.add_get(url + "/{id}", server.api_retrieve(cls, url))
             if "delete" in verbs:
                 app.router.add_delete(url + "/{id}", server.api_delete(cls, url))
+        app.router.add_get("/_config/connect/onboard/{link}", onboard)
     return app
+
+
+def keep_store_in(path: str) -> None:
+    """``--store PATH`` (the demo's, never the tests'): the store is kept in this one file (mode 0600), loaded at
+    start and written after each change, so a restarted ``make run`` still knows the Stripe ids in ``var/``."""
+    import os
+    import pickle
+
+    def dump(self: Any) -> None:
+        fd = os.open(path + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            pickle.dump(dict(self), f, protocol=pickle.HIGHEST_PROTOCOL)
+        os.replace(path + ".tmp", path)
+
+    def load(self: Any) -> None:
+        try:
+            with open(path, "rb") as f:
+                saved = pickle.load(f)  # noqa: S301 - our own file under var/, written by dump above
+        except FileNotFoundError:
+            return
+        dict.clear(self)
+        dict.update(self, saved)
+
+    ls.Store.dump_to_disk = dump
+    ls.Store.try_load_from_disk = load
+    ls.store.try_load_from_disk()
 
 
 def main(argv: list[str]) -> None:
     port = int(argv[1])
+    _BASE_URL[0] = f"http://127.0.0.1:{port}"
     app = build_app(stock="--stock" in argv[2:])
+    if "--store" in argv[2:]:
+        keep_store_in(argv[argv.index("--store") + 1])
     # loopback only, never the stock server's [::] (STRIPE.md §3.2); no access log: the tests read no output
     web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None, handle_signals=True)
 
