@@ -253,9 +253,9 @@ def hand_over(actor: Actor, reference: str) -> Handover:
     """After a match: the car goes; the actual time is recorded and the booking moves to in_progress."""
     booking = _staff_booking(actor, reference)
     row = _row(booking, lock=True)
-    if row is None or row.stage != Stage.MATCHED:
+    if row is None or row.stage in (Stage.AWAITING_CHECK, Stage.STOPPED):
         raise IdentityNotConfirmed(details={"stage": row.stage if row else Stage.AWAITING_CHECK})
-    states.check(row.stage, Stage.HANDED_OVER)
+    states.check(row.stage, Stage.HANDED_OVER)  # already handed over (or back): 409
     bookings.start_rental(actor, booking.id)
     row.stage, row.handed_over_at, row.handed_over_by_id = Stage.HANDED_OVER, utcnow(), actor.user.id
     db.session.flush()
