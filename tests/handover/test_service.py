@@ -60,7 +60,8 @@ def _counter(client: Any, server: Any, *, paid: bool = True, deposit: int = 1000
     card = save_card(client, headers, server)
     reference = book(client, headers, vehicle, start_in_hours=3, hours=72)
     if paid:
-        assert pay(client, headers, reference, card).status_code == 200
+        paid_response = pay(client, headers, reference, card)
+        assert paid_response.status_code == 200, paid_response.get_json()
     booking = _booking(reference)
     return Counter(agency, customer, headers, make_staff(Role.AGENCY_STAFF, agency=agency), reference,
                    booking.starts_at, booking.ends_at)
