@@ -82,6 +82,11 @@ def stage_of(booking: Booking) -> str:
     return row.stage if row is not None else Stage.AWAITING_CHECK
 
 
+def booking_for_staff(actor: Actor, reference: str) -> Booking:
+    """The booking, scoped to the actor's agencies and the handover permission (another agency's: 404)."""
+    return _staff_booking(actor, reference)
+
+
 def _staff_booking(actor: Actor, reference: str) -> Booking:
     """The booking, if it is one of the actor's agencies' and the actor may do handovers there."""
     booking = bookings.get_for_agency(actor, reference)
