@@ -64,15 +64,16 @@ def handover_reveal(reference: str) -> Any:
         if exc.status == 404:
             raise
         return _page(reference, exc.status, error=exc)
-    return _page(reference, photo=url_for("agency.handover_photo", reference=reference, token=token))
+    return _page(reference, photo=url_for("agency.handover_photo", token=token))
 
 
-@agency_bp.get("/bookings/<string:reference>/handover/photo/<string:token>")
+@agency_bp.get("/handover-photos/<string:token>")
 @writes
 @requires(Permission.AGENCY_HANDOVER_PERFORM)
-def handover_photo(reference: str, token: str) -> Response:
-    """The photo, once, watermarked with the booking, the staff member and the time; never cached."""
-    return image_response(handover.open_selfie(current_actor(), reference[:20], token[:200]), "image/jpeg")
+def handover_photo(token: str) -> Response:
+    """The photo, once, watermarked with the booking, the staff member and the time; never cached (the
+    path's secret is redacted from the logs)."""
+    return image_response(handover.open_selfie(current_actor(), token[:200]), "image/jpeg")
 
 
 @agency_bp.post("/bookings/<string:reference>/handover/check")

@@ -214,12 +214,10 @@ def _booking_by_reference(reference: str) -> Booking | None:
         return None
 
 
-def open_selfie(actor: Actor, reference: str, token: str) -> bytes:
+def open_selfie(actor: Actor, token: str) -> bytes:
     """Spend a handover link: the selfie, watermarked with the booking, the staff member and the time."""
-    booking = _staff_booking(actor, reference)
     data, _blob, context = kyc.open_purpose_image(actor, token, PURPOSE)
-    if context != booking.reference:
-        raise NotFound()
+    booking = _staff_booking(actor, context)  # still this agency's handover staff (else 404, the spend undone)
     stamp = utcnow().strftime("%Y-%m-%d %H:%M:%S UTC")
     staff = actor.user.full_name or actor.user.public_id
     return images.watermark(data, [f"{booking.reference} handover", f"{staff} ({actor.user.public_id[:8]})", stamp])

@@ -60,17 +60,18 @@ def reveal(reference: str) -> dict[str, Any]:
     last few minutes, for a confirmed, paid booking with its deposit held and a customer still cleared to
     drive, before the car is handed over. Refusals name their reasons (`handover_reveal_refused`)."""
     token, expires = service.reveal_selfie(current_actor(), reference)
-    return {"url": f"/api/v1/agency/bookings/{reference}/handover/photo/{token}", "expires_at": expires}
+    return {"url": f"/api/v1/agency/handover-photos/{token}", "expires_at": expires}
 
 
-@agency_handover_bp.route(f"{BOOKING}/handover/photo/<string:token>")
+@agency_handover_bp.route("/handover-photos/<string:token>")
 @writes
 @agency_handover_bp.response(200, description="The photo (JPEG) with a visible watermark, never cached",
                              content_type="image/jpeg")
 @requires(Permission.AGENCY_HANDOVER_PERFORM)
-def photo(reference: str, token: str) -> Response:
-    """Open a reveal link once: the photo carries the booking reference, your name and the time."""
-    return image_response(service.open_selfie(current_actor(), reference, token), "image/jpeg")
+def photo(token: str) -> Response:
+    """Open a reveal link once: the photo carries the booking reference, your name and the time (the path's
+    secret is redacted from the logs)."""
+    return image_response(service.open_selfie(current_actor(), token), "image/jpeg")
 
 
 @agency_handover_bp.route(f"{BOOKING}/handover/check", methods=["POST"])
