@@ -44,6 +44,7 @@ def home() -> Any:
 
 from agency_app import booking_views as _booking_views  # noqa: E402,F401  (bookings pages)
 from agency_app import fleet_views as _fleet_views  # noqa: E402,F401  (fleet and availability pages)
+from agency_app import handover_views as _handover_views  # noqa: E402,F401  (the counter: handover and return)
 from agency_app import invoice_views as _invoice_views  # noqa: E402,F401  (tax invoices and their PDFs)
 from agency_app import payout_views as _payout_views  # noqa: E402,F401  (payout account and statement)
 from agency_app import profile_views as _profile_views  # noqa: E402,F401  (registers the profile and staff pages)

@@ -76,6 +76,8 @@ def _import_models() -> None:
     from marketplace.bookings import jobs as _booking_jobs  # noqa: F401
     from marketplace.bookings import models as _bookings  # noqa: F401
     from marketplace.fleet import models as _fleet  # noqa: F401
+    from marketplace.handover import models as _handover  # noqa: F401
+    from marketplace.handover import service as _handover_purpose  # noqa: F401 - registers the image purpose
     from marketplace.kyc import jobs as _kyc_jobs  # noqa: F401
     from marketplace.kyc import models as _kyc  # noqa: F401
     from marketplace.notifications import models as _notifications  # noqa: F401
@@ -126,6 +128,9 @@ def _register_routes(app: Flask) -> None:
     register_gated(app, booking_payments_bp, Gate(GateKind.API), api=api)
     register_gated(app, webhook_bp, Gate(GateKind.PUBLIC), api=api)  # Stripe-Signature is its gate
     register_gated(app, agency_payouts_bp, Gate(GateKind.API_STAFF, Permission.AGENCY_ACCESS), api=api)
+    from marketplace.handover.views import agency_handover_bp
+
+    register_gated(app, agency_handover_bp, Gate(GateKind.API_STAFF, Permission.AGENCY_ACCESS), api=api)
 
     from marketplace.console.views import console_bp
 

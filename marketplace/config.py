@@ -90,6 +90,11 @@ class Settings:
     platform_legal_name: str = "CareJar Technologies FZ-LLC"
     platform_address: str = "Dubai Internet City, Dubai, United Arab Emirates"
     platform_trn: str = "100000000000003"
+    # the handover check (P-18): the customer's selfie may be revealed only this long before and after pick-up,
+    # by staff who passed MFA within handover_mfa_window
+    handover_window_before: timedelta = timedelta(minutes=60)
+    handover_window_after: timedelta = timedelta(minutes=180)
+    handover_mfa_window: timedelta = timedelta(minutes=5)
 
     @property
     def production(self) -> bool:
@@ -271,6 +276,9 @@ def load_settings(overrides: Mapping[str, Any] | None = None) -> Settings:  # no
         platform_legal_name=env.get("PLATFORM_LEGAL_NAME") or Settings.platform_legal_name,
         platform_address=env.get("PLATFORM_ADDRESS") or Settings.platform_address,
         platform_trn=platform_trn,
+        handover_window_before=timedelta(minutes=max(0, _int(env, "HANDOVER_WINDOW_BEFORE_MINUTES", 60))),
+        handover_window_after=timedelta(minutes=max(0, _int(env, "HANDOVER_WINDOW_AFTER_MINUTES", 180))),
+        handover_mfa_window=timedelta(minutes=max(1, _int(env, "HANDOVER_MFA_MINUTES", 5))),
     )
 
 

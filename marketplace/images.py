@@ -56,7 +56,7 @@ from dataclasses import dataclass, field
 from math import ceil
 from typing import IO, Final
 
-from PIL import Image, ImageFile, ImageOps, JpegImagePlugin, PngImagePlugin, WebPImagePlugin
+from PIL import Image, ImageDraw, ImageFile, ImageFont, ImageOps, JpegImagePlugin, PngImagePlugin, WebPImagePlugin
 
 from marketplace.errors import PayloadTooLarge, Unprocessable, UnsupportedMediaType
 
@@ -375,6 +375,40 @@ def _encode(pixels: Image.Image, policy: ImagePolicy) -> ProcessedImage:
         height=pixels.height,
         sha256=hashlib.sha256(data).hexdigest(),
     )
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Watermarking a stored image for one viewer (the handover selfie, P-18)
+
+WATERMARK_BAND: Final = 0.22  # the share of the height the bottom band takes
+
+
+def watermark(data: bytes, lines: list[str], *, quality: int = 85) -> bytes:
+    """Draw ``lines`` (who, which booking, when) visibly on an image this platform stored: a dark band at
+    the bottom with the lines in white, and the first line repeated faintly across the picture so a crop
+    does not remove it. Input is our own re-encoded output (decoded here again, under the same pixel cap);
+    the result is a JPEG without metadata."""
+    with Image.open(io.BytesIO(data)) as src:
+        if src.width * src.height > DOCUMENT_POLICY.max_pixels:
+            raise _too_large(src.width, src.height, DOCUMENT_POLICY)
+        base = src.convert("RGB")
+    width, height = base.size
+    overlay = Image.new("RGBA", base.size, (0, 0, 0, 0))
+    draw = ImageDraw.Draw(overlay)
+    band = max(24, int(height * WATERMARK_BAND))
+    size = max(10, band // (len(lines) + 1))
+    font = ImageFont.load_default(size=size)
+    faint = ImageFont.load_default(size=max(10, width // 18))
+    step = max(40, height // 5)
+    for row, y in enumerate(range(0, height - band, step)):
+        draw.text(((row % 2) * width // 6, y), lines[0] if lines else "", font=faint, fill=(255, 255, 255, 70))
+    draw.rectangle((0, height - band, width, height), fill=(0, 0, 0, 200))
+    for i, line in enumerate(lines):
+        draw.text((max(4, width // 40), height - band + size // 2 + i * size), line, font=font,
+                  fill=(255, 255, 255, 255))
+    out = io.BytesIO()
+    Image.alpha_composite(base.convert("RGBA"), overlay).convert("RGB").save(out, OUTPUT_FORMAT, quality=quality)
+    return out.getvalue()
 
 
 # ---------------------------------------------------------------------------------------------------------

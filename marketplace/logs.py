@@ -18,7 +18,8 @@ from flask import g, has_request_context
 
 # Paths that carry a single-use secret (signed image links): logged as "<prefix>/[redacted]". A test
 # checks every URL rule with a ``token`` variable is covered (tests/test_access_log.py).
-TOKEN_PATH_PREFIXES = ("/api/v1/images/", "/console/kyc/images/", "/console/agencies/images/")
+TOKEN_PATH_PREFIXES = ("/api/v1/images/", "/console/kyc/images/", "/console/agencies/images/",
+                       "/api/v1/agency/handover-photos/", "/agency/handover-photos/")
 # "/+" between segments: werkzeug merges repeated slashes (and redirects), so "//api/v1//images/x" is a link too
 _TOKEN_PATHS = re.compile(
     "(" + "|".join("/+".join(re.escape(part) for part in p.split("/")) for p in TOKEN_PATH_PREFIXES) + r")[^/?#\s\"]+",

@@ -6,6 +6,7 @@ requests in the same test read through their own sessions.
 
 from __future__ import annotations
 
+import io
 import itertools
 import secrets
 import time
@@ -268,12 +269,14 @@ def actor_for(person: Person, *, mfa: bool = True) -> Any:
     return Actor.for_session(issued.session)
 
 
-def make_verified_customer(*, licence_valid_days: int = 700, **fields: Any) -> Person:
-    """A customer cleared to drive: identity on file, face-data consent, an approved KYC case."""
+def make_verified_customer(*, licence_valid_days: int = 700, selfie: bytes | None = None, **fields: Any) -> Person:
+    """A customer cleared to drive: identity on file, face-data consent, an approved KYC case (with ``selfie``,
+    a JPEG, stored through the vault on that case, as an upload would be)."""
     from datetime import timedelta
 
-    from marketplace.kyc.models import KycCase, KycIdentity
+    from marketplace.kyc.models import KycCase, KycIdentity, data_owner
     from marketplace.kyc.states import CaseStatus
+    from marketplace.vault import service as vault
 
     person = make_customer(**fields)
     user = person.user()
@@ -289,8 +292,18 @@ def make_verified_customer(*, licence_valid_days: int = 700, **fields: Any) -> P
                       text_sha256=text.sha256, granted_at=utcnow())
     db.session.add(consent)
     db.session.flush()
-    db.session.add(KycCase(user_id=user.id, status=CaseStatus.APPROVED, submitted_at=utcnow(), decided_at=utcnow(),
-                           face_consent_id=consent.id, face_consent_version=text.version))
+    case = KycCase(user_id=user.id, status=CaseStatus.APPROVED, submitted_at=utcnow(), decided_at=utcnow(),
+                   face_consent_id=consent.id, face_consent_version=text.version)
+    if selfie is not None:
+        from PIL import Image
+
+        with Image.open(io.BytesIO(selfie)) as image:
+            width, height = image.size
+        blob = vault.store(data_owner(user.public_id), "selfie", selfie, mime="image/jpeg", width=width, height=height,
+                           user_id=user.id)
+        blob.attached_at = utcnow()
+        case.selfie_blob_id = blob.id
+    db.session.add(case)
     db.session.commit()
     return person
 

@@ -331,6 +331,15 @@ def get(booking_id: int) -> Booking:
     return booking
 
 
+def get_by_reference(reference: str) -> Booking:
+    """A booking by its reference, unscoped: for a policy check that scopes itself (the handover image
+    purpose checks the viewer's agency)."""
+    booking = db.session.execute(select(Booking).where(Booking.reference == reference)).scalar_one_or_none()
+    if booking is None:
+        raise NotFound()
+    return booking
+
+
 class NotPayable(Conflict):
     code = "booking_not_payable"
     message = "This booking is not awaiting payment (it may have expired or been cancelled)."
@@ -361,6 +370,27 @@ def confirm_paid(booking_id: int, *, payment_ref: str) -> bool:
     db.session.flush()
     audit.record(None, "booking:confirm", booking, payment=payment_ref)
     return True
+
+
+def start_rental(actor: Actor, booking_id: int) -> Booking:
+    """confirmed -> in_progress: the car was handed over (the handover area calls this after a match)."""
+    return _move_rental(actor, booking_id, BookingStatus.IN_PROGRESS, "booking:handover")
+
+
+def mark_returned(actor: Actor, booking_id: int) -> Booking:
+    """in_progress -> returned: the car came back (the handover area calls this)."""
+    return _move_rental(actor, booking_id, BookingStatus.RETURNED, "booking:return")
+
+
+def _move_rental(actor: Actor, booking_id: int, target: BookingStatus, action: str) -> Booking:
+    booking = locked(booking_id)
+    states.check(booking.status, target)
+    previous = booking.status
+    booking.status = target
+    _event(booking, actor.user.id, "status", from_status=previous, to_status=target)
+    db.session.flush()
+    audit.record(actor, action, booking)
+    return booking
 
 
 def completed_ids(*, ended_before: datetime, limit: int = 100) -> list[int]:

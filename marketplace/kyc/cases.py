@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from sqlalchemy import select
+
 from marketplace import audit
 from marketplace.errors import Conflict
 from marketplace.extensions import db, utcnow
@@ -13,7 +15,7 @@ from marketplace.kyc.lookup import current_case, identity_of
 from marketplace.kyc.models import KycCase, data_owner
 from marketplace.kyc.rules import SLOTS
 from marketplace.kyc.states import CaseStatus
-from marketplace.security import Actor
+from marketplace.security import Actor, SystemActor
 from marketplace.users import service as users
 from marketplace.users.states import ConsentKind
 from marketplace.vault import service as vault
@@ -73,4 +75,26 @@ def start_reverification(actor: Actor) -> KycCase:
     db.session.add(fresh)
     db.session.flush()
     audit.record(actor, "kyc:reverify", fresh, previous=case.public_id)
+    return fresh
+
+
+def request_rereview(actor: Actor | SystemActor, user: User, *, reason: str, context: str) -> KycCase | None:
+    """Send an approved customer back to the review queue (a mismatch at handover, P-18): the approved case
+    is superseded by a submitted copy with the same images, so the customer is no longer cleared to drive
+    until a reviewer decides again. None when nothing is approved (already in review or never verified)."""
+    case = db.session.execute(
+        select(KycCase).where(KycCase.user_id == user.id, KycCase.status != CaseStatus.SUPERSEDED)
+        .order_by(KycCase.id.desc()).limit(1)
+    ).scalar_one_or_none()
+    if case is None or case.status != CaseStatus.APPROVED:
+        return None
+    states.check(case.status, CaseStatus.SUPERSEDED)
+    case.status = CaseStatus.SUPERSEDED
+    fresh = KycCase(user_id=user.id, status=CaseStatus.SUBMITTED, submitted_at=utcnow(),
+                    face_consent_id=case.face_consent_id, face_consent_version=case.face_consent_version,
+                    customer_reason=reason[:64],
+                    **{slot: getattr(case, slot) for slot in SLOTS.values()})
+    db.session.add(fresh)
+    db.session.flush()
+    audit.record(actor, "kyc:rereview", fresh, previous=case.public_id, reason=reason, context=context)
     return fresh

@@ -36,13 +36,19 @@ ImagePurposeCheck = Callable[[Actor, "Blob", str], bool]
 
 
 _PURPOSES: dict[str, ImagePurposeCheck] = {}
+# purposes whose images are served only by their owner's door (the handover selfie carries a watermark):
+# the generic image links refuse their grants
+_OWN_DOOR: set[str] = set()
 
 
-def image_purpose(name: str) -> Callable[[ImagePurposeCheck], ImagePurposeCheck]:
+def image_purpose(name: str, *, own_door: bool = False) -> Callable[[ImagePurposeCheck], ImagePurposeCheck]:
     """Register the check for an image purpose another area owns (it decides on its own rows; the grant,
-    its audit row and the refusal stay here, in the one policy decision)."""
+    its audit row and the refusal stay here, in the one policy decision). With ``own_door`` a grant for
+    this purpose is spent only through ``open_purpose_image`` with the same purpose."""
     def register(check: ImagePurposeCheck) -> ImagePurposeCheck:
         _PURPOSES[name] = check
+        if own_door:
+            _OWN_DOOR.add(name)
         return check
     return register
 
@@ -85,12 +91,24 @@ def grant_image_view(actor: Actor, blob: Blob, *, purpose: str, context: str, re
 
 def open_granted_image(actor: Actor, token: str) -> tuple[bytes, Blob]:
     """Spend a grant: the same viewer, once, before it expires. Every view leaves an audit row."""
+    data, blob, _context = _spend(actor, token, None)
+    return data, blob
+
+
+def open_purpose_image(actor: Actor, token: str, purpose: str) -> tuple[bytes, Blob, str]:
+    """Spend a grant of one purpose (its owner's door): the image, its blob and the grant's context."""
+    return _spend(actor, token, purpose)
+
+
+def _spend(actor: Actor, token: str, purpose: str | None) -> tuple[bytes, Blob, str]:
     grant = db.session.execute(
         select(ImageGrant).where(ImageGrant.token_hash == users.token_hash(token or "")).with_for_update()
     ).scalar_one_or_none()
     now = utcnow()
     if grant is None or grant.viewer_id != actor.user.id or grant.used_at is not None or grant.expires_at <= now:
         raise NotFound()
+    if (grant.purpose != purpose) if purpose is not None else grant.purpose in _OWN_DOOR:
+        raise NotFound()  # a purpose served by its own door (watermarked) is spent there and nowhere else
     claimed = db.session.execute(
         update(ImageGrant).where(ImageGrant.id == grant.id, ImageGrant.used_at.is_(None)).values(used_at=now)
         .execution_options(synchronize_session=False)
@@ -103,13 +121,26 @@ def open_granted_image(actor: Actor, token: str) -> tuple[bytes, Blob]:
     data = vault.read(blob)
     audit.record(actor, "image:view", ("blobs", blob.public_id), purpose=grant.purpose, context=grant.context,
                  kind=blob.kind)
-    return data, blob
+    return data, blob, grant.context or ""
 
 
 def own_selfie_grant(actor: Actor) -> tuple[str, datetime]:
     case = _latest_with_selfie(actor.user)
     token = grant_image_view(actor, _case_blob(case, "selfie"), purpose="own_profile", context=case.public_id,
                              reason="customer viewing own profile photo")
+    return token, utcnow() + GRANT_TTL
+
+
+def selfie_grant(actor: Actor, user: User, *, purpose: str, context: str, reason: str) -> tuple[str, datetime]:
+    """A single-use link to ``user``'s selfie on their approved case, for a registered purpose (its check
+    decides; a refusal is audited). No approved case with a selfie is a 404."""
+    case = db.session.execute(
+        select(KycCase).where(KycCase.user_id == user.id, KycCase.status == CaseStatus.APPROVED,
+                              KycCase.selfie_blob_id.is_not(None)).order_by(KycCase.id.desc()).limit(1)
+    ).scalar_one_or_none()
+    if case is None:
+        raise NotFound()
+    token = grant_image_view(actor, _case_blob(case, "selfie"), purpose=purpose, context=context, reason=reason)
     return token, utcnow() + GRANT_TTL
 
 

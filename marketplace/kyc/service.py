@@ -16,7 +16,7 @@ from marketplace import audit, images
 from marketplace.errors import PayloadTooLarge, RateLimited, Unprocessable
 from marketplace.extensions import db, utcnow
 from marketplace.kyc import states
-from marketplace.kyc.cases import _owner, face_consent, start_reverification, submit
+from marketplace.kyc.cases import _owner, face_consent, request_rereview, start_reverification, submit
 from marketplace.kyc.clearance import ensure_cleared_to_drive
 from marketplace.kyc.errors import (
     CaseIncomplete,
@@ -33,8 +33,10 @@ from marketplace.kyc.image_access import (
     grant_image_view,
     image_purpose,
     open_granted_image,
+    open_purpose_image,
     own_selfie_grant,
     review_image_grant,
+    selfie_grant,
 )
 from marketplace.kyc.lookup import current_case, identity_of
 from marketplace.kyc.review import (
@@ -149,6 +151,7 @@ __all__ = [
     "identity_of",
     "image_purpose",
     "open_granted_image",
+    "open_purpose_image",
     "own_selfie_grant",
     "pending_decision",
     "purge_unclaimed_uploads",
@@ -156,8 +159,10 @@ __all__ = [
     "queue",
     "reassign",
     "release",
+    "request_rereview",
     "review_image_grant",
     "second_review",
+    "selfie_grant",
     "start_reverification",
     "submit",
     "upload",

@@ -36,12 +36,14 @@ def luhn(digits: str) -> bool:
 
 
 _HASH = re.compile(r"^(?:[0-9a-f]{32}|[0-9a-f]{40}|[0-9a-f]{64})$")  # a digest, e.g. the mandate text's SHA-256
+# our own ids (a saved card's id in a payment request): a UUID's dash-separated groups can read as 13+ digits
+_UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 
 
 def looks_like_card_number(text: str) -> bool:
     """13-19 digits (spaces or dashes allowed between them) passing the Luhn check; card numbers never
-    start with 0 (ISO/IEC 7812), and a hex digest is not one."""
-    if _HASH.match(text):
+    start with 0 (ISO/IEC 7812), and a hex digest or a UUID is not one."""
+    if _HASH.match(text) or _UUID.match(text):
         return False
     for match in _DIGIT_RUN.finditer(text):
         digits = re.sub(r"[ -]", "", match.group())

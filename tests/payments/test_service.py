@@ -52,6 +52,13 @@ def test_card_number_detection():  # enforces P-19
     assert card_data_path({"device": "Pixel 8", "version": "2026-11-01"}) is None
 
 
+def test_a_uuid_is_never_taken_for_a_card_number():  # P-19: a saved card's own id is not card data
+    # this card id reads "8-4205-9486-1611": 13 digits passing Luhn; paying with it was refused by chance
+    assert not looks_like_card_number("3c09fbc5-37c8-4205-9486-1611fe2f6286")
+    assert card_data_path({"payment_method_id": "3c09fbc5-37c8-4205-9486-1611fe2f6286"}) is None
+    assert looks_like_card_number("id 3c09fbc5 card 4242-4242-4242-4242")
+
+
 # ---- webhooks --------------------------------------------------------------------------------------------------
 
 

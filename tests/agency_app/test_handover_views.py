@@ -1,0 +1,51 @@
+"""The agency app's counter pages (P-18): today's handovers, the check, the photo shown once, match, handover,
+return. Payments through localstripe on loopback; the clock moved with time_machine."""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+from typing import Any
+
+from marketplace.extensions import db
+from tests.factories import csrf_from, web_login
+from tests.handover.test_service import _at, _booking, _counter
+
+
+def _post(client: Any, path: str, page: Any, **data: str) -> Any:
+    return client.post(path, data={"csrf_token": csrf_from(page.get_data(as_text=True)), **data})
+
+
+def test_a_full_handover_and_return_in_the_agency_app(app, client, app_ctx, stripe_gateway):  # enforces P-18
+    c = _counter(client, stripe_gateway)
+    base = f"/agency/bookings/{c.reference}"
+    with _at(c.starts_at - timedelta(minutes=20)):
+        web_login(client, c.staff, door="agency")
+        listed = client.get("/agency/handovers")
+        assert listed.status_code == 200 and c.reference in listed.get_data(as_text=True)
+        page = client.get(f"{base}/handover")
+        html = page.get_data(as_text=True)
+        assert page.status_code == 200 and "DXB-778899" in html and 'id="selfie"' not in html
+        revealed = _post(client, f"{base}/handover/reveal", page)
+        assert revealed.status_code == 200
+        src = re.search(r'id="selfie" src="([^"]+)"', revealed.get_data(as_text=True))
+        assert src is not None
+        photo = client.get(src.group(1))
+        assert photo.status_code == 200 and photo.mimetype == "image/jpeg"
+        assert "no-store" in photo.headers["Cache-Control"]
+        assert client.get(src.group(1)).status_code == 404  # once
+        checked = _post(client, f"{base}/handover/check", revealed, outcome="match")
+        assert checked.status_code == 302
+        page = client.get(f"{base}/handover")
+        assert _post(client, f"{base}/handover", page).status_code == 302
+        assert _booking(c.reference).status == "in_progress"
+        page = client.get(f"{base}/handover")
+        refused = _post(client, f"{base}/handover/reveal", page)
+        assert refused.status_code == 403 and "handover closed" in refused.get_data(as_text=True)
+    with _at(c.ends_at + timedelta(minutes=30)):
+        web_login(client, c.staff, door="agency")
+        page = client.get(f"{base}/handover")
+        assert _post(client, f"{base}/return", page).status_code == 302
+        assert "minutes late" in client.get(f"{base}/handover").get_data(as_text=True)
+    db.session.expire_all()
+    assert _booking(c.reference).status == "returned"
