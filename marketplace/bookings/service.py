@@ -331,15 +331,6 @@ def get(booking_id: int) -> Booking:
     return booking
 
 
-def get_by_reference(reference: str) -> Booking:
-    """A booking by its reference, unscoped: for a policy check that scopes itself (the handover image
-    purpose checks the viewer's agency)."""
-    booking = db.session.execute(select(Booking).where(Booking.reference == reference)).scalar_one_or_none()
-    if booking is None:
-        raise NotFound()
-    return booking
-
-
 class NotPayable(Conflict):
     code = "booking_not_payable"
     message = "This booking is not awaiting payment (it may have expired or been cancelled)."
@@ -409,7 +400,8 @@ def flag_booking(booking_id: int, reason: str) -> None:
 
 
 def get_by_reference(reference: str) -> Booking:
-    """Any booking by its reference, for platform staff pages whose own service checked the permission."""
+    """Any booking by its reference, unscoped: for callers that scope or authorise themselves (platform staff
+    pages whose service checked the permission; the handover image purpose checks the viewer's agency)."""
     booking = db.session.execute(select(Booking).where(Booking.reference == reference[:16])).scalar_one_or_none()
     if booking is None:
         raise NotFound()
