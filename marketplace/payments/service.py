@@ -766,6 +766,9 @@ def rehold_due_deposits(*, now: datetime | None = None, limit: int = 50) -> int:
             done += 1
         else:
             bookings.flag_booking(booking_id, "deposit re-hold failed: post-rental charges will use the MIT mandate")
+            agency = agencies.agency_by_id(booking.agency_id)
+            notifications.send_email(to=agency.contact_email, kind="deposit_rehold_failed",
+                                     context={"agency": agency, "booking": booking})
     return done
 
 

@@ -11,8 +11,10 @@ from typing import Any
 import time_machine
 from sqlalchemy import func, select
 
+from marketplace.agencies.service import agency_by_id
 from marketplace.extensions import db, utcnow
 from marketplace.money import Money
+from marketplace.notifications.models import OutboxMessage
 from marketplace.payments import service
 from marketplace.payments.errors import CardDeclined
 from marketplace.payments.models import (
@@ -205,6 +207,11 @@ def test_a_failed_re_hold_falls_back_to_the_mandate_and_alerts(app, client, app_
                                 .order_by(PaymentIntentRow.id)).scalars().all()
     assert states == ["held", "failed"]  # the old hold stays until it runs out
     assert "re-hold failed" in (_booking(reference).flag_reason or "")
+    booking = _booking(reference)
+    alerts = db.session.execute(
+        select(OutboxMessage).where(OutboxMessage.kind == "deposit_rehold_failed")).scalars().all()
+    assert [m.to_address for m in alerts] == [agency_by_id(booking.agency_id).contact_email]  # the agency is told
+    assert reference in alerts[0].subject
     assert_ledger_ok(app)
 
 
