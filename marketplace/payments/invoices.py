@@ -37,7 +37,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Literal
 from zoneinfo import ZoneInfo
@@ -647,7 +647,8 @@ def issue_for_booking_payment(payment_row_id: int, booking: Booking, recipient: 
     breakdown = _booking_breakdown(booking)
     if breakdown.vat.fils != booking.vat_fils or breakdown.total.fils != booking.total_fils:
         raise ValueError(f"booking {booking.reference}: its stored VAT or total disagrees with its quote")
-    supply = booking.starts_at.replace(tzinfo=booking.starts_at.tzinfo or BUSINESS_TZ).astimezone(BUSINESS_TZ).date()
+    starts = booking.starts_at if booking.starts_at.tzinfo else booking.starts_at.replace(tzinfo=UTC)  # stored in UTC
+    supply = starts.astimezone(BUSINESS_TZ).date()  # the rental's first day in the UAE
     source = (BOOKING_PAYMENT, payment_row_id)
     issued: list[Invoice] = []
     rental = breakdown.line("rental")
