@@ -235,10 +235,14 @@ def _contend(app: Flask, car_id: int, block_id: int, starts_at: datetime, *, bar
              outcomes: list[str]) -> None:
     """One writer of a race: hold six hours from ``starts_at`` for ``block_id`` as a unit of work of its own."""
     with app.app_context():
+        attempts: list[int] = []
+
         def work() -> availability.Hold:
             current = db.session.get(Vehicle, car_id)
             assert current is not None
-            barrier.wait()  # both inside their unit of work, then both write at once
+            if not attempts:  # a unit re-run after a deadlock (40P01) must not wait for a partner that has gone on
+                barrier.wait()  # both inside their unit of work, then both write at once
+            attempts.append(1)
             return availability.hold(current, starts_at, starts_at + timedelta(hours=6), Holder.block(block_id))
 
         try:
