@@ -11,7 +11,6 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-import pytest
 from flask import Flask
 from sqlalchemy import select
 
@@ -22,17 +21,12 @@ from marketplace.permissions import Role
 from marketplace.users.consent_texts import CURRENT
 from marketplace.users.models import ConsentKind
 from tests.browser import test_console_signin as signin
-from tests.browser.test_console_signin import CHROMIUM, Journal
-from tests.conftest import chromium_path
+from tests.browser.test_console_signin import BROWSER_JOURNEY, Journal
 from tests.factories import Person, auth_headers, make_agency, make_customer, make_staff
 from tests.fleet.helpers import iso
 from tests.kyc.helpers import approve_case, submitted_case
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(chromium_path() is None or str(chromium_path()) != CHROMIUM,
-                       reason=f"{CHROMIUM} is missing: install Debian's chromium (apt-get install -y chromium)"),
-]
+pytestmark = BROWSER_JOURNEY
 
 # the shared fixtures: one headless Chromium per module, a fresh page (with its error journal) per test
 browser = signin.browser

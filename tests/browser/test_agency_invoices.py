@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import pypdfium2
-import pytest
 from flask import Flask
 from PIL import Image
 
@@ -18,15 +17,10 @@ from marketplace.payments import invoices
 from marketplace.permissions import Role
 from tests.browser import test_agency_fleet as fleet
 from tests.browser import test_console_signin as signin
-from tests.browser.test_console_signin import CHROMIUM, Journal
-from tests.conftest import chromium_path
+from tests.browser.test_console_signin import BROWSER_JOURNEY, Journal
 from tests.factories import make_agency, make_customer, make_invoice, make_staff
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(chromium_path() is None or str(chromium_path()) != CHROMIUM,
-                       reason=f"{CHROMIUM} is missing: install Debian's chromium (apt-get install -y chromium)"),
-]
+pytestmark = BROWSER_JOURNEY
 
 browser = signin.browser
 page = signin.page

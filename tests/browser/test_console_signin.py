@@ -24,11 +24,14 @@ CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                   "--disable-component-update", "--no-first-run"]
 
-pytestmark = [
+# every browser journey: skipped, with its reason, only where Debian's chromium is missing (make test and
+# .ci/run install it when they run as root)
+BROWSER_JOURNEY = [
     pytest.mark.browser,
     pytest.mark.skipif(chromium_path() is None or str(chromium_path()) != CHROMIUM,
                        reason=f"{CHROMIUM} is missing: install Debian's chromium (apt-get install -y chromium)"),
 ]
+pytestmark = BROWSER_JOURNEY
 
 
 @dataclass

@@ -13,15 +13,10 @@ import pytest
 from flask import Flask
 
 from tests.browser import test_console_signin as signin
-from tests.browser.test_console_signin import CHROMIUM, Journal
-from tests.conftest import chromium_path
+from tests.browser.test_console_signin import BROWSER_JOURNEY, Journal
 from tests.factories import make_customer, registration_body
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(chromium_path() is None or str(chromium_path()) != CHROMIUM,
-                       reason=f"{CHROMIUM} is missing: install Debian's chromium (apt-get install -y chromium)"),
-]
+pytestmark = BROWSER_JOURNEY
 
 browser = signin.browser
 page = signin.page

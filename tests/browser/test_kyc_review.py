@@ -10,23 +10,17 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-import pytest
 from flask import Flask
 
 from marketplace.extensions import db, utcnow
 from marketplace.kyc import service as kyc
 from marketplace.permissions import Role
 from tests.browser import test_console_signin as signin
-from tests.browser.test_console_signin import CHROMIUM, Journal
-from tests.conftest import chromium_path
+from tests.browser.test_console_signin import BROWSER_JOURNEY, Journal
 from tests.factories import auth_headers, make_customer, make_staff
 from tests.kyc.helpers import latest_case, submitted_case
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(chromium_path() is None or str(chromium_path()) != CHROMIUM,
-                       reason=f"{CHROMIUM} is missing: install Debian's chromium (apt-get install -y chromium)"),
-]
+pytestmark = BROWSER_JOURNEY
 
 # the shared fixtures: one headless Chromium per module, a fresh page (with its error journal) per test
 browser = signin.browser
