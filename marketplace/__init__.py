@@ -75,7 +75,10 @@ def _import_models() -> None:
     from marketplace.availability import models as _availability  # noqa: F401
     from marketplace.bookings import jobs as _booking_jobs  # noqa: F401
     from marketplace.bookings import models as _bookings  # noqa: F401
+    from marketplace.charges import jobs as _charge_jobs  # noqa: F401 - and the listeners charges.service registers
+    from marketplace.charges import models as _charges  # noqa: F401
     from marketplace.fleet import models as _fleet  # noqa: F401
+    from marketplace.handover import jobs as _handover_jobs  # noqa: F401
     from marketplace.handover import models as _handover  # noqa: F401
     from marketplace.handover import service as _handover_purpose  # noqa: F401 - registers the image purpose
     from marketplace.kyc import jobs as _kyc_jobs  # noqa: F401
@@ -131,6 +134,10 @@ def _register_routes(app: Flask) -> None:
     from marketplace.handover.views import agency_handover_bp
 
     register_gated(app, agency_handover_bp, Gate(GateKind.API_STAFF, Permission.AGENCY_ACCESS), api=api)
+    from marketplace.charges.views import agency_charges_bp, charges_bp
+
+    register_gated(app, charges_bp, Gate(GateKind.API), api=api)
+    register_gated(app, agency_charges_bp, Gate(GateKind.API_STAFF, Permission.AGENCY_ACCESS), api=api)
 
     from marketplace.console.views import console_bp
 

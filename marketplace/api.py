@@ -79,7 +79,8 @@ class ConstraintsPlugin(BasePlugin):
         schema = kwargs.get("schema")
         cls = schema if isinstance(schema, type) else type(schema)
         fields_ = getattr(cls, "_declared_fields", {})
-        parts = {key: {"contentType": ", ".join(f.CONTENT_TYPES)} for key, f in fields_.items()
+        images = {key: getattr(f, "inner", f) for key, f in fields_.items()}  # a list of image parts too
+        parts = {key: {"contentType": ", ".join(f.CONTENT_TYPES)} for key, f in images.items()
                  if isinstance(f, ImageUpload)}
         if parts:
             self._parts[name] = parts

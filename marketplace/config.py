@@ -95,6 +95,10 @@ class Settings:
     handover_window_before: timedelta = timedelta(minutes=60)
     handover_window_after: timedelta = timedelta(minutes=180)
     handover_mfa_window: timedelta = timedelta(minutes=5)
+    # post-rental charges (P-21): a fine or toll incurred this long before the handover or after the return
+    # still counts as inside the rental; a deposit stays held this long after the return for charges to come
+    charge_time_grace: timedelta = timedelta(minutes=30)
+    deposit_keep_after_return: timedelta = timedelta(hours=48)
 
     @property
     def production(self) -> bool:
@@ -279,6 +283,8 @@ def load_settings(overrides: Mapping[str, Any] | None = None) -> Settings:  # no
         handover_window_before=timedelta(minutes=max(0, _int(env, "HANDOVER_WINDOW_BEFORE_MINUTES", 60))),
         handover_window_after=timedelta(minutes=max(0, _int(env, "HANDOVER_WINDOW_AFTER_MINUTES", 180))),
         handover_mfa_window=timedelta(minutes=max(1, _int(env, "HANDOVER_MFA_MINUTES", 5))),
+        charge_time_grace=timedelta(minutes=min(240, max(0, _int(env, "CHARGE_TIME_GRACE_MINUTES", 30)))),
+        deposit_keep_after_return=timedelta(hours=min(120, max(0, _int(env, "DEPOSIT_KEEP_AFTER_RETURN_HOURS", 48)))),
     )
 
 

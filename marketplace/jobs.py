@@ -51,7 +51,7 @@ class WorkStatus(StrEnum):
 
 class WorkItem(Model):
     __tablename__ = "work_items"
-    __table_args__ = (Index("ix_work_items_due", "status", "due_at"),)
+    __table_args__ = (Index("ix_work_items_due", "status", "due_at"), Index("ix_work_items_kind_ref", "kind", "ref"))
 
     id: Mapped[int] = mapped_column(primary_key=True)
     kind: Mapped[str] = mapped_column(String(48))
@@ -120,6 +120,13 @@ def schedule(
         else:
             session.info.setdefault(_PENDING_KEY, []).append((run_work_item, (item.id,)))
     return item
+
+
+def has_open(kind: str, ref: str | int) -> bool:
+    """Whether work of this kind for this ref is still to run (pending, whenever due, or running)."""
+    return db.session.execute(select(WorkItem.id).where(
+        WorkItem.kind == kind, WorkItem.ref == str(ref),
+        WorkItem.status.in_([WorkStatus.PENDING, WorkStatus.RUNNING])).limit(1)).first() is not None
 
 
 # ---- enqueue after commit ----------------------------------------------------------------------

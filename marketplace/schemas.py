@@ -183,6 +183,11 @@ class ImageUpload(Upload):
         kwargs["metadata"] = {"description": f"{limits}. {description}".strip(), **kwargs.get("metadata", {})}
         super().__init__(**kwargs)
 
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
+        if not hasattr(value, "stream"):  # a plain form field under a file part's name
+            raise ValidationError("Send a file part.")
+        return value
+
 
 class PatchSchema(StrictSchema):
     """Every field optional: a patch changes only the parts it names (marshmallow has no ``Meta.partial``)."""

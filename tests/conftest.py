@@ -178,6 +178,28 @@ def drain_jobs(app: Flask) -> None:
         jobs.backend().drain()
 
 
+def sweep_and_drain(app: Flask) -> None:
+    """One sweeper tick at the current (test) clock: due work re-queued, the periodic tasks run, and the queue
+    drained (what ``flask jobs sweeper`` and a worker do in production)."""
+    from flask import has_app_context
+
+    from marketplace import jobs
+    from marketplace.extensions import db
+
+    def tick() -> None:
+        jobs.sweep()
+        jobs.run_periodic()
+        jobs.backend().drain()
+
+    if not has_app_context():
+        with app.app_context():
+            tick()
+        return
+    db.session.rollback()  # the test's own read would keep an old snapshot (SQLite WAL) and miss the jobs' writes
+    tick()
+    db.session.rollback()
+
+
 # ---- a real SMTP server on loopback --------------------------------------------------------------
 
 

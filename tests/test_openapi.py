@@ -408,7 +408,7 @@ _PERIOD_OPS = {"POST /api/v1/bookings/quote", "POST /api/v1/bookings", "PATCH /a
                "GET /api/v1/vehicles"}  # search applies the booking rules to its period (SEARCH_RULES)
 _LISTS = {"GET /api/v1/bookings", "GET /api/v1/me/notifications", "GET /api/v1/agency/staff",
           "GET /api/v1/agency/vehicles", "GET /api/v1/agency/bookings", "GET /api/v1/vehicles",
-          "GET /api/v1/invoices", "GET /api/v1/me/invoices", "GET /api/v1/agency/invoices"}
+          "GET /api/v1/invoices", "GET /api/v1/me/invoices", "GET /api/v1/agency/invoices", "GET /api/v1/charges"}
 _BIRTH_OPS = {"POST /api/v1/auth/register", "PATCH /api/v1/me", "PUT /api/v1/me/kyc/identity"}
 _NEW_PASSWORD_OPS = {"POST /api/v1/auth/register", "POST /api/v1/agencies", "POST /api/v1/me/password",
                      "POST /api/v1/auth/password-reset/confirm"}

@@ -151,7 +151,18 @@ _BOOKING_CHECKS: list[Callable[[int], None]] = []
 
 
 def before_booking(check: Callable[[int], None]) -> Callable[[int], None]:
+    """Register a check of the car's agency (its id) that may refuse a new booking."""
     _BOOKING_CHECKS.append(check)
+    return check
+
+
+_CUSTOMER_CHECKS: list[Callable[[int], None]] = []
+
+
+def before_customer_books(check: Callable[[int], None]) -> Callable[[int], None]:
+    """Register a check of the customer (their user id) that may refuse a new booking: an unpaid post-rental
+    charge does (``outstanding_balance``, registered by the charges area above)."""
+    _CUSTOMER_CHECKS.append(check)
     return check
 
 
@@ -198,6 +209,8 @@ def create_booking(
         vehicle = bookable_vehicle(vehicle_id)
         for check in _BOOKING_CHECKS:
             check(vehicle.agency_id)
+        for customer_check in _CUSTOMER_CHECKS:
+            customer_check(user_id)
         if not availability.is_free(vehicle, starts_at, ends_at):
             # taken by a twin request with this key that committed meanwhile? then answer as it did
             replayed = replay()
@@ -382,6 +395,19 @@ def _move_rental(actor: Actor, booking_id: int, target: BookingStatus, action: s
     db.session.flush()
     audit.record(actor, action, booking)
     return booking
+
+
+def complete(booking_id: int) -> bool:
+    """returned -> completed: the rental is closed (the handover area's job after the return); True if moved.
+    Payouts count their escrow from here; post-rental charges may still be raised for 90 days."""
+    booking = locked(booking_id)
+    if booking.status != BookingStatus.RETURNED:
+        return False
+    booking.status = BookingStatus.COMPLETED
+    _event(booking, None, "status", from_status=BookingStatus.RETURNED, to_status=BookingStatus.COMPLETED)
+    db.session.flush()
+    audit.record(None, "booking:complete", booking)
+    return True
 
 
 def completed_ids(*, ended_before: datetime, limit: int = 100) -> list[int]:

@@ -272,6 +272,12 @@ def hand_over(actor: Actor, reference: str) -> Handover:
 _DEPOSIT_KEEPERS: list[Callable[[int], bool]] = []
 
 
+def rental_period(booking_id: int) -> tuple[datetime | None, datetime | None]:
+    """The actual handover and return times of a booking (None where it has not happened)."""
+    row = db.session.execute(select(Handover).where(Handover.booking_id == booking_id)).scalar_one_or_none()
+    return (row.handed_over_at, row.returned_at) if row is not None else (None, None)
+
+
 def keeps_deposit(func: Callable[[int], bool]) -> Callable[[int], bool]:
     """Register a check (booking id -> True to keep the deposit held after the return)."""
     _DEPOSIT_KEEPERS.append(func)
@@ -297,8 +303,16 @@ def record_return(actor: Actor, reference: str) -> Handover:
     row.stage, row.returned_at, row.returned_by_id, row.late_by_minutes = Stage.RETURNED, now, actor.user.id, late
     db.session.flush()
     keep = charge_pending(booking.id)
-    if not keep:
-        jobs.schedule("payments.release_deposit", booking.id, dedupe_key=f"deposit-release:{booking.id}:return")
+    release_at = now + _settings().deposit_keep_after_return
+    jobs.schedule("handover.after_return", booking.id, due_at=release_at, dedupe_key=f"after-return:{booking.id}")
     audit.record(actor, "handover:return", booking, at=now.isoformat(), late_by_minutes=late,
-                 deposit="kept_for_charges" if keep else "release")
+                 deposit="kept_for_charges" if keep else "release", deposit_release_at=release_at.isoformat())
     return row
+
+
+def after_return(booking_id: int) -> None:
+    """``deposit_keep_after_return`` after the return: the rental is closed (completed), and the deposit is
+    released unless a pending post-rental charge still needs it (the charges area releases it once settled)."""
+    bookings.complete(booking_id)
+    if not charge_pending(booking_id):
+        payments.release_deposit(booking_id)

@@ -192,12 +192,17 @@ class PayoutAccount(Model):
 
 
 class Payout(Model):
-    """A booking's money to its agency, less the platform fee and VAT, once the escrow ends (key ``transfer:<id>``)."""
+    """A booking's money to its agency, less the platform fee and VAT, once the escrow ends (key ``transfer:<id>``);
+    a collected post-rental charge's share is a payout of its own (P-21)."""
 
     __tablename__ = "payouts"
+    __table_args__ = (UniqueConstraint("booking_id", "source"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    booking_id: Mapped[int] = mapped_column(ForeignKey("bookings.id"), unique=True)
+    booking_id: Mapped[int] = mapped_column(ForeignKey("bookings.id"), index=True)
+    # what is paid out: "rental" (the booking's, once its escrow ends) or "charge:<charge payment id>" (the
+    # agency's share of a collected post-rental charge); one payout per booking and source
+    source: Mapped[str] = mapped_column(String(40), default="rental", server_default="rental")
     agency_id: Mapped[int] = mapped_column(ForeignKey("agencies.id"), index=True)
     amount_fils: Mapped[int] = mapped_column(Integer)
     platform_fee_fils: Mapped[int] = mapped_column(Integer)
@@ -240,3 +245,40 @@ class Dispute(PublicIdMixin, Model):
     opened_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
     closed_at: Mapped[datetime | None]
+
+
+class ChargePayment(Model):
+    """One attempt to collect a post-rental charge (P-21): from the deposit hold, off-session from the saved
+    card (an MIT under the mandate), or on-session when the customer pays it themselves.
+
+    ``charge_id`` is the charges area's row (no foreign key: payments sits below charges). The key
+    ``charge:<charge>:attempt:<n>`` is committed before Stripe is asked; an off-session attempt creates the
+    intent under it and confirms under ``<key>:confirm`` once the intent's id is committed (STRIPE.md §1.3).
+    """
+
+    __tablename__ = "charge_payments"
+    __table_args__ = (
+        UniqueConstraint("charge_id", "attempt"),
+        Index("ix_charge_payments_open", "state", "updated_at"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    charge_id: Mapped[int] = mapped_column(Integer, index=True)
+    booking_id: Mapped[int] = mapped_column(ForeignKey("bookings.id"), index=True)
+    agency_id: Mapped[int] = mapped_column(ForeignKey("agencies.id"))
+    attempt: Mapped[int] = mapped_column(Integer)
+    idempotency_key: Mapped[str] = mapped_column(String(120), unique=True)
+    via: Mapped[str] = mapped_column(String(12))  # deposit | card | on_session
+    state: Mapped[str] = mapped_column(String(20), default=IntentState.PENDING)
+    amount_fils: Mapped[int] = mapped_column(Integer)
+    vat_fils: Mapped[int] = mapped_column(Integer, default=0)
+    description: Mapped[str] = mapped_column(String(300))
+    card_id: Mapped[int | None] = mapped_column(ForeignKey("saved_cards.id"))
+    deposit_id: Mapped[int | None] = mapped_column(ForeignKey("payment_intents.id"))  # the hold it captures
+    stripe_intent_id: Mapped[str | None] = mapped_column(String(64), unique=True)
+    stripe_charge_id: Mapped[str | None] = mapped_column(String(64))
+    error_code: Mapped[str | None] = mapped_column(String(64))
+    needs_review: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    settled_at: Mapped[datetime | None]

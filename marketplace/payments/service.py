@@ -15,9 +15,10 @@ notes in the transaction that records it settled.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from enum import StrEnum
 from typing import Any
 
 from flask import current_app
@@ -27,6 +28,7 @@ from marketplace import audit, jobs, money
 from marketplace.agencies import service as agencies
 from marketplace.bookings import service as bookings
 from marketplace.bookings.states import BookingStatus
+from marketplace.clock import business_today
 from marketplace.errors import Conflict, Forbidden, NotFound, Unprocessable
 from marketplace.extensions import db, utcnow
 from marketplace.fleet import service as fleet
@@ -52,6 +54,7 @@ from marketplace.payments.gateway import (
 )
 from marketplace.payments.models import (
     CardSetup,
+    ChargePayment,
     Dispute,
     JournalEntry,
     JournalLine,
@@ -217,13 +220,17 @@ def ledger_check() -> LedgerReport:
     in_flight = _sum(select(func.sum(Refund.amount_fils)).where(Refund.state == RefundState.PROCESSING))
     held = _sum(select(func.sum(PaymentIntentRow.amount_fils)).where(
         PaymentIntentRow.kind == IntentKind.DEPOSIT, PaymentIntentRow.state == IntentState.HELD))
+    charged = {via: _sum(select(func.sum(ChargePayment.amount_fils)).where(
+        ChargePayment.state == IntentState.SUCCEEDED, ChargePayment.via.in_(vias)))
+        for via, vias in (("deposit", ["deposit"]), ("card", ["card", "on_session"]))}
     transferred = _sum(select(func.sum(Payout.amount_fils)).where(Payout.state == "paid"))
     owed = _sum(select(func.sum(Payout.amount_fils)).where(Payout.state != "paid"))
     disputed = _sum(select(func.sum(Dispute.withdrawn_fils - Dispute.reinstated_fils)))
     lost = _sum(select(func.sum(Dispute.withdrawn_fils - Dispute.reinstated_fils)).where(
         Dispute.status == DisputeStatus.LOST))
-    expected = {Account.CASH: paid + captured - refunded - transferred - disputed, Account.REFUNDS: -in_flight,
-                Account.DEPOSITS_HELD: held, Account.DEPOSITS_CAPTURED: -captured,
+    expected = {Account.CASH: paid + captured + charged["card"] - refunded - transferred - disputed,
+                Account.REFUNDS: -in_flight, Account.DEPOSITS_HELD: held,
+                Account.DEPOSITS_CAPTURED: charged["deposit"] - captured,
                 Account.PAYOUTS: -owed, Account.DISPUTED: disputed - lost, Account.DISPUTE_LOSSES: lost}
     for account, want in expected.items():
         got = balance(account)
@@ -918,6 +925,9 @@ def _intent_row(obj: dict[str, Any]) -> PaymentIntentRow | None:
 
 def _dispatch(kind: str, obj: dict[str, Any]) -> str:  # noqa: PLR0911, PLR0912 - one branch per event type
     if kind.startswith("payment_intent."):
+        charged = _charge_event(kind, obj)
+        if charged is not None:
+            return charged
         row = _intent_row(obj)
         if row is None:
             return "unknown_intent"
@@ -1354,7 +1364,8 @@ def booking_payments_for_staff(actor: Actor, reference: str) -> BookingPayments:
         refunds_for(booking.id), invoices.invoices_for_booking(booking),
         list(db.session.execute(select(Dispute).where(Dispute.booking_id == booking.id)
                                 .order_by(Dispute.id)).scalars()),
-        db.session.execute(select(Payout).where(Payout.booking_id == booking.id)).scalar_one_or_none())
+        db.session.execute(select(Payout).where(Payout.booking_id == booking.id, Payout.source == "rental"))
+        .scalar_one_or_none())
 
 
 @dataclass(frozen=True)
@@ -1529,11 +1540,18 @@ def release_payouts(*, now: datetime | None = None, limit: int = 50) -> int:
     now = now or utcnow()
     paid_out = 0
     for booking_id in bookings.completed_ids(ended_before=now - ESCROW_HOLDING, limit=limit):
-        payout = db.session.execute(select(Payout).where(Payout.booking_id == booking_id)).scalar_one_or_none()
+        payout = db.session.execute(select(Payout).where(
+            Payout.booking_id == booking_id, Payout.source == "rental")).scalar_one_or_none()
         if payout is None:
             payout = _owe_agency(booking_id)
         if payout is not None and payout.state == "pending":
             paid_out += _transfer(payout.id)
+    # the agencies' shares of collected post-rental charges (P-21): the next payout run after collection
+    ready = select(PayoutAccount.agency_id)
+    for payout_id in db.session.execute(select(Payout.id).where(
+            Payout.source.like("charge:%"), Payout.state == "pending", Payout.agency_id.in_(ready))
+            .order_by(Payout.id).limit(limit)).scalars().all():
+        paid_out += _transfer(payout_id)
     return paid_out
 
 
@@ -1550,7 +1568,7 @@ def _owe_agency(booking_id: int) -> Payout | None:
     owed = -balance(Account.AGENCY_PAYABLE, booking_id=booking_id)
     if owed <= 0:
         return None
-    payout = Payout(booking_id=booking_id, agency_id=booking.agency_id, amount_fils=owed,
+    payout = Payout(booking_id=booking_id, source="rental", agency_id=booking.agency_id, amount_fils=owed,
                     platform_fee_fils=-balance(Account.PLATFORM_FEE, booking_id=booking_id))
     db.session.add(payout)
     db.session.flush()
@@ -1607,3 +1625,390 @@ def booking_reference(booking_id: int) -> str:
 get_for_agency_staff = invoices.get_for_agency_staff
 list_for_agency = invoices.list_for_agency
 render_pdf = invoices.render_pdf
+
+
+# ---- post-rental charges (P-21): the money side --------------------------------------------------------------
+#
+# The charges area owns the charge, its notice and its schedule; it asks this area to collect exactly the
+# noticed amount, once per attempt. Each attempt is a ``ChargePayment`` row whose key is committed before
+# Stripe is asked: the deposit hold is captured when it still covers the amount, else the saved card is
+# charged off-session as a merchant-initiated payment (the mandate the customer accepted when paying), or the
+# customer pays on-session. Success posts the ledger, issues the agency's tax invoice (not for a fine or toll:
+# those are passed through at cost, outside VAT) and owes the agency its share in a payout of its own.
+
+
+class ChargeState(StrEnum):
+    SUCCEEDED = "succeeded"
+    REQUIRES_ACTION = "requires_action"  # the customer must authenticate: they pay on-session
+    DECLINED = "declined"  # the card was declined: the charges area retries on its schedule
+    PENDING = "pending"  # the outcome is unknown (an outage): the same attempt is asked again, same key
+    FAILED = "failed"  # refused for a reason a retry will not fix (people look: ``needs_review``)
+
+
+@dataclass(frozen=True)
+class ChargeRequest:
+    charge_id: int
+    charge_ref: str  # the charge's public id, in Stripe's metadata
+    booking_id: int
+    attempt: int
+    amount: Money
+    vat: Money  # the VAT inside ``amount`` (zero for a fine or toll)
+    description: str
+    on_session: bool = False
+    card_public_id: str | None = None  # on-session: another of the customer's cards
+
+
+@dataclass(frozen=True)
+class ChargeOutcome:
+    state: ChargeState
+    payment_id: int
+    via: str
+    error_code: str | None = None
+    client_secret: str | None = None
+
+
+_CHARGE_LISTENERS: list[Callable[[int, ChargeState], None]] = []
+
+
+def on_charge_outcome(func: Callable[[int, ChargeState], None]) -> Callable[[int, ChargeState], None]:
+    """The charges area hears a charge payment's outcome that arrives later (a webhook, reconciliation):
+    ``func(charge_id, state)``."""
+    _CHARGE_LISTENERS.append(func)
+    return func
+
+
+def charge_key(charge_id: int, attempt: int) -> str:
+    return f"charge:{charge_id}:attempt:{attempt}"
+
+
+def _charge_payment(charge_id: int, attempt: int) -> ChargePayment | None:
+    return db.session.execute(select(ChargePayment).where(
+        ChargePayment.charge_id == charge_id, ChargePayment.attempt == attempt)).scalar_one_or_none()
+
+
+def charge_payments_for(charge_id: int) -> list[ChargePayment]:
+    return list(db.session.execute(select(ChargePayment).where(ChargePayment.charge_id == charge_id)
+                                   .order_by(ChargePayment.attempt)).scalars())
+
+
+def deposit_covers(booking_id: int, amount: Money, *, now: datetime | None = None) -> bool:
+    """A hold is still valid (authorised, not past its capture deadline), covers ``amount`` and no other
+    charge has claimed it."""
+    row = _held(booking_id)
+    if row is None or row.amount_fils < amount.fils:
+        return False
+    now = now or utcnow()
+    before = row.capture_before
+    if before is not None and (before if before.tzinfo else before.replace(tzinfo=UTC)) <= now:
+        return False
+    claimed = db.session.execute(select(ChargePayment.id).where(
+        ChargePayment.deposit_id == row.id, ChargePayment.state != IntentState.FAILED)).first()
+    return claimed is None
+
+
+def _outcome(row: ChargePayment, client_secret: str | None = None) -> ChargeOutcome:
+    state = {IntentState.SUCCEEDED: ChargeState.SUCCEEDED, IntentState.REQUIRES_ACTION: ChargeState.REQUIRES_ACTION,
+             IntentState.PENDING: ChargeState.PENDING}.get(IntentState(row.state))
+    if state is None:
+        state = ChargeState.FAILED if row.needs_review else ChargeState.DECLINED
+    return ChargeOutcome(state, row.id, row.via, row.error_code, client_secret)
+
+
+def _charge_card(booking_id: int, customer_user_id: int, card_public_id: str | None) -> SavedCard | None:
+    if card_public_id is not None:
+        card = db.session.execute(select(SavedCard).where(
+            SavedCard.public_id == card_public_id, SavedCard.user_id == customer_user_id,
+            SavedCard.removed_at.is_(None))).scalar_one_or_none()
+        if card is None:
+            raise NotFound()
+        return card
+    paid = booking_payment(booking_id)
+    card = db.session.get(SavedCard, paid.card_id) if paid is not None else None
+    if card is not None and card.removed_at is None:
+        return card
+    return db.session.execute(select(SavedCard).where(
+        SavedCard.user_id == customer_user_id, SavedCard.removed_at.is_(None))
+        .order_by(SavedCard.is_default.desc(), SavedCard.id.desc()).limit(1)).scalar_one_or_none()
+
+
+def collect_charge(req: ChargeRequest) -> ChargeOutcome:
+    """Collect one attempt of a post-rental charge, for exactly ``req.amount``; a re-run of the same attempt
+    (a killed worker, a lost answer) replays its key and never moves money twice. Raises
+    ``PaymentProviderUnavailable`` when the outcome is unknown (the caller's job runs again)."""
+    booking = bookings.get(req.booking_id)
+    row = _charge_payment(req.charge_id, req.attempt)
+    if row is not None and row.state != IntentState.PENDING:
+        return _outcome(row)
+    if row is None:
+        if req.on_session:
+            card = _charge_card(req.booking_id, booking.customer_id, req.card_public_id)
+            via, deposit = "on_session", None
+        elif deposit_covers(req.booking_id, req.amount):
+            via, card, deposit = "deposit", None, _held(req.booking_id)
+        else:
+            via, card, deposit = "card", _charge_card(req.booking_id, booking.customer_id, None), None
+        row = ChargePayment(charge_id=req.charge_id, booking_id=req.booking_id, agency_id=booking.agency_id,
+                            attempt=req.attempt, idempotency_key=charge_key(req.charge_id, req.attempt), via=via,
+                            amount_fils=req.amount.fils, vat_fils=req.vat.fils, description=req.description[:300],
+                            card_id=card.id if card else None, deposit_id=deposit.id if deposit else None)
+        db.session.add(row)
+        db.session.flush()
+        if via != "deposit" and card is None:
+            row.state, row.error_code = IntentState.FAILED, "no_saved_card"
+            db.session.flush()
+            return _outcome(row)
+    if row.amount_fils != req.amount.fils:
+        raise ValueError(f"charge {req.charge_id} attempt {req.attempt}: the amount changed under its key")
+    if row.via == "deposit":
+        return _collect_from_deposit(row.id)
+    return _collect_by_card(row.id, req)
+
+
+def _collect_from_deposit(row_id: int) -> ChargeOutcome:
+    row = db.session.get(ChargePayment, row_id)
+    assert row is not None and row.deposit_id is not None
+    hold = db.session.get(PaymentIntentRow, row.deposit_id)
+    assert hold is not None
+    if hold.state == IntentState.HELD:
+        booking_id, amount, hold_id = row.booking_id, Money(row.amount_fils), row.deposit_id
+        try:  # its own key (the hold's); the attempt's row is committed first, by ``outside``
+            capture_deposit(booking_id, amount)
+        except PaymentInvalid as exc:
+            code = exc.stripe_code or exc.code
+            _charge_failed(row_id, code, None, review=f"deposit capture refused by Stripe: {code}")
+            failed = db.session.get(ChargePayment, row_id)
+            assert failed is not None
+            return _outcome(failed)
+        hold = db.session.get(PaymentIntentRow, hold_id)
+        assert hold is not None
+    row = db.session.get(ChargePayment, row_id)
+    assert row is not None
+    if hold.state == IntentState.CAPTURED and hold.captured_fils == row.amount_fils:
+        _charge_succeeded(row_id)
+    elif hold.state != IntentState.HELD:
+        # the hold ended (lapsed or released) before it was captured: this attempt goes to the card instead,
+        # under its own key (the capture's key was the hold's)
+        row.via, row.deposit_id = "card", None
+        booking = bookings.get(row.booking_id)
+        card = _charge_card(row.booking_id, booking.customer_id, None)
+        if card is None:
+            row.state, row.error_code = IntentState.FAILED, "no_saved_card"
+            db.session.flush()
+            return _outcome(row)
+        row.card_id = card.id
+        db.session.flush()
+        return _collect_by_card(row_id, None)
+    row = db.session.get(ChargePayment, row_id)
+    assert row is not None
+    return _outcome(row)
+
+
+def _collect_by_card(row_id: int, req: ChargeRequest | None) -> ChargeOutcome:
+    row = db.session.get(ChargePayment, row_id)
+    assert row is not None and row.card_id is not None
+    booking = bookings.get(row.booking_id)
+    customer = customer_id_for(booking.customer_id)
+    card = db.session.get(SavedCard, row.card_id)
+    assert card is not None
+    if customer is None:
+        row.state, row.error_code = IntentState.FAILED, "no_payment_customer"
+        db.session.flush()
+        return _outcome(row)
+    metadata = {"charge_payment": str(row_id), "charge": req.charge_ref if req else str(row.charge_id),
+                "booking": booking.reference, "kind": "charge"}
+    intent_id = row.stripe_intent_id
+    try:
+        intent = _ask_stripe(row_id, customer, card.stripe_payment_method_id, metadata, booking.reference)
+    except AuthenticationRequired as exc:
+        seen = exc.intent_id or intent_id
+        _charge_failed(row_id, "authentication_required", seen, requires_action=True)
+    except CardDeclined as exc:
+        code, seen = exc.decline_code or exc.code, exc.intent_id or intent_id
+        _charge_failed(row_id, code, seen)
+    except PaymentInvalid as exc:
+        invalid = exc.stripe_code or exc.code
+        _charge_failed(row_id, invalid, intent_id, review=f"refused by Stripe: {invalid}")
+    except IdempotencyConflict:
+        _flag_charge(row_id, "idempotency conflict on a post-rental charge: check at Stripe")
+    else:
+        apply_charge_intent(row_id, intent, notify=False)
+        done = db.session.get(ChargePayment, row_id)
+        assert done is not None
+        return _outcome(done, intent.client_secret if done.state == IntentState.REQUIRES_ACTION else None)
+    after = db.session.get(ChargePayment, row_id)
+    assert after is not None
+    return _outcome(after)
+
+
+def _ask_stripe(row_id: int, customer: str, pm: str, metadata: dict[str, str], reference: str) -> Intent:
+    """The attempt's Stripe calls, each after the row carrying its key is committed. On-session: one
+    customer-initiated payment. Off-session (an MIT): create the intent, commit its id, then confirm it; a
+    re-run asks where the intent stands before confirming again."""
+    row = db.session.get(ChargePayment, row_id)
+    assert row is not None
+    key, amount, intent_id = row.idempotency_key, Money(row.amount_fils), row.stripe_intent_id
+    if row.via == "on_session":
+        group = f"booking_{reference}"
+        return outside(lambda: _gateway().pay_booking(customer_id=customer, payment_method_id=pm, amount=amount,
+                                                      key=key, metadata=metadata, transfer_group=group))
+    if intent_id is None:
+        current = outside(lambda: _gateway().charge_off_session(customer_id=customer, payment_method_id=pm,
+                                                                amount=amount, key=key, metadata=metadata))
+        _record_charge_intent(row_id, current.id)
+        intent_id = current.id
+    else:
+        known = intent_id
+        current = outside(lambda: _gateway().retrieve_intent(known))
+    if current.status in (IntentStatus.SUCCEEDED, IntentStatus.PROCESSING):
+        return current
+    confirming = intent_id
+    return outside(lambda: _gateway().confirm_off_session(confirming, key=f"{key}:confirm"))
+
+
+def _record_charge_intent(row_id: int, intent_id: str) -> None:
+    db.session.execute(update(ChargePayment).where(ChargePayment.id == row_id, ChargePayment.stripe_intent_id.is_(None))
+                       .values(stripe_intent_id=intent_id))
+    db.session.expire_all()
+
+
+def _flag_charge(row_id: int, reason: str) -> None:
+    db.session.execute(update(ChargePayment).where(ChargePayment.id == row_id).values(needs_review=reason[:200]))
+
+
+def _charge_failed(row_id: int, code: str, intent_id: str | None, *, requires_action: bool = False,
+                   review: str | None = None) -> None:
+    row = db.session.execute(select(ChargePayment).where(ChargePayment.id == row_id).with_for_update()).scalar_one()
+    target = IntentState.REQUIRES_ACTION if requires_action else IntentState.FAILED
+    if row.state not in (IntentState.PENDING, IntentState.REQUIRES_ACTION) or row.state == target:
+        return
+    row.state, row.error_code = target, code[:64]
+    if intent_id and row.stripe_intent_id is None:
+        row.stripe_intent_id = intent_id
+    if review:
+        row.needs_review = review[:200]
+    db.session.flush()
+
+
+def apply_charge_intent(row_id: int, intent: Intent, *, notify: bool = True) -> None:
+    """Record what Stripe says of a charge payment's intent (the API's answer, a webhook); forward only."""
+    row = db.session.execute(select(ChargePayment).where(ChargePayment.id == row_id).with_for_update()).scalar_one()
+    if row.stripe_intent_id is None:
+        row.stripe_intent_id = intent.id
+    if intent.charge_id:
+        row.stripe_charge_id = intent.charge_id
+    before = row.state
+    if intent.status is IntentStatus.SUCCEEDED:
+        if row.state != IntentState.SUCCEEDED:
+            _charge_succeeded(row_id)
+    elif intent.status is IntentStatus.CANCELED:
+        _charge_failed(row_id, "canceled", intent.id)
+    elif intent.needs_customer and intent.last_error_code and intent.last_error_code != "authentication_required":
+        _charge_failed(row_id, intent.decline_code or intent.last_error_code, intent.id)
+    elif intent.needs_customer:
+        _charge_failed(row_id, "authentication_required", intent.id, requires_action=True)
+    db.session.flush()
+    after = db.session.get(ChargePayment, row_id)
+    assert after is not None
+    if notify and after.state != before:
+        state = _outcome(after).state
+        for listener in _CHARGE_LISTENERS:
+            listener(after.charge_id, state)
+
+
+def _charge_succeeded(row_id: int) -> None:
+    """The money is in: ledger, the agency's tax invoice (VAT-able kinds), the agency's share owed."""
+    row = db.session.execute(select(ChargePayment).where(ChargePayment.id == row_id).with_for_update()).scalar_one()
+    if row.state == IntentState.SUCCEEDED:
+        return
+    if row.state not in (IntentState.PENDING, IntentState.REQUIRES_ACTION, IntentState.FAILED):
+        return
+    row.state, row.settled_at, row.error_code = IntentState.SUCCEEDED, utcnow(), None
+    db.session.flush()
+    gross, vat = Money(row.amount_fils), Money(row.vat_fils)
+    net = gross - vat
+    source = Account.DEPOSITS_CAPTURED if row.via == "deposit" else Account.CASH
+    post("charge", f"charge_payment:{row_id}", [(source, gross), (Account.AGENCY_PAYABLE, -net),
+                                                (Account.VAT_PAYABLE, -vat)],
+         booking_id=row.booking_id, memo=f"post-rental charge {row.charge_id} ({row.via})")
+    booking = bookings.get(row.booking_id)
+    if vat.fils > 0:
+        agency = agencies.agency_by_id(booking.agency_id)
+        customer = users.user_by_id(booking.customer_id)
+        if invoices.can_issue(agency):
+            invoices.issue_invoice(agency, customer, [invoices.LineIn(row.description, net, vat=vat)],
+                                   business_today(), source=("charge_payment", row_id), booking=booking)
+        else:
+            bookings.flag_booking(row.booking_id, "no tax invoice for a post-rental charge: the agency has no TRN "
+                                                  "or address on file")
+    payout = Payout(booking_id=row.booking_id, source=f"charge:{row_id}", agency_id=row.agency_id,
+                    amount_fils=net.fils, platform_fee_fils=0)
+    db.session.add(payout)
+    db.session.flush()
+    payout.idempotency_key = f"transfer:{payout.id}"
+    post("payout", f"payout:{payout.id}:owed", [(Account.AGENCY_PAYABLE, net), (Account.PAYOUTS, -net)],
+         booking_id=row.booking_id, memo="agency share of a post-rental charge")
+
+
+def charge_invoice_number(payment_id: int) -> str | None:
+    """The tax invoice issued for a collected charge payment (None for a fine or toll, or none issued)."""
+    return db.session.execute(select(invoices.Invoice.number).where(
+        invoices.Invoice.source_kind == "charge_payment", invoices.Invoice.source_ref == str(payment_id),
+        invoices.Invoice.doc_type == invoices.DocumentType.INVOICE)).scalar_one_or_none()
+
+
+def charge_client_secret(charge_id: int) -> str | None:
+    """The client secret of the attempt waiting for the customer to authenticate (they pay on-session)."""
+    row = db.session.execute(select(ChargePayment).where(
+        ChargePayment.charge_id == charge_id, ChargePayment.state == IntentState.REQUIRES_ACTION)
+        .order_by(ChargePayment.attempt.desc()).limit(1)).scalar_one_or_none()
+    if row is None or row.stripe_intent_id is None:
+        return None
+    intent_id = row.stripe_intent_id
+    intent = outside(lambda: _gateway().retrieve_intent(intent_id))
+    return intent.client_secret
+
+
+def _charge_payment_row(obj: dict[str, Any]) -> ChargePayment | None:
+    intent_id = obj.get("id") if str(obj.get("id", "")).startswith("pi_") else obj.get("payment_intent")
+    if isinstance(intent_id, str):
+        row = db.session.execute(select(ChargePayment).where(
+            ChargePayment.stripe_intent_id == intent_id)).scalar_one_or_none()
+        if row is not None:
+            return row
+    ours = (obj.get("metadata") or {}).get("charge_payment")
+    if isinstance(ours, str) and ours.isdigit():
+        row = db.session.get(ChargePayment, int(ours))
+        if row is not None and row.stripe_intent_id in (None, intent_id):
+            return row
+    return None
+
+
+def _charge_event(kind: str, obj: dict[str, Any]) -> str | None:
+    """A ``payment_intent.*`` event about a charge payment (None: not one of ours)."""
+    row = _charge_payment_row(obj)
+    if row is None:
+        return None
+    try:
+        intent = intent_from(obj)
+    except (KeyError, ValueError):
+        return "unreadable"
+    if kind == "payment_intent.payment_failed" and intent.status is not IntentStatus.SUCCEEDED:
+        error = obj.get("last_payment_error") or {}
+        code = str(error.get("decline_code") or error.get("code") or "payment_failed")
+        before = row.state
+        _charge_failed(row.id, code, intent.id, requires_action=code == "authentication_required")
+        failed = db.session.get(ChargePayment, row.id)
+        assert failed is not None
+        if failed.state != before:
+            for listener in _CHARGE_LISTENERS:
+                listener(failed.charge_id, _outcome(failed).state)
+        return "failed"
+    apply_charge_intent(row.id, intent)
+    return "applied"
+
+
+def stale_charge_payments(*, now: datetime | None = None, limit: int = 50) -> list[tuple[int, int]]:
+    """Charge attempts still pending past ``STALE_AFTER`` (a lost answer): ``(charge_id, attempt)``."""
+    now = now or utcnow()
+    return [(c, a) for c, a in db.session.execute(select(ChargePayment.charge_id, ChargePayment.attempt).where(
+        ChargePayment.state == IntentState.PENDING, ChargePayment.updated_at < now - STALE_AFTER).limit(limit)).all()]

@@ -24,7 +24,7 @@ from marketplace.payments import service as payments
 from marketplace.payments.models import Refund
 from marketplace.payments.states import IntentState
 from marketplace.permissions import Role
-from tests.conftest import drain_jobs
+from tests.conftest import drain_jobs, sweep_and_drain
 from tests.factories import (
     Person,
     auth_headers,
@@ -297,6 +297,12 @@ def test_the_return_detects_lateness_and_releases_the_deposit(app, client, app_c
         drain_jobs(app)
     booking = _booking(c.reference)
     assert booking.status == "returned"
+    assert payments.current_deposit(booking.id).state == IntentState.HELD  # kept for charges still to come
+    keep = app.config["SETTINGS"].deposit_keep_after_return
+    with _at(c.ends_at + timedelta(minutes=91) + keep):
+        sweep_and_drain(app)
+    booking = _booking(c.reference)
+    assert booking.status == "completed"
     assert payments.current_deposit(booking.id).state == IntentState.RELEASED
     assert _audit("handover:return")[0]["late_by_minutes"] == body["late_by_minutes"]
 
@@ -317,6 +323,9 @@ def test_an_on_time_return_is_not_late_and_a_pending_charge_keeps_the_deposit(ap
         body = client.post(f"/api/v1/agency/bookings/{c.reference}/return", headers=headers).get_json()
         drain_jobs(app)
     assert body["late_by_minutes"] == 0
+    with _at(c.ends_at + app.config["SETTINGS"].deposit_keep_after_return + timedelta(minutes=1)):
+        sweep_and_drain(app)
+    assert _booking(c.reference).status == "completed"
     assert payments.current_deposit(_booking(c.reference).id).state == IntentState.HELD
     assert _audit("handover:return")[0]["deposit"] == "kept_for_charges"
     assert utcnow() < c.ends_at  # the clock came back
