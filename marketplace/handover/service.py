@@ -25,6 +25,23 @@ from marketplace.config import Settings
 from marketplace.errors import Forbidden, NotFound, ReauthRequired
 from marketplace.extensions import db, utcnow
 from marketplace.handover import states
+from marketplace.handover.inspections import (
+    InspectionAcknowledged,
+    InspectionNotOpen,
+    InspectionNotRecorded,
+    InspectionPhotoLimit,
+    MileageBelowPickup,
+    acknowledge_inspection,
+    add_inspection_photo,
+    customer_inspection_photo,
+    customer_inspection_view,
+    inspection_facts,
+    inspection_photo,
+    inspection_photo_bytes,
+    inspection_view,
+    record_inspection,
+    rental_period,
+)
 from marketplace.handover.models import Handover
 from marketplace.handover.states import Outcome, Stage
 from marketplace.kyc import service as kyc
@@ -39,6 +56,25 @@ if TYPE_CHECKING:
     from marketplace.vault.models import Blob
 
 PURPOSE = "handover"
+
+# the inspections (marketplace/handover/inspections.py) are part of this service
+__all__ = [
+    "InspectionAcknowledged",
+    "InspectionNotOpen",
+    "InspectionNotRecorded",
+    "InspectionPhotoLimit",
+    "MileageBelowPickup",
+    "acknowledge_inspection",
+    "add_inspection_photo",
+    "customer_inspection_photo",
+    "customer_inspection_view",
+    "inspection_facts",
+    "inspection_photo",
+    "inspection_photo_bytes",
+    "inspection_view",
+    "record_inspection",
+    "rental_period",
+]
 
 
 class RevealRefused(Forbidden):
