@@ -53,8 +53,10 @@ PHOTO_KIND = "inspection_photo"
 
 class InspectionNotOpen(Conflict):
     code = "inspection_not_open"
-    message = ("A pick-up inspection is recorded after the identity match and before the handover; a return "
-               "inspection after the handover and up to the return.")
+    message = (
+        "A pick-up inspection is recorded after the identity match and before the handover; a return "
+        "inspection after the handover and up to the return."
+    )
 
 
 class InspectionNotRecorded(Conflict):
@@ -107,8 +109,11 @@ def _inspections(booking_id: int) -> dict[str, Inspection]:
 def _photos(inspection_ids: list[int]) -> dict[int, list[InspectionPhoto]]:
     result: dict[int, list[InspectionPhoto]] = {i: [] for i in inspection_ids}
     if inspection_ids:
-        for photo in db.session.execute(select(InspectionPhoto).where(InspectionPhoto.inspection_id.in_(inspection_ids))
-                                        .order_by(InspectionPhoto.id)).scalars():
+        for photo in db.session.execute(
+            select(InspectionPhoto)
+            .where(InspectionPhoto.inspection_id.in_(inspection_ids))
+            .order_by(InspectionPhoto.id)
+        ).scalars():
             result[photo.inspection_id].append(photo)
     return result
 
@@ -158,8 +163,16 @@ def _damage(marks: list[dict[str, Any]]) -> list[dict[str, Any]]:
 # ---- recording, photos, the acknowledgement ---------------------------------------------------------------
 
 
-def record_inspection(actor: Actor, reference: str, kind: InspectionKind, *, mileage_km: int, fuel_eighths: int,
-                      damage: list[dict[str, Any]], note: str | None) -> Inspection:
+def record_inspection(
+    actor: Actor,
+    reference: str,
+    kind: InspectionKind,
+    *,
+    mileage_km: int,
+    fuel_eighths: int,
+    damage: list[dict[str, Any]],
+    note: str | None,
+) -> Inspection:
     """Record (or correct, until the customer acknowledged it) the pick-up or return inspection."""
     booking = _staff_booking(actor, reference)
     kind = InspectionKind(kind)
@@ -184,8 +197,16 @@ def record_inspection(actor: Actor, reference: str, kind: InspectionKind, *, mil
     inspection.note = _clean(note, NOTE_MAX)
     inspection.recorded_by_id, inspection.recorded_at = actor.user.id, now
     db.session.flush()
-    audit.record(actor, "inspection:record", booking, kind=kind, inspection=inspection.public_id,
-                 mileage_km=mileage_km, fuel_eighths=fuel_eighths, damage_marks=len(marks))
+    audit.record(
+        actor,
+        "inspection:record",
+        booking,
+        kind=kind,
+        inspection=inspection.public_id,
+        mileage_km=mileage_km,
+        fuel_eighths=fuel_eighths,
+        damage_marks=len(marks),
+    )
     return inspection
 
 
@@ -196,20 +217,34 @@ def add_inspection_photo(actor: Actor, reference: str, kind: InspectionKind, upl
     booking = _staff_booking(actor, reference)
     kind = InspectionKind(kind)
     inspection = _open_for_change(booking, kind)
-    count = db.session.execute(select(func.count()).select_from(InspectionPhoto)
-                               .where(InspectionPhoto.inspection_id == inspection.id)).scalar_one()
+    count = db.session.execute(
+        select(func.count()).select_from(InspectionPhoto).where(InspectionPhoto.inspection_id == inspection.id)
+    ).scalar_one()
     if count >= MAX_INSPECTION_PHOTOS:
         raise InspectionPhotoLimit(details={"limit": MAX_INSPECTION_PHOTOS})
     stream: IO[bytes] = upload.stream
     image = process_image(stream, policy=VEHICLE_PHOTO_POLICY, declared_type=getattr(upload, "mimetype", None))
     agency = agencies.agency_by_id(booking.agency_id)
     assert agency is not None
-    blob = vault.store(agencies.vault_owner(agency), PHOTO_KIND, image.data, mime=image.mime, width=image.width,
-                       height=image.height, user_id=booking.customer_id)
+    blob = vault.store(
+        agencies.vault_owner(agency),
+        PHOTO_KIND,
+        image.data,
+        mime=image.mime,
+        width=image.width,
+        height=image.height,
+        user_id=booking.customer_id,
+    )
     now = utcnow()
     blob.attached_at = now  # claimed at once: never swept as an orphan upload
-    photo = InspectionPhoto(inspection_id=inspection.id, blob_id=blob.id, width=image.width, height=image.height,
-                            uploaded_by_id=actor.user.id, created_at=now)
+    photo = InspectionPhoto(
+        inspection_id=inspection.id,
+        blob_id=blob.id,
+        width=image.width,
+        height=image.height,
+        uploaded_by_id=actor.user.id,
+        created_at=now,
+    )
     db.session.add(photo)
     inspection.updated_at = now
     db.session.flush()
@@ -238,9 +273,14 @@ def _inspection_out(inspection: Inspection | None, photos: list[InspectionPhoto]
     if inspection is None:
         return None
     return {
-        "id": inspection.public_id, "kind": inspection.kind, "mileage_km": inspection.mileage_km,
-        "fuel_eighths": inspection.fuel_eighths, "damage": list(inspection.damage or []), "note": inspection.note,
-        "recorded_at": inspection.recorded_at, "acknowledged_at": inspection.acknowledged_at,
+        "id": inspection.public_id,
+        "kind": inspection.kind,
+        "mileage_km": inspection.mileage_km,
+        "fuel_eighths": inspection.fuel_eighths,
+        "damage": list(inspection.damage or []),
+        "note": inspection.note,
+        "recorded_at": inspection.recorded_at,
+        "acknowledged_at": inspection.acknowledged_at,
         "acknowledged_name": inspection.acknowledged_name,
         "photos": [{"id": p.public_id, "width": p.width, "height": p.height} for p in photos],
     }
@@ -261,11 +301,13 @@ def _view(booking: Booking) -> dict[str, Any]:
     }
 
 
-def inspection_view(actor: Actor, reference: str) -> dict[str, Any]:
-    """Both inspections of one of the staff member's agency's bookings, with their photos' ids (audited)."""
+def inspection_view(actor: Actor, reference: str, *, audited: bool = True) -> dict[str, Any]:
+    """Both inspections of one of the staff member's agency's bookings, with their photos' ids (audited;
+    ``audited=False`` only for the answer to a change that was itself audited)."""
     booking = _staff_booking(actor, reference)
     view = _view(booking)
-    audit.record(actor, "inspection:view", booking)
+    if audited:
+        audit.record(actor, "inspection:view", booking)
     return view
 
 
@@ -279,7 +321,8 @@ def customer_inspection_view(actor: Actor, reference: str) -> dict[str, Any]:
 
 def _photo_row(photo_public_id: str) -> tuple[InspectionPhoto, Inspection] | None:
     row = db.session.execute(
-        select(InspectionPhoto, Inspection).join(Inspection, Inspection.id == InspectionPhoto.inspection_id)
+        select(InspectionPhoto, Inspection)
+        .join(Inspection, Inspection.id == InspectionPhoto.inspection_id)
         .where(InspectionPhoto.public_id == photo_public_id[:36])
     ).one_or_none()
     return (row[0], row[1]) if row is not None else None
@@ -322,9 +365,14 @@ def customer_inspection_photo(actor: Actor, reference: str, photo_public_id: str
 def _facts(inspection: Inspection | None, photos: list[InspectionPhoto]) -> dict[str, Any] | None:
     if inspection is None:
         return None
-    return {"mileage_km": inspection.mileage_km, "fuel_eighths": inspection.fuel_eighths,
-            "damage": list(inspection.damage or []), "photo_ids": [p.public_id for p in photos],
-            "recorded_at": inspection.recorded_at, "acknowledged_at": inspection.acknowledged_at}
+    return {
+        "mileage_km": inspection.mileage_km,
+        "fuel_eighths": inspection.fuel_eighths,
+        "damage": list(inspection.damage or []),
+        "photo_ids": [p.public_id for p in photos],
+        "recorded_at": inspection.recorded_at,
+        "acknowledged_at": inspection.acknowledged_at,
+    }
 
 
 def inspection_facts(booking_id: int) -> dict[str, Any] | None:

@@ -162,8 +162,8 @@ def _staff_photo_url(photo_id: str) -> str:
     return f"/api/v1/agency/inspection-photos/{photo_id}"
 
 
-def _staff_view(reference: str) -> dict[str, Any]:
-    return inspections_out(service.inspection_view(current_actor(), reference), _staff_photo_url)
+def _staff_view(reference: str, *, audited: bool = True) -> dict[str, Any]:
+    return inspections_out(service.inspection_view(current_actor(), reference, audited=audited), _staff_photo_url)
 
 
 @agency_handover_bp.route(f"{BOOKING}/inspections/{KIND}", methods=["PUT"])
@@ -178,7 +178,7 @@ def record_inspection(args: dict[str, Any], reference: str, kind: str) -> dict[s
     return mileage below the pick-up's: 422 `mileage_below_pickup`."""
     service.record_inspection(current_actor(), reference, _kind(kind), mileage_km=args["mileage_km"],
                               fuel_eighths=args["fuel_eighths"], damage=args["damage"], note=args["note"])
-    return _staff_view(reference)
+    return _staff_view(reference, audited=False)  # the record is audited
 
 
 @agency_handover_bp.route(f"{BOOKING}/inspections/{KIND}/photos", methods=["POST"])
@@ -204,7 +204,7 @@ def acknowledge_inspection(args: dict[str, Any], reference: str, kind: str) -> d
     """The customer acknowledges the recorded inspection at the counter by typing their name; from then on it
     is frozen (409 `inspection_acknowledged`)."""
     service.acknowledge_inspection(current_actor(), reference, _kind(kind), name=args["name"])
-    return _staff_view(reference)
+    return _staff_view(reference, audited=False)  # the acknowledgement is audited
 
 
 @agency_handover_bp.route(f"{BOOKING}/inspections")
