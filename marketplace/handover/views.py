@@ -6,7 +6,7 @@ from collections.abc import Callable
 from functools import wraps
 from typing import Any, ClassVar
 
-from flask import Response
+from flask import Response, request
 
 from marketplace.api import ApiBlueprint, DocumentedConverter
 from marketplace.bookings import service as bookings
@@ -20,7 +20,7 @@ from marketplace.permissions import Permission
 from marketplace.security import current_actor, requires
 from marketplace.transactions import writes
 from marketplace.users import service as users
-from marketplace.webhelpers import image_response, upload_arguments, upload_key, upload_limit
+from marketplace.webhelpers import image_response, json_error, loads_json, upload_arguments, upload_key, upload_limit
 
 agency_handover_bp = ApiBlueprint("agency_handover", __name__, url_prefix="/api/v1/agency",
                                   description="Pick-up and return: the identity check with the customer's photo (P-18)")
@@ -147,10 +147,16 @@ def inspections_out(view: dict[str, Any], photo_url: Any) -> dict[str, Any]:
 
 
 def _booking_scope(view: Callable[..., Any]) -> Callable[..., Any]:
-    """Another agency's booking (or one without the handover permission) is a 404 before the body is read."""
+    """Another agency's booking (or one without the handover permission) is a 404 before the body's fields are
+    checked. A body that is no JSON at all (malformed, too deep: IN-02) is still refused first, as everywhere."""
 
     @wraps(view)
     def scoped(*args: Any, **kwargs: Any) -> Any:
+        if request.is_json and (data := request.get_data(cache=True)):
+            try:
+                loads_json(data)
+            except ValueError as exc:
+                raise json_error(exc) from exc
         service.booking_for_staff(current_actor(), kwargs["reference"])
         _kind(kwargs["kind"])
         return view(*args, **kwargs)
