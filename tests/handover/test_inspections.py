@@ -17,12 +17,14 @@ from marketplace.handover import service
 from marketplace.handover.models import Inspection, InspectionPhoto
 from marketplace.images import metadata_blocks
 from marketplace.permissions import Role
+from marketplace.vault import service as vault
 from marketplace.vault.models import Blob
 from marketplace.vault.service import blob_store
 from tests.factories import auth_headers, make_agency, make_staff, make_verified_customer
 from tests.handover.test_service import Counter, _at, _audit, _booking, _check, _counter, _reveal
 from tests.kyc.helpers import photo
 
+DAY = timedelta(days=1)
 PICKUP = {
     "mileage_km": 12000,
     "fuel_eighths": 8,
@@ -87,6 +89,7 @@ def test_pickup_and_return_inspections_with_photos_acknowledgement_and_facts(app
 
         original = _gps_jpeg()
         assert {"EXIF", "GPS", "COM"} <= metadata_blocks(original)
+        quota = (vault.stored_bytes(c.customer.user_id), vault.uploads_since(c.customer.user_id, c.starts_at - DAY))
         added = _upload(client, headers, c, "pickup", original)
         assert added.status_code == 201, added.get_json()
         url = added.get_json()["url"]
@@ -100,6 +103,11 @@ def test_pickup_and_return_inspections_with_photos_acknowledgement_and_facts(app
         assert blob.owner == f"agency:{c.agency.public_id}" and blob.user_id == c.customer.user_id
         stored = blob_store().get(blob.storage_key)  # the blob store only holds ciphertext
         assert b"\xff\xd8\xff" not in stored[:64] and served.data[100:164] not in stored
+        db.session.expire_all()  # the agency's photo names the customer but is not their upload (KYC quota)
+        assert (
+            vault.stored_bytes(c.customer.user_id),
+            vault.uploads_since(c.customer.user_id, c.starts_at - DAY),
+        ) == quota
 
         acked = client.post(f"{_base(c)}/pickup/acknowledge", headers=headers, json={"name": "  Noura   Test "})
         assert acked.status_code == 200, acked.get_json()
