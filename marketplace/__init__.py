@@ -131,9 +131,10 @@ def _register_routes(app: Flask) -> None:
     register_gated(app, booking_payments_bp, Gate(GateKind.API), api=api)
     register_gated(app, webhook_bp, Gate(GateKind.PUBLIC), api=api)  # Stripe-Signature is its gate
     register_gated(app, agency_payouts_bp, Gate(GateKind.API_STAFF, Permission.AGENCY_ACCESS), api=api)
-    from marketplace.handover.views import agency_handover_bp
+    from marketplace.handover.views import agency_handover_bp, customer_inspections_bp
 
     register_gated(app, agency_handover_bp, Gate(GateKind.API_STAFF, Permission.AGENCY_ACCESS), api=api)
+    register_gated(app, customer_inspections_bp, Gate(GateKind.API), api=api)
     from marketplace.charges.views import agency_charges_bp, charges_bp
 
     register_gated(app, charges_bp, Gate(GateKind.API), api=api)

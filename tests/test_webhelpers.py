@@ -24,7 +24,15 @@ from marketplace import webhelpers
 from marketplace.agencies.models import AgencyStatus
 from marketplace.permissions import Role
 from marketplace.webhelpers import MAX_JSON_DEPTH, json_too_deep, loads_json
-from tests.factories import auth_headers, make_agency, make_customer, make_staff, make_vehicle
+from tests.factories import (
+    auth_headers,
+    book,
+    make_agency,
+    make_customer,
+    make_staff,
+    make_vehicle,
+    make_verified_customer,
+)
 from tests.kyc.helpers import give_face_consent, photo
 
 DEEP = b"[" * 1000 + b"]" * 1000  # the issue's body: 2 KB, unauthenticated, was a 500 with a traceback
@@ -218,6 +226,24 @@ def _encode(parts: list[Part]) -> tuple[bytes, str]:
     return out.getvalue(), f"multipart/form-data; boundary={boundary}"
 
 
+def _inspection_open(client: FlaskClient, agency: Any) -> tuple[str, dict[str, str]]:
+    """A booking of ``agency`` at the counter with its pick-up inspection recorded (photos may be added)."""
+    from sqlalchemy import select
+
+    from marketplace.bookings.models import Booking
+    from marketplace.extensions import db, utcnow
+    from marketplace.handover.models import Handover, Inspection
+
+    staff = make_staff(Role.AGENCY_STAFF, agency=agency)
+    reference = book(client, auth_headers(client, make_verified_customer()), make_vehicle(agency))
+    booking = db.session.execute(select(Booking).where(Booking.reference == reference)).scalar_one()
+    db.session.add(Handover(booking_id=booking.id, agency_id=agency.id, stage="matched", reveals=1))
+    db.session.add(Inspection(booking_id=booking.id, agency_id=agency.id, kind="pickup", mileage_km=1, fuel_eighths=8,
+                              damage=[], recorded_by_id=staff.user_id, recorded_at=utcnow()))
+    db.session.commit()
+    return reference, auth_headers(client, staff)
+
+
 @pytest.fixture
 def uploads(app: Flask, client: FlaskClient) -> Iterator[dict[str, tuple[str, dict[str, str], list[Part]]]]:
     """endpoint -> (path, headers, the parts of a valid upload) for every upload route."""
@@ -228,7 +254,10 @@ def uploads(app: Flask, client: FlaskClient) -> Iterator[dict[str, tuple[str, di
         pending = make_agency(status=AgencyStatus.PENDING)
         active = make_agency()
         car = make_vehicle(active)
+        counter, desk = _inspection_open(client, active)
         yield {
+            "agency_handover.add_inspection_photo": (
+                f"/api/v1/agency/bookings/{counter}/inspections/pickup/photos", desk, [image]),
             "kyc.upload_selfie": ("/api/v1/me/kyc/selfie", customer, [image]),
             "kyc.upload_document": ("/api/v1/me/kyc/documents", customer, [("kind", None, b"id_front"), image]),
             "agency_api.upload_document": (

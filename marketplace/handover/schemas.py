@@ -4,8 +4,16 @@ from __future__ import annotations
 
 from marshmallow import fields, validate
 
-from marketplace.handover.states import Outcome, Stage
-from marketplace.schemas import OutSchema, StrictSchema, Text
+from marketplace.handover.inspections import (
+    ACK_NAME_MAX,
+    DAMAGE_NOTE_MAX,
+    MAX_DAMAGE_MARKS,
+    MAX_INSPECTION_PHOTOS,
+    MAX_MILEAGE_KM,
+    NOTE_MAX,
+)
+from marketplace.handover.states import DamageArea, DamageSeverity, InspectionKind, Outcome, Stage
+from marketplace.schemas import ImageUpload, OutSchema, StrictSchema, Text
 
 
 class HandoverDayArgs(StrictSchema):
@@ -74,3 +82,69 @@ class RevealOut(OutSchema):
 class HandoverCheckIn(StrictSchema):
     outcome = fields.String(required=True, validate=validate.OneOf(list(Outcome)))
     note = Text(max_length=300, load_default=None)
+
+
+# ---- inspections ---------------------------------------------------------------------------------------------
+
+
+class DamageMark(StrictSchema):
+    area = fields.String(required=True, validate=validate.OneOf(list(DamageArea)))
+    severity = fields.String(required=True, validate=validate.OneOf(list(DamageSeverity)))
+    note = Text(max_length=DAMAGE_NOTE_MAX, load_default=None)
+
+
+class InspectionIn(StrictSchema):
+    mileage_km = fields.Integer(required=True, strict=True, validate=validate.Range(min=0, max=MAX_MILEAGE_KM),
+                                metadata={"description": "The odometer; at return not below the pick-up's "
+                                                         "(`mileage_below_pickup`)"})
+    fuel_eighths = fields.Integer(required=True, strict=True, validate=validate.Range(min=0, max=8),
+                                  metadata={"description": "Fuel gauge in eighths: 0 empty, 8 full"})
+    damage = fields.List(fields.Nested(DamageMark), load_default=list, validate=validate.Length(max=MAX_DAMAGE_MARKS),
+                         metadata={"description": "The damage marks (the whole list: it replaces the recorded one)"})
+    note = Text(max_length=NOTE_MAX, load_default=None)
+
+
+class InspectionPhotoFileIn(StrictSchema):
+    image = ImageUpload(required=True, description=f"At most {MAX_INSPECTION_PHOTOS} photos per inspection "
+                                                   "(`inspection_photo_limit`).")
+
+
+class InspectionAckIn(StrictSchema):
+    name = Text(max_length=ACK_NAME_MAX, blank=False, required=True,
+                metadata={"description": "The customer's name as they typed it at the counter"})
+
+
+class DamageMarkOut(OutSchema):
+    area = fields.String(required=True, validate=validate.OneOf(list(DamageArea)))
+    severity = fields.String(required=True, validate=validate.OneOf(list(DamageSeverity)))
+    note = fields.String(allow_none=True, required=True)
+
+
+class InspectionPhotoOut(OutSchema):
+    id = fields.String(required=True)
+    url = fields.String(required=True, metadata={"description": "The photo (JPEG, no metadata, never cached)"})
+    width = fields.Integer(required=True)
+    height = fields.Integer(required=True)
+
+
+class InspectionOut(OutSchema):
+    id = fields.String(required=True)
+    kind = fields.String(required=True, validate=validate.OneOf(list(InspectionKind)))
+    mileage_km = fields.Integer(required=True)
+    fuel_eighths = fields.Integer(required=True, validate=validate.Range(min=0, max=8))
+    damage = fields.List(fields.Nested(DamageMarkOut), required=True)
+    note = fields.String(allow_none=True, required=True)
+    recorded_at = fields.DateTime(required=True)
+    acknowledged_at = fields.DateTime(allow_none=True, required=True,
+                                      metadata={"description": "Set: the inspection is frozen"})
+    acknowledged_name = fields.String(allow_none=True, required=True)
+    photos = fields.List(fields.Nested(InspectionPhotoOut), required=True)
+
+
+class InspectionsOut(OutSchema):
+    reference = fields.String(required=True)
+    pickup = fields.Nested(InspectionOut, allow_none=True, required=True)
+    return_ = fields.Nested(InspectionOut, allow_none=True, required=True, attribute="return", data_key="return")
+    handed_over_at = fields.DateTime(allow_none=True, required=True)
+    returned_at = fields.DateTime(allow_none=True, required=True)
+    late_by_minutes = fields.Integer(allow_none=True, required=True)

@@ -25,6 +25,23 @@ from marketplace.config import Settings
 from marketplace.errors import Forbidden, NotFound, ReauthRequired
 from marketplace.extensions import db, utcnow
 from marketplace.handover import states
+from marketplace.handover.inspections import (
+    InspectionAcknowledged,
+    InspectionNotOpen,
+    InspectionNotRecorded,
+    InspectionPhotoLimit,
+    MileageBelowPickup,
+    acknowledge_inspection,
+    add_inspection_photo,
+    customer_inspection_photo,
+    customer_inspection_view,
+    inspection_facts,
+    inspection_photo,
+    inspection_photo_bytes,
+    inspection_view,
+    record_inspection,
+    rental_period,
+)
 from marketplace.handover.models import Handover
 from marketplace.handover.states import Outcome, Stage
 from marketplace.kyc import service as kyc
@@ -39,6 +56,25 @@ if TYPE_CHECKING:
     from marketplace.vault.models import Blob
 
 PURPOSE = "handover"
+
+# the inspections (marketplace/handover/inspections.py) are part of this service
+__all__ = [
+    "InspectionAcknowledged",
+    "InspectionNotOpen",
+    "InspectionNotRecorded",
+    "InspectionPhotoLimit",
+    "MileageBelowPickup",
+    "acknowledge_inspection",
+    "add_inspection_photo",
+    "customer_inspection_photo",
+    "customer_inspection_view",
+    "inspection_facts",
+    "inspection_photo",
+    "inspection_photo_bytes",
+    "inspection_view",
+    "record_inspection",
+    "rental_period",
+]
 
 
 class RevealRefused(Forbidden):
@@ -270,12 +306,6 @@ def hand_over(actor: Actor, reference: str) -> Handover:
 # when they are, that area registers here a check "a charge is pending or may still be raised against this
 # booking", and the deposit stays held for it. Until then nothing keeps it, and a return releases it.
 _DEPOSIT_KEEPERS: list[Callable[[int], bool]] = []
-
-
-def rental_period(booking_id: int) -> tuple[datetime | None, datetime | None]:
-    """The actual handover and return times of a booking (None where it has not happened)."""
-    row = db.session.execute(select(Handover).where(Handover.booking_id == booking_id)).scalar_one_or_none()
-    return (row.handed_over_at, row.returned_at) if row is not None else (None, None)
 
 
 def keeps_deposit(func: Callable[[int], bool]) -> Callable[[int], bool]:

@@ -39,3 +39,34 @@ class IllegalTransition(_IllegalTransition):
 
 def check(current: str, target: Stage) -> None:
     check_transition(TRANSITIONS, current, target, IllegalTransition)
+
+
+class InspectionKind(StrEnum):
+    PICKUP = "pickup"  # recorded after the identity match, before the car goes
+    RETURN = "return"  # recorded after the handover, up to and at the return
+
+
+class DamageArea(StrEnum):
+    FRONT = "front"
+    REAR = "rear"
+    LEFT = "left"
+    RIGHT = "right"
+    ROOF = "roof"
+    INTERIOR = "interior"
+    WINDSCREEN = "windscreen"
+    WHEELS = "wheels"
+
+
+class DamageSeverity(StrEnum):
+    SCRATCH = "scratch"
+    DENT = "dent"
+    CRACK = "crack"
+    MISSING = "missing"
+    OTHER = "other"
+
+
+# The stages in which each inspection may be recorded, photographed and acknowledged.
+INSPECTION_OPEN: dict[InspectionKind, frozenset[Stage]] = {
+    InspectionKind.PICKUP: frozenset({S.MATCHED}),
+    InspectionKind.RETURN: frozenset({S.HANDED_OVER, S.RETURNED}),
+}

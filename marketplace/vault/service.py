@@ -126,17 +126,22 @@ def blob_by_storage_key(storage_key: str) -> Blob | None:
     return db.session.execute(select(Blob).where(Blob.storage_key == storage_key)).scalar_one_or_none()
 
 
+# A person's own uploads are the blobs under their own data key ("user:..."). Blobs another owner keeps that
+# name the person (an agency's inspection photos of their rental) do not count against their upload quota.
+_OWN = Blob.owner.startswith("user:")
+
+
 def uploads_since(user_id: int, since: datetime) -> int:
     """How many blobs a person stored after ``since`` (an upload rate)."""
     return int(db.session.execute(
-        select(func.count()).select_from(Blob).where(Blob.user_id == user_id, Blob.created_at > since)
+        select(func.count()).select_from(Blob).where(Blob.user_id == user_id, Blob.created_at > since, _OWN)
     ).scalar_one())
 
 
 def stored_bytes(user_id: int) -> int:
     """What a person keeps in the vault now (ciphertext bytes, deleted blobs not counted)."""
     return int(db.session.execute(
-        select(func.coalesce(func.sum(Blob.size), 0)).where(Blob.user_id == user_id, Blob.deleted_at.is_(None))
+        select(func.coalesce(func.sum(Blob.size), 0)).where(Blob.user_id == user_id, Blob.deleted_at.is_(None), _OWN)
     ).scalar_one())
 
 

@@ -1,7 +1,7 @@
 """charges: post-rental charges with their notices, evidence and collection attempts (P-20, P-21)
 
 Revision ID: 0015
-Revises: 0013
+Revises: 0014
 Create Date: 2026-12-04 02:10:28
 
 - charges: one post-rental charge: kind, amount (VAT inside where it applies), the time it was incurred,
@@ -21,7 +21,7 @@ import sqlalchemy as sa
 
 # revision identifiers, used by Alembic.
 revision = '0015'
-down_revision = '0013'
+down_revision = '0014'
 branch_labels = None
 depends_on = None
 

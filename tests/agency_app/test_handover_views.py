@@ -3,6 +3,7 @@ return. Payments through localstripe on loopback; the clock moved with time_mach
 
 from __future__ import annotations
 
+import io
 import re
 from datetime import timedelta
 from typing import Any
@@ -49,3 +50,58 @@ def test_a_full_handover_and_return_in_the_agency_app(app, client, app_ctx, stri
         assert "minutes late" in client.get(f"{base}/handover").get_data(as_text=True)
     db.session.expire_all()
     assert _booking(c.reference).status == "returned"
+
+
+def test_inspections_at_the_counter_in_the_agency_app(app, client, app_ctx, stripe_gateway):  # enforces P-18
+    from sqlalchemy import select
+
+    from marketplace.handover.models import Inspection
+    from tests.handover.test_inspections import _gps_jpeg
+
+    c = _counter(client, stripe_gateway)
+    base = f"/agency/bookings/{c.reference}"
+    with _at(c.starts_at - timedelta(minutes=20)):
+        web_login(client, c.staff, door="agency")
+        page = client.get(f"{base}/handover")
+        assert 'id="inspection-mileage"' not in page.get_data(as_text=True)  # not before the match
+        refused = _post(client, f"{base}/inspections/pickup", page, mileage_km="100", fuel_eighths="8")
+        assert refused.status_code == 409
+        revealed = _post(client, f"{base}/handover/reveal", page)
+        assert _post(client, f"{base}/handover/check", revealed, outcome="match").status_code == 302
+        page = client.get(f"{base}/handover")
+        html = page.get_data(as_text=True)
+        for element in ("inspection-mileage", "inspection-fuel", "inspection-damage-area", "inspection-damage-severity",
+                        "inspection-damage-note", "inspection-note", "inspection-save"):
+            assert f'id="{element}"' in html, element
+        bad = _post(client, f"{base}/inspections/pickup", page, mileage_km="lots", fuel_eighths="8")
+        assert bad.status_code == 422
+        saved = _post(client, f"{base}/inspections/pickup", page, mileage_km="23100", fuel_eighths="6",
+                      damage_area="rear", damage_severity="dent", damage_note="bumper", note="")
+        assert saved.status_code == 302
+        page = client.get(f"{base}/handover")
+        _post(client, f"{base}/inspections/pickup", page, mileage_km="23100", fuel_eighths="6",
+              damage_area="roof", damage_severity="scratch")
+        page = client.get(f"{base}/handover")
+        html = page.get_data(as_text=True)
+        assert "23100 km" in html and "rear: dent" in html and "roof: scratch" in html
+        for element in ("inspection-photo", "inspection-photo-upload", "inspection-ack-name", "inspection-ack"):
+            assert f'id="{element}"' in html, element
+        token = csrf_from(html)
+        uploaded = client.post(f"{base}/inspections/pickup/photos", content_type="multipart/form-data",
+                               data={"csrf_token": token, "image": (io.BytesIO(_gps_jpeg()), "car.jpg", "image/jpeg")})
+        assert uploaded.status_code == 302, uploaded.get_data(as_text=True)[:500]
+        page = client.get(f"{base}/handover")
+        thumb = re.search(r'class="inspection-thumb" src="([^"]+)"', page.get_data(as_text=True))
+        assert thumb is not None
+        served = client.get(thumb.group(1))
+        assert served.status_code == 200 and "no-store" in served.headers["Cache-Control"]
+        assert _post(client, f"{base}/inspections/pickup/acknowledge", page, name="Noura").status_code == 302
+        page = client.get(f"{base}/handover")
+        html = page.get_data(as_text=True)
+        assert "acknowledged by" in html and 'id="inspection-save"' not in html  # frozen
+        again = _post(client, f"{base}/inspections/pickup", page, mileage_km="1", fuel_eighths="1")
+        assert again.status_code == 409
+    db.session.expire_all()
+    row = db.session.execute(select(Inspection)).scalar_one()
+    assert (row.mileage_km, row.fuel_eighths, row.acknowledged_name) == (23100, 6, "Noura")
+    assert [d["area"] for d in row.damage] == ["rear", "roof"]
