@@ -670,3 +670,23 @@ def present(charge: Charge, *, evidence_url: str) -> dict[str, Any]:
                       "url": evidence_url.format(charge=charge.public_id, evidence=e.public_id)}
                      for e in evidence_of(charge)],
     }
+
+
+@payments.evidence_source("post_rental_charges")
+def _charge_evidence(booking_id: int) -> list[dict[str, Any]]:
+    """P-24: the booking's post-rental charges with their notice times, for a chargeback's evidence pack."""
+    rows = db.session.execute(select(Charge).where(Charge.booking_id == booking_id).order_by(Charge.id)).scalars()
+    out = []
+    for charge in rows:
+        delivery = notice_delivery(charge)
+        out.append({"kind": charge.kind, "amount": str(Money(charge.collect_fils)), "status": charge.status,
+                    "notice_sent_at": _iso(delivery["sent_at"]),
+                    "email_delivered_at": _iso(delivery["email_delivered_at"]),
+                    "due_at": _iso(charge.due_at), "accepted_at": _iso(charge.accepted_at),
+                    "disputed_at": _iso(charge.disputed_at), "decision": charge.decision,
+                    "evidence_files": len(evidence_of(charge))})
+    return out
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None

@@ -346,3 +346,16 @@ def after_return(booking_id: int) -> None:
     bookings.complete(booking_id)
     if not charge_pending(booking_id):
         payments.release_deposit(booking_id)
+
+
+@payments.evidence_source("inspection_photos")
+def _inspection_evidence(booking_id: int) -> list[dict[str, Any]]:
+    """P-24: what the counter recorded, for a chargeback's evidence pack (photo ids, not the images)."""
+    facts = inspection_facts(booking_id)
+    if facts is None:
+        return []
+    return [{"kind": kind, "recorded_at": f["recorded_at"].isoformat() if f["recorded_at"] else None,
+             "mileage_km": f["mileage_km"], "fuel_eighths": f["fuel_eighths"], "damage": f["damage"],
+             "photos": len(f["photo_ids"]), "photo_ids": f["photo_ids"],
+             "acknowledged_at": f["acknowledged_at"].isoformat() if f["acknowledged_at"] else None}
+            for kind in ("pickup", "return") if (f := facts[kind]) is not None]

@@ -1116,10 +1116,13 @@ def apply_dispute_event(kind: str, obj: dict[str, Any]) -> str:
     status = str(obj.get("status") or DisputeStatus.NEEDS_RESPONSE)
     if row is None:
         payment = _dispute_payment(obj)
+        charged = None if payment is not None else _charge_payment_row(
+            {"payment_intent": obj.get("payment_intent"), "metadata": {}})
+        booking_id = payment.booking_id if payment else (charged.booking_id if charged else None)
         charge, intent = obj.get("charge"), obj.get("payment_intent")
         row = Dispute(stripe_dispute_id=dispute_id, stripe_charge_id=charge if isinstance(charge, str) else None,
                       stripe_intent_id=intent if isinstance(intent, str) else None,
-                      payment_id=payment.id if payment else None, booking_id=payment.booking_id if payment else None,
+                      payment_id=payment.id if payment else None, booking_id=booking_id,
                       amount_fils=int(amount) if isinstance(amount, int) else 0,
                       currency=str(obj.get("currency") or "aed").upper()[:3],
                       reason=str(obj.get("reason") or "general")[:40],
@@ -1184,6 +1187,21 @@ def dispute_for_staff(actor: Actor, public_id: str) -> Dispute:
     return row
 
 
+EvidenceSource = Callable[[int], list[dict[str, Any]]]
+_EVIDENCE_SOURCES: dict[str, EvidenceSource] = {}
+
+
+def evidence_source(slot: str) -> Callable[[EvidenceSource], EvidenceSource]:
+    """Areas above payments fill an evidence pack's slot for a booking (``inspection_photos`` from handover,
+    ``post_rental_charges`` from charges): ``func(booking_id) -> rows``."""
+
+    def register(func: EvidenceSource) -> EvidenceSource:
+        _EVIDENCE_SOURCES[slot] = func
+        return func
+
+    return register
+
+
 @dataclass(frozen=True)
 class EvidencePack:
     """What our records say about a disputed payment (P-24), for a person to read and Stripe to receive.
@@ -1201,6 +1219,7 @@ class EvidencePack:
     payments: list[dict[str, Any]]
     refunds: list[dict[str, Any]]
     missing: list[str]
+    post_rental_charges: list[dict[str, Any]] = field(default_factory=list)
 
     def stripe_evidence(self) -> dict[str, str]:
         """Stripe's evidence text fields, filled from the pack (files would need uploading first)."""
@@ -1228,6 +1247,12 @@ class EvidencePack:
         lines += [f"{i['doc_type']} {i['number']} issued {i['issued_at']}: total {i['total']}" for i in self.invoices]
         lines += [f"Notice '{n['subject']}' ({n['channel']}) {n['status']} at {n['delivered_at']}"
                   for n in self.notices]
+        lines += [f"Inspection at {i['kind']} recorded {i['recorded_at']}: mileage {i['mileage_km']} km, fuel "
+                  f"{i['fuel_eighths']}/8, {i['photos']} photos, acknowledged by the customer at {i['acknowledged_at']}"
+                  for i in self.inspection_photos]
+        lines += [f"Post-rental charge {c['kind']} {c['amount']}: noticed {c['notice_sent_at']}, due {c['due_at']}, "
+                  f"{c['status']}{' (' + c['decision'] + ')' if c['decision'] else ''}"
+                  for c in self.post_rental_charges]
         if lines:
             fields["uncategorized_text"] = "\n".join(lines)
         return {name: value[:DISPUTE_FIELD_LIMIT] for name, value in fields.items()}
@@ -1288,9 +1313,20 @@ def evidence_pack(actor: Actor, dispute: Dispute) -> EvidencePack:
         refunds_out = [{"amount": str(Money(r.amount_fils)), "state": r.state, "reason": r.reason,
                         "stripe_refund_id": r.stripe_refund_id, "created_at": _fmt(r.created_at),
                         "settled_at": _fmt(r.settled_at)} for r in refunds_for(booking.id)]
-    missing.append("inspection photos (handover, step 7)")
-    return EvidencePack(dispute, booking_out, mandate_out, notices, [], invoices_out, payments_out, refunds_out,
-                        missing)
+    slots = {slot: (source(dispute.booking_id) if dispute.booking_id is not None else [])
+             for slot, source in _EVIDENCE_SOURCES.items()}
+    inspections = slots.get("inspection_photos", [])
+    if not inspections:
+        missing.append("inspection photos")
+    if dispute.booking_id is not None:
+        payments_out += [{"kind": f"charge ({c.via})", "attempt": c.attempt, "state": c.state,
+                          "amount": str(Money(c.amount_fils)), "captured": str(Money(c.amount_fils)),
+                          "stripe_intent_id": c.stripe_intent_id, "stripe_charge_id": c.stripe_charge_id,
+                          "created_at": _fmt(c.created_at), "settled_at": _fmt(c.settled_at)}
+                         for c in db.session.execute(select(ChargePayment).where(
+                             ChargePayment.booking_id == dispute.booking_id).order_by(ChargePayment.id)).scalars()]
+    return EvidencePack(dispute, booking_out, mandate_out, notices, inspections, invoices_out, payments_out,
+                        refunds_out, missing, slots.get("post_rental_charges", []))
 
 
 def submission_key(dispute: Dispute) -> str:

@@ -410,3 +410,32 @@ def test_the_sweeper_relays_a_due_charge_whose_work_row_was_lost(app, client, ap
         sweep_and_drain(app)  # ... and the next tick runs it (the thread worker does it in the same pass)
     assert charge_row(body["id"]).status == "paid"
     assert len(_attempts(body["id"])) == 1
+
+
+def test_a_chargeback_on_a_collected_charge_finds_its_booking_and_the_pack_carries_the_notice(app, client, app_ctx,
+                                                                                           stripe_gateway):
+    # enforces P-24 with P-21: the notice's times, the charge and the counter's records answer the chargeback
+    from marketplace.payments.models import Dispute
+    from tests.factories import actor_for
+    from tests.payments.test_views import post_event
+
+    rental, body = _noticed(client, stripe_gateway, deposit=0)
+    with at(charge_row(body["id"]).due_at + timedelta(minutes=1)):
+        sweep_and_drain(app)
+        (attempt,) = _attempts(body["id"])
+        dispute = {"id": "dp_charge_0001", "object": "dispute", "charge": attempt.stripe_charge_id,
+                   "payment_intent": attempt.stripe_intent_id, "amount": attempt.amount_fils, "currency": "aed",
+                   "reason": "product_unacceptable", "status": "needs_response",
+                   "evidence_details": {"due_by": int((charge_row(body["id"]).due_at + 7 * DAY).timestamp())}}
+        assert post_event(client, "charge.dispute.created", dispute).get_json()["outcome"] == "opened"
+        db.session.rollback()
+        case = db.session.execute(select(Dispute).where(Dispute.stripe_dispute_id == "dp_charge_0001")).scalar_one()
+        assert case.booking_id == rental.booking_id
+        assert payments.has_open_dispute(rental.booking_id)
+        pack = payments.evidence_pack(actor_for(make_staff(Role.DISPUTES_AGENT)), case)
+    (charge,) = pack.post_rental_charges
+    assert charge["kind"] == "fuel" and charge["status"] == "paid" and charge["notice_sent_at"]
+    assert [i["kind"] for i in pack.inspection_photos] == []  # this rental recorded no inspections
+    assert any(p["kind"] == "charge (card)" for p in pack.payments)
+    assert "Post-rental charge fuel" in pack.stripe_evidence()["uncategorized_text"]
+    assert any("Notice of a post-rental charge" in n["subject"] for n in pack.notices)
