@@ -590,7 +590,8 @@ def _settle_deposit(charge: Charge) -> None:
 
 def relay_due(*, now: datetime | None = None, limit: int = 100) -> int:
     """The sweeper's relay: every charge that is due and has no open work row gets one (a lost queue, a job
-    that ended early); a stale attempt is resumed. Idempotent: ``collect`` decides, under the row's lock."""
+    that ended early); an attempt whose lease ran out (its runner died, or the provider's answer was lost) is
+    resumed under its key. Idempotent: ``collect`` decides, under the row's lock."""
     now = now or utcnow()
     due = (((Charge.status == S.NOTICED) & (Charge.due_at <= now))
            | (Charge.status == S.DUE)
@@ -600,10 +601,6 @@ def relay_due(*, now: datetime | None = None, limit: int = 100) -> int:
     ids = db.session.execute(select(Charge.id).where(due).order_by(Charge.id).limit(limit)).scalars().all()
     scheduled = 0
     for charge_id in ids:
-        if not jobs.has_open("charges.collect", str(charge_id)):
-            jobs.schedule("charges.collect", charge_id)
-            scheduled += 1
-    for charge_id, _attempt_no in payments.stale_charge_payments(now=now, limit=limit):
         if not jobs.has_open("charges.collect", str(charge_id)):
             jobs.schedule("charges.collect", charge_id)
             scheduled += 1

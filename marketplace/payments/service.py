@@ -908,19 +908,25 @@ def handle_event(event: dict[str, Any]) -> str:
     return serialised(work, on_conflict=on_conflict)
 
 
-def _intent_row(obj: dict[str, Any]) -> PaymentIntentRow | None:
+def _row_for_intent(model: Any, obj: dict[str, Any], metadata_key: str) -> Any:
+    """Our row for a Stripe object about an intent: by the intent's id, else by our row id in its metadata
+    (the intent id was never recorded: a crash between Stripe's answer and our commit)."""
     intent_id = obj.get("id") if str(obj.get("id", "")).startswith("pi_") else obj.get("payment_intent")
     if isinstance(intent_id, str):
-        row = db.session.execute(select(PaymentIntentRow).where(
-            PaymentIntentRow.stripe_intent_id == intent_id)).scalar_one_or_none()
+        row = db.session.execute(select(model).where(model.stripe_intent_id == intent_id)).scalar_one_or_none()
         if row is not None:
             return row
-    ours = (obj.get("metadata") or {}).get("payment")  # the intent id was never recorded (a crash)
+    ours = (obj.get("metadata") or {}).get(metadata_key)
     if isinstance(ours, str) and ours.isdigit():
-        row = db.session.get(PaymentIntentRow, int(ours))
+        row = db.session.get(model, int(ours))
         if row is not None and row.stripe_intent_id in (None, intent_id):
             return row
     return None
+
+
+def _intent_row(obj: dict[str, Any]) -> PaymentIntentRow | None:
+    row: PaymentIntentRow | None = _row_for_intent(PaymentIntentRow, obj, "payment")
+    return row
 
 
 def _dispatch(kind: str, obj: dict[str, Any]) -> str:  # noqa: PLR0911, PLR0912 - one branch per event type
@@ -2005,18 +2011,8 @@ def charge_client_secret(charge_id: int) -> str | None:
 
 
 def _charge_payment_row(obj: dict[str, Any]) -> ChargePayment | None:
-    intent_id = obj.get("id") if str(obj.get("id", "")).startswith("pi_") else obj.get("payment_intent")
-    if isinstance(intent_id, str):
-        row = db.session.execute(select(ChargePayment).where(
-            ChargePayment.stripe_intent_id == intent_id)).scalar_one_or_none()
-        if row is not None:
-            return row
-    ours = (obj.get("metadata") or {}).get("charge_payment")
-    if isinstance(ours, str) and ours.isdigit():
-        row = db.session.get(ChargePayment, int(ours))
-        if row is not None and row.stripe_intent_id in (None, intent_id):
-            return row
-    return None
+    row: ChargePayment | None = _row_for_intent(ChargePayment, obj, "charge_payment")
+    return row
 
 
 def _charge_event(kind: str, obj: dict[str, Any]) -> str | None:
@@ -2041,10 +2037,3 @@ def _charge_event(kind: str, obj: dict[str, Any]) -> str | None:
         return "failed"
     apply_charge_intent(row.id, intent)
     return "applied"
-
-
-def stale_charge_payments(*, now: datetime | None = None, limit: int = 50) -> list[tuple[int, int]]:
-    """Charge attempts still pending past ``STALE_AFTER`` (a lost answer): ``(charge_id, attempt)``."""
-    now = now or utcnow()
-    return [(c, a) for c, a in db.session.execute(select(ChargePayment.charge_id, ChargePayment.attempt).where(
-        ChargePayment.state == IntentState.PENDING, ChargePayment.updated_at < now - STALE_AFTER).limit(limit)).all()]
