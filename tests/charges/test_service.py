@@ -32,7 +32,7 @@ from tests.charges.helpers import (
     raise_charge,
     returned_rental,
 )
-from tests.conftest import sweep_and_drain
+from tests.conftest import drain_jobs, sweep_and_drain
 from tests.factories import auth_headers, book, booking_body, make_agency, make_staff, make_vehicle, save_card
 
 DAY = timedelta(days=1)
@@ -153,6 +153,7 @@ def test_the_customer_can_accept_and_it_is_collected_at_once(app, client, app_ct
         accepted = client.post(f"/api/v1/charges/{body['id']}/accept", headers=auth_headers(client, rental.customer))
         assert accepted.status_code == 200, accepted.get_json()
         assert accepted.get_json()["status"] == "due"  # collected right after the answer, by its job
+        drain_jobs(app)
         assert charge_row(body["id"]).status == "paid"
         again = client.post(f"/api/v1/charges/{body['id']}/accept", headers=auth_headers(client, rental.customer))
         assert again.status_code == 409
