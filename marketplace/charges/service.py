@@ -565,7 +565,10 @@ def _apply(charge_id: int, state: payments.ChargeState, payment_id: int | None, 
     db.session.flush()
     audit.record(SYSTEM, "charge:declined", ("charge", charge.public_id), attempt=charge.attempts,
                  error=charge.last_error, status=charge.status)
-    _tell_customer(charge, "charge_declined", next_attempt_at=charge.next_attempt_at)
+    if charge.attempts == 1:  # told once, at the first decline, with the whole schedule (PY-05: no repeats)
+        retries = [charge.next_attempt_at + sum(RETRY_SCHEDULE[1:n], timedelta())
+                   for n in range(1, len(RETRY_SCHEDULE) + 1)] if charge.next_attempt_at else []
+        _tell_customer(charge, "charge_declined", retries=retries)
 
 
 @payments.on_charge_outcome
