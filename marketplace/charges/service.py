@@ -607,7 +607,26 @@ def relay_due(*, now: datetime | None = None, limit: int = 100) -> int:
         if not jobs.has_open("charges.collect", str(charge_id)):
             jobs.schedule("charges.collect", charge_id)
             scheduled += 1
+    _expire_outstanding(now, limit)
     return scheduled
+
+
+def _expire_outstanding(now: datetime, limit: int) -> None:
+    """An unpaid charge (or one waiting for the customer) can no longer be taken 90 days after the return:
+    it expires, stops blocking new bookings, and the agency is told (it may pursue the debt itself)."""
+    waiting = db.session.execute(select(Charge.id).where(Charge.status.in_(list(OUTSTANDING)))
+                                 .order_by(Charge.id).limit(limit)).scalars().all()
+    for charge_id in waiting:
+        charge = _locked(charge_id)
+        returned = _returned_at(charge)
+        if charge.status not in OUTSTANDING or returned is None or now <= _window_closes(returned):
+            continue
+        charge.status, charge.last_error = S.EXPIRED, "charge_window_closed"
+        db.session.flush()
+        audit.record(SYSTEM, "charge:expire", ("charge", charge.public_id), unpaid=charge.collect_fils)
+        agency = agencies.agency_by_id(charge.agency_id)
+        notifications.send_email(to=agency.contact_email, kind="charge_expired",
+                                 context={"agency": agency, "charge": charge, "reference": booking_reference(charge)})
 
 
 # ---- what other areas ask -----------------------------------------------------------------------------------

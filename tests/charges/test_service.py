@@ -352,6 +352,35 @@ def test_a_decline_is_retried_on_schedule_blocks_new_bookings_and_the_customer_c
     assert payments.ledger_check().ok, payments.ledger_check().problems
 
 
+def test_an_unpaid_charge_expires_after_90_days_and_stops_blocking(app, client, app_ctx, stripe_gateway):
+    rental = returned_rental(client, stripe_gateway, deposit=0)
+    keep = app.config["SETTINGS"].deposit_keep_after_return
+    with at(rental.returned_at + keep + timedelta(minutes=5)):
+        sweep_and_drain(app)
+        customer = auth_headers(client, rental.customer)
+        save_card(client, customer, stripe_gateway, "4000000000000341")
+        assert client.delete(f"/api/v1/me/payment-methods/{rental.card}", headers=customer).status_code == 204
+        raised = raise_charge(client, auth_headers(client, rental.manager), rental.reference,
+                              incurred_at=rental.returned_at)
+    charge_id = raised.get_json()["id"]
+    when = charge_row(charge_id).due_at + timedelta(minutes=1)
+    for _ in range(len(RETRY_SCHEDULE) + 1):
+        with at(when):
+            sweep_and_drain(app)
+        state = charge_row(charge_id)
+        when = (state.next_attempt_at or when) + timedelta(minutes=1)
+    assert charge_row(charge_id).status == "unpaid"
+    with at(rental.returned_at + timedelta(days=90, minutes=1)):
+        sweep_and_drain(app)
+        assert charge_row(charge_id).status == "expired"
+        fresh = client.post("/api/v1/bookings", headers=auth_headers(client, rental.customer),
+                            json=booking_body(make_vehicle(make_agency()), start_in_hours=5, hours=24))
+        assert fresh.status_code == 201, fresh.get_json()
+        paying = client.post(f"/api/v1/charges/{charge_id}/pay", headers=auth_headers(client, rental.customer),
+                             json={})
+        assert paying.status_code == 409  # nothing is taken after 90 days, not even on-session
+
+
 def test_when_the_bank_wants_the_customer_they_pay_on_session(app, client, app_ctx, stripe_gateway):
     # the saved card now demands 3-D Secure: off-session that is a failure, so the customer is asked to pay
     from marketplace.payments.models import PaymentCustomer, SavedCard
