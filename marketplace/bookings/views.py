@@ -91,7 +91,9 @@ class Bookings(MethodView):
                                   "schema": {"type": "string", "pattern": _KEY.pattern},
                                   "description": "Send the same key to retry safely; a different body is a 409"}])
     def post(self, args: dict[str, Any]) -> Any:
-        """Book a car (accepting the rental terms and the MIT mandate); pay within 15 minutes."""
+        """Book a car (accepting the rental terms and the MIT mandate); pay within 15 minutes. Refused with
+        `409 outstanding_balance` while one of your post-rental charges is unpaid or waits for you to confirm
+        it (pay it with `POST /api/v1/charges/{id}/pay`)."""
         key = request.headers.get("Idempotency-Key")
         if key is not None and not _KEY.match(key):
             raise Unprocessable(details={"fields": {"Idempotency-Key": ["8-80 letters, digits or - _ : ."]}})
