@@ -10,7 +10,7 @@ import re
 from decimal import Decimal
 from typing import Any
 
-from flask import Response, redirect, request, url_for
+from flask import Response, current_app, redirect, request, url_for
 
 from marketplace import audit, transactions
 from marketplace.charges import service as charges
@@ -70,8 +70,11 @@ def _case_page(public_id: str, *, status: int = 200, error: AppError | None = No
     audit.record(actor, "console:charge_view", ("charge", charge.public_id))
     transactions.commit_error_response()  # the view's audit row stands whatever the page's status
     handed_over_at, returned_at = handover.rental_period(charge.booking_id)
+    grace = current_app.config["SETTINGS"].charge_time_grace  # as the service counts a fine or toll's time
     inside = (
-        handed_over_at is not None and returned_at is not None and handed_over_at <= charge.incurred_at <= returned_at
+        handed_over_at is not None
+        and returned_at is not None
+        and handed_over_at - grace <= charge.incurred_at <= returned_at + grace
     )
     message = error and f"{_error_text(error)} ({error.code})"
     return _render(
@@ -82,6 +85,7 @@ def _case_page(public_id: str, *, status: int = 200, error: AppError | None = No
         handed_over_at=handed_over_at,
         returned_at=returned_at,
         inside=inside,
+        grace_minutes=int(grace.total_seconds() // 60),
         facts=handover.inspection_facts(charge.booking_id),
         may_decide=charge.status == ChargeStatus.DISPUTED,
         may_review=charge.status == ChargeStatus.PLATFORM_REVIEW,
