@@ -18,6 +18,7 @@ from flask.testing import FlaskClient
 from sqlalchemy import select
 
 from marketplace.bookings.models import Booking
+from marketplace.charges.models import Charge
 from marketplace.extensions import db
 from marketplace.fleet.models import AvailabilityBlock, Vehicle, VehiclePhoto
 from marketplace.permissions import Role
@@ -70,16 +71,18 @@ class World:
         booking = db.session.execute(select(Booking).where(Booking.reference == self.reference)).scalar_one()
         # agency 1's tax invoice to the customer for the rental (P-23): its number is one of agency 1's ids
         self.invoice1 = make_invoice(self.ag1, self.customer.user(), nets=(30000,), booking=booking).number
+        self.charge1, self.evidence1 = _charge(client, h1, booking)
         self.params = {"vehicle_id": self.vehicle1.public_id, "photo_id": self.photo1, "block_id": self.block1,
                        "reference": self.reference, "user_id": self.desk1.public_id, "number": self.invoice1,
                        "token": "img_not-a-real-grant",  # a handover photo link (its grant is checked too)
+                       "charge_id": self.charge1, "evidence_id": self.evidence1,  # a post-rental charge (P-21)
                        "kind": "pickup"}  # an inspection (another agency's: 404 before its body is read)
         user = self.customer.user()
         self.customer_private = [v for v in (user.email, user.phone, user.address_line1) if v]
 
     def ag1_identifiers(self) -> list[str]:
         return [self.vehicle1.public_id, self.photo1, self.block1, self.reference, self.desk1.public_id,
-                self.ag1.public_id, self.invoice1, "First Rentals", "Lexus", "Noura"]
+                self.ag1.public_id, self.invoice1, self.charge1, self.evidence1, "First Rentals", "Lexus", "Noura"]
 
     def ag1_state(self) -> Any:
         db.session.expire_all()
@@ -91,9 +94,35 @@ class World:
             sorted(db.session.execute(select(AvailabilityBlock.public_id)).scalars()),
             sorted(db.session.execute(select(VehiclePhoto.public_id)).scalars()),
             (booking.status, booking.starts_at, booking.cancelled_at),
+            sorted((c.public_id, c.status, c.amount_fils) for c in db.session.execute(select(Charge)).scalars()),
             sorted((r.user_id, r.role) for r in db.session.execute(
                 select(RoleAssignment).where(RoleAssignment.agency_id == self.ag1.id)).scalars()),
         )
+
+
+def _charge(client: FlaskClient, headers: dict[str, str], booking: Booking) -> tuple[str, str]:
+    """A post-rental charge of agency 1 on the booking, as if the car had been handed over and returned."""
+    from datetime import timedelta
+
+    from marketplace.extensions import utcnow
+    from marketplace.handover.models import Handover
+
+    db.session.add(Handover(booking_id=booking.id, agency_id=booking.agency_id, stage="returned", reveals=1,
+                            handed_over_at=utcnow() - timedelta(hours=3), returned_at=utcnow() - timedelta(hours=1)))
+    db.session.commit()
+    raised = client.post(f"/api/v1/agency/bookings/{booking.reference}/charges", headers=headers,
+                         content_type="multipart/form-data", data=_charge_form())
+    assert raised.status_code == 201, raised.get_json()
+    body = raised.get_json()
+    return body["id"], body["evidence"][0]["id"]
+
+
+def _charge_form() -> dict[str, Any]:
+    from marketplace.extensions import utcnow
+
+    return {"kind": "fuel", "amount": "15750", "description": "A quarter tank",
+            "incurred_at": (utcnow().replace(microsecond=0)).isoformat(),
+            "evidence": (io.BytesIO(photo(64, 48)), "fuel.jpg", "image/jpeg")}
 
 
 def _routes(app: Flask, prefix: str) -> list[tuple[str, str]]:
@@ -116,8 +145,13 @@ def _api_call(client: FlaskClient, method: str, path: str, headers: dict[str, st
         form: dict[str, Any] = {"kind": "trade_licence"} if "/documents" in path else {}
         return client.open(path, method=method, headers=headers, content_type="multipart/form-data",
                            data={**form, "image": (io.BytesIO(photo(64, 48)), "x.jpg", "image/jpeg")})
+    if method == "POST" and path.endswith("/charges"):  # a valid charge: only the scope check can stop it
+        return client.open(path, method=method, headers=headers, content_type="multipart/form-data",
+                           data=_charge_form())
     if path.endswith("/cancel"):
         body: dict[str, Any] = {"reason": "walk"}
+    elif path.endswith("/withdraw"):
+        body = {"reason": "walk"}
     elif path.endswith("/handover/check"):
         body = {"outcome": "match"}  # a valid outcome: only the scope check can stop it
     elif path.endswith("/blocks"):
@@ -200,6 +234,8 @@ def test_agency_sees_no_customer_contact_address_or_payment_data(app, client, ap
             counter_photos = ("/handover-photos/<string:token>", "/inspection-photos/<string:photo_id>")
             if method != "GET" or rule.endswith(counter_photos):
                 continue  # handover and inspection photos exist only at the counter (tests/handover walks them)
+            if rule.endswith("/evidence/<string:evidence_id>"):
+                continue  # a charge's evidence image (tests/charges and tests/agency_app fetch it)
             response = client.get(_fill(rule, world.params), headers=headers)
             assert response.status_code == 200, (rule, response.get_json())
             text = response.get_data(as_text=True)
@@ -213,7 +249,8 @@ def test_agency_sees_no_customer_contact_address_or_payment_data(app, client, ap
         assert detail["licence"]["number"] == "DXB-778899"
     else:
         web_login(client, world.manager1, "agency")
-        for path in ("/agency/", "/agency/bookings", f"/agency/bookings/{world.reference}", "/agency/invoices"):
+        for path in ("/agency/", "/agency/bookings", f"/agency/bookings/{world.reference}", "/agency/invoices",
+                     "/agency/charges", f"/agency/charges/{world.charge1}"):
             page = client.get(path)
             assert page.status_code == 200, path
             text = page.get_data(as_text=True)
