@@ -8,6 +8,7 @@ from typing import Any
 
 from flask import request
 
+from agency_app.charge_views import booking_charges
 from agency_app.views import _render, agency_bp
 from marketplace.bookings import service as bookings
 from marketplace.bookings.states import BookingStatus
@@ -53,5 +54,7 @@ def bookings_list() -> Any:
 @requires(Permission.AGENCY_BOOKING_READ)
 def booking_detail(reference: str) -> Any:
     """Another agency's booking is a 404, like one that never existed."""
-    booking = bookings.get_for_agency(current_actor(), reference[:20])
-    return _render("agency/booking.html", b=bookings.agency_booking_out(booking))
+    actor = current_actor()
+    booking = bookings.get_for_agency(actor, reference[:20])
+    return _render("agency/booking.html", b=bookings.agency_booking_out(booking),
+                   **booking_charges(actor, booking.reference))

@@ -43,6 +43,7 @@ def home() -> Any:
 
 
 from agency_app import booking_views as _booking_views  # noqa: E402,F401  (bookings pages)
+from agency_app import charge_views as _charge_views  # noqa: E402,F401  (post-rental charges)
 from agency_app import fleet_views as _fleet_views  # noqa: E402,F401  (fleet and availability pages)
 from agency_app import handover_views as _handover_views  # noqa: E402,F401  (the counter: handover and return)
 from agency_app import invoice_views as _invoice_views  # noqa: E402,F401  (tax invoices and their PDFs)

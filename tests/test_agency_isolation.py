@@ -19,8 +19,8 @@ from flask.testing import FlaskClient
 from sqlalchemy import select
 
 from marketplace.bookings.models import Booking
-from marketplace.charges.models import Charge, ChargeEvidence
-from marketplace.extensions import db, utcnow
+from marketplace.charges.models import Charge
+from marketplace.extensions import db
 from marketplace.fleet.models import AvailabilityBlock, Vehicle, VehiclePhoto
 from marketplace.permissions import Role
 from marketplace.users.models import RoleAssignment
@@ -72,19 +72,18 @@ class World:
         booking = db.session.execute(select(Booking).where(Booking.reference == self.reference)).scalar_one()
         # agency 1's tax invoice to the customer for the rental (P-23): its number is one of agency 1's ids
         self.invoice1 = make_invoice(self.ag1, self.customer.user(), nets=(30000,), booking=booking).number
-        self.charge1, self.evidence1 = _charge_row(booking, self.manager1)
+        self.charge1, self.evidence1 = _charge(client, h1, booking)
         self.params = {"vehicle_id": self.vehicle1.public_id, "photo_id": self.photo1, "block_id": self.block1,
                        "reference": self.reference, "user_id": self.desk1.public_id, "number": self.invoice1,
                        "token": "img_not-a-real-grant",  # a handover photo link (its grant is checked too)
-                       "kind": "pickup",  # an inspection (another agency's: 404 before its body is read)
-                       "charge_id": self.charge1, "evidence_id": self.evidence1}
+                       "charge_id": self.charge1, "evidence_id": self.evidence1,  # a post-rental charge (P-21)
+                       "kind": "pickup"}  # an inspection (another agency's: 404 before its body is read)
         user = self.customer.user()
         self.customer_private = [v for v in (user.email, user.phone, user.address_line1) if v]
 
     def ag1_identifiers(self) -> list[str]:
         return [self.vehicle1.public_id, self.photo1, self.block1, self.reference, self.desk1.public_id,
-                self.charge1, self.evidence1,
-                self.ag1.public_id, self.invoice1, "First Rentals", "Lexus", "Noura"]
+                self.ag1.public_id, self.invoice1, self.charge1, self.evidence1, "First Rentals", "Lexus", "Noura"]
 
     def ag1_state(self) -> Any:
         db.session.expire_all()
@@ -96,30 +95,34 @@ class World:
             sorted(db.session.execute(select(AvailabilityBlock.public_id)).scalars()),
             sorted(db.session.execute(select(VehiclePhoto.public_id)).scalars()),
             (booking.status, booking.starts_at, booking.cancelled_at),
-            db.session.execute(select(Charge.status, Charge.amount_fils, Charge.withdrawn_at)).all(),
+            sorted((c.public_id, c.status, c.amount_fils) for c in db.session.execute(select(Charge)).scalars()),
             sorted((r.user_id, r.role) for r in db.session.execute(
                 select(RoleAssignment).where(RoleAssignment.agency_id == self.ag1.id)).scalars()),
         )
 
 
-def _charge_row(booking: Booking, raised_by: Any) -> tuple[str, str]:
-    """A noticed post-rental charge of agency 1 with one evidence image (rows only: the walk needs ids, and the
-    charge's own rules are tested in tests/charges)."""
-    from marketplace.vault import service as vault
+def _charge(client: FlaskClient, headers: dict[str, str], booking: Booking) -> tuple[str, str]:
+    """A post-rental charge of agency 1 on the booking, as if the car had been handed over and returned."""
 
-    now = utcnow()
-    charge = Charge(booking_id=booking.id, agency_id=booking.agency_id, customer_id=booking.customer_id,
-                    kind="fuel", description="walk", amount_fils=10500, vat_fils=500, collect_fils=10500,
-                    collect_vat_fils=500, incurred_at=now, status="noticed", raised_by_id=raised_by.user_id,
-                    notice_sent_at=now, due_at=now + timedelta(hours=24), attempts=0)
-    db.session.add(charge)
-    db.session.flush()
-    blob = vault.store("agency:walk", "charge_evidence", photo(64, 48), mime="image/jpeg", width=64, height=48)
-    evidence = ChargeEvidence(charge_id=charge.id, blob_id=blob.id, side="agency", uploaded_by_id=raised_by.user_id,
-                              width=64, height=48, created_at=now)
-    db.session.add(evidence)
+    from marketplace.extensions import utcnow
+    from marketplace.handover.models import Handover
+
+    db.session.add(Handover(booking_id=booking.id, agency_id=booking.agency_id, stage="returned", reveals=1,
+                            handed_over_at=utcnow() - timedelta(hours=3), returned_at=utcnow() - timedelta(hours=1)))
     db.session.commit()
-    return charge.public_id, evidence.public_id
+    raised = client.post(f"/api/v1/agency/bookings/{booking.reference}/charges", headers=headers,
+                         content_type="multipart/form-data", data=_charge_form())
+    assert raised.status_code == 201, raised.get_json()
+    body = raised.get_json()
+    return body["id"], body["evidence"][0]["id"]
+
+
+def _charge_form() -> dict[str, Any]:
+    from marketplace.extensions import utcnow
+
+    return {"kind": "fuel", "amount": "15750", "description": "A quarter tank",
+            "incurred_at": (utcnow().replace(microsecond=0)).isoformat(),
+            "evidence": (io.BytesIO(photo(64, 48)), "fuel.jpg", "image/jpeg")}
 
 
 def _routes(app: Flask, prefix: str) -> list[tuple[str, str]]:
@@ -143,9 +146,8 @@ def _api_call(client: FlaskClient, method: str, path: str, headers: dict[str, st
         return client.open(path, method=method, headers=headers, content_type="multipart/form-data",
                            data={**form, "image": (io.BytesIO(photo(64, 48)), "x.jpg", "image/jpeg")})
     if method == "POST" and path.endswith("/charges"):  # a valid charge: only the scope check can stop it
-        return client.open(path, method=method, headers=headers, content_type="multipart/form-data", data={
-            "kind": "fuel", "amount": "10500", "description": "walk", "incurred_at": "2030-01-01T10:00:00+04:00",
-            "evidence": (io.BytesIO(photo(64, 48)), "x.jpg", "image/jpeg")})
+        return client.open(path, method=method, headers=headers, content_type="multipart/form-data",
+                           data=_charge_form())
     if path.endswith(("/cancel", "/withdraw")):
         body: dict[str, Any] = {"reason": "walk"}
     elif path.endswith("/handover/check"):
@@ -230,6 +232,8 @@ def test_agency_sees_no_customer_contact_address_or_payment_data(app, client, ap
             counter_photos = ("/handover-photos/<string:token>", "/inspection-photos/<string:photo_id>")
             if method != "GET" or rule.endswith(counter_photos):
                 continue  # handover and inspection photos exist only at the counter (tests/handover walks them)
+            if rule.endswith("/evidence/<string:evidence_id>"):
+                continue  # a charge's evidence image (tests/charges and tests/agency_app fetch it)
             response = client.get(_fill(rule, world.params), headers=headers)
             assert response.status_code == 200, (rule, response.get_data()[:300])
             if response.mimetype.startswith("image/"):
@@ -245,7 +249,8 @@ def test_agency_sees_no_customer_contact_address_or_payment_data(app, client, ap
         assert detail["licence"]["number"] == "DXB-778899"
     else:
         web_login(client, world.manager1, "agency")
-        for path in ("/agency/", "/agency/bookings", f"/agency/bookings/{world.reference}", "/agency/invoices"):
+        for path in ("/agency/", "/agency/bookings", f"/agency/bookings/{world.reference}", "/agency/invoices",
+                     "/agency/charges", f"/agency/charges/{world.charge1}"):
             page = client.get(path)
             assert page.status_code == 200, path
             text = page.get_data(as_text=True)

@@ -244,8 +244,9 @@ def _inspection_open(client: FlaskClient, agency: Any) -> tuple[str, dict[str, s
     return reference, auth_headers(client, staff)
 
 
-def _returned(client: FlaskClient, agency: Any) -> tuple[str, dict[str, str], dict[str, str]]:
-    """A booking of ``agency`` handed over and returned (rows only), its manager's and its customer's headers."""
+def _returned(client: FlaskClient, agency: Any) -> tuple[str, Any, dict[str, str], dict[str, str]]:
+    """A booking of ``agency`` handed over and returned an hour ago (charges may be raised on it): its
+    reference, the manager, the manager's and the customer's API headers."""
     from datetime import timedelta
 
     from sqlalchemy import select
@@ -255,31 +256,18 @@ def _returned(client: FlaskClient, agency: Any) -> tuple[str, dict[str, str], di
     from marketplace.handover.models import Handover
 
     manager = make_staff(Role.AGENCY_MANAGER, agency=agency)
-    customer = make_verified_customer()
-    customer_headers = auth_headers(client, customer)
-    reference = book(client, customer_headers, make_vehicle(agency))
+    customer = auth_headers(client, make_verified_customer())
+    reference = book(client, customer, make_vehicle(agency))
     booking = db.session.execute(select(Booking).where(Booking.reference == reference)).scalar_one()
-    now = utcnow()
     db.session.add(Handover(booking_id=booking.id, agency_id=agency.id, stage="returned", reveals=1,
-                            handed_over_at=now - timedelta(days=2), returned_at=now - timedelta(hours=1)))
+                            handed_over_at=utcnow() - timedelta(hours=3), returned_at=utcnow() - timedelta(hours=1)))
     db.session.commit()
-    return reference, auth_headers(client, manager), customer_headers
+    return reference, manager, auth_headers(client, manager), customer
 
 
-def _noticed_charge(client: FlaskClient, agency: Any) -> tuple[str, dict[str, str]]:
-    from datetime import timedelta
-
-    from marketplace.extensions import utcnow
-
-    reference, manager, customer = _returned(client, agency)
-    body, content_type = _encode([("kind", None, b"fuel"), ("amount", None, b"10500"),
-                                  ("description", None, b"Quarter tank"),
-                                  ("incurred_at", None, (utcnow() - timedelta(hours=1)).isoformat().encode()),
-                                  ("evidence", "e.jpg", photo(200, 150))])
-    raised = client.post(f"/api/v1/agency/bookings/{reference}/charges", data=body, content_type=content_type,
-                         headers=manager)
-    assert raised.status_code == 201, raised.get_json()
-    return raised.get_json()["id"], customer
+def _charge_parts(image: Part, incurred_at: str) -> list[Part]:
+    return [("kind", None, b"fuel"), ("amount", None, b"15750"), ("description", None, b"A quarter tank"),
+            ("incurred_at", None, incurred_at.encode()), ("evidence", *image[1:])]
 
 
 @pytest.fixture
@@ -293,14 +281,20 @@ def uploads(app: Flask, client: FlaskClient) -> Iterator[dict[str, tuple[str, di
         active = make_agency()
         car = make_vehicle(active)
         counter, desk = _inspection_open(client, active)
-        returned, manager, _ = _returned(client, active)
-        charge, charge_customer = _noticed_charge(client, active)
-        charge_fields = [("kind", None, b"damage"), ("amount", None, b"52500"), ("description", None, b"Dent"),
-                         ("incurred_at", None, b"2026-01-01T10:00:00+04:00"), ("evidence", "e.jpg", photo(200, 150))]
+        returned, _manager, raiser, renter = _returned(client, active)
+        from marketplace.extensions import utcnow
+
+        incurred = (utcnow().replace(microsecond=0)).isoformat()
+        body, content_type = _encode(_charge_parts(image, incurred))
+        noticed = client.post(f"/api/v1/agency/bookings/{returned}/charges", data=body, content_type=content_type,
+                              headers=raiser)
+        assert noticed.status_code == 201, noticed.get_json()
         yield {
-            "agency_charges.raise_charge": (f"/api/v1/agency/bookings/{returned}/charges", manager, charge_fields),
-            "charges.dispute": (f"/api/v1/charges/{charge}/dispute", charge_customer,
-                                [("reason", None, b"The dent was there at pick-up")]),
+            "agency_charges.raise_charge": (
+                f"/api/v1/agency/bookings/{returned}/charges", raiser, _charge_parts(image, incurred)),
+            "charges.dispute": (
+                f"/api/v1/charges/{noticed.get_json()['id']}/dispute", renter,
+                [("reason", None, b"The tank was full, see the photo"), ("file_1", *image[1:])]),
             "agency_handover.add_inspection_photo": (
                 f"/api/v1/agency/bookings/{counter}/inspections/pickup/photos", desk, [image]),
             "kyc.upload_selfie": ("/api/v1/me/kyc/selfie", customer, [image]),
@@ -343,7 +337,7 @@ def test_every_upload_route_refuses_unknown_and_nameless_parts(
     for endpoint, (path, headers, valid) in uploads.items():  # control: the same body without them is taken
         body, content_type = _encode(valid)
         response = client.post(path, data=body, content_type=content_type, headers=headers)
-        assert response.status_code in (200, 201), (endpoint, response.get_json())
+        assert response.status_code == (200 if endpoint == "charges.dispute" else 201), (endpoint, response.get_json())
 
 
 @pytest.mark.parametrize(("extra", "unknown"), REFUSED)
@@ -359,6 +353,16 @@ def test_the_agency_pages_upload_forms_refuse_the_same_parts(
         active = make_agency()
         car = make_vehicle(active)
         forms = []
+        returned, manager, _raiser, _renter = _returned(app.test_client(), active)
+        from marketplace.extensions import utcnow
+
+        client = app.test_client()
+        web_login(client, manager, door="agency")
+        token = ("csrf_token", None, page_csrf(client, f"/agency/bookings/{returned}").encode())
+        incurred = ("incurred_at", None, utcnow().strftime("%Y-%m-%dT%H:%M").encode())  # Dubai is ahead: the past
+        forms.append((client, f"/agency/bookings/{returned}/charges",
+                      [token, ("kind", None, b"fuel"), ("amount", None, b"157.50"),
+                       ("description", None, b"A quarter tank"), incurred, ("evidence", *image[1:])]))
         for agency, page, action, fields in (
                 (pending, "/agency/profile", "/agency/profile/documents", [("kind", None, b"trade_licence")]),
                 (active, f"/agency/fleet/{car.public_id}", f"/agency/fleet/{car.public_id}/photos", [])):

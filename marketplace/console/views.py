@@ -111,5 +111,6 @@ def _when(value: Any) -> str:
 
 
 from marketplace.console import agency_views as _agency_views  # noqa: E402,F401  (registers the agency pages)
+from marketplace.console import charge_views as _charge_views  # noqa: E402,F401  (post-rental charges)
 from marketplace.console import kyc_views as _kyc_views  # noqa: E402,F401  (registers the KYC pages)
 from marketplace.console import payment_views as _payment_views  # noqa: E402,F401  (payments and disputes pages)
