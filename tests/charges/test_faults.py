@@ -210,6 +210,8 @@ def rig(
     app_ctx: None, client: Any, app_overrides: dict[str, Any], relay: _StripeRelay, tmp_path: Path
 ) -> Iterator[Rig]:
     """The test's client, the Stripe relay and a way to start workers (all started ones killed at the end)."""
+    if os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") != "1":
+        pytest.fail("run the fault tests in one process (-p no:xdist): xdist processes share the Redis queue")
     started: list[Worker] = []
     env = server_env(
         app_overrides,
@@ -330,6 +332,7 @@ _CAPTURE = r"^/v1/payment_intents/[^/]+/capture$"
         ("card", Hold("POST", _CREATE, "after")),  # the intent exists at Stripe, its id never reached our row
         ("card", Hold("POST", _CONFIRM, "before")),  # inside the confirm
         ("card", Hold("POST", _CONFIRM, "after")),  # Stripe charged the card; we never heard
+        ("deposit", Hold("POST", _CAPTURE, "before")),  # inside the capture
         ("deposit", Hold("POST", _CAPTURE, "after")),  # Stripe captured the hold; we never heard
     ],
     ids=[
@@ -337,6 +340,7 @@ _CAPTURE = r"^/v1/payment_intents/[^/]+/capture$"
         "card-create-after",
         "card-confirm-before",
         "card-confirm-after",
+        "deposit-capture-before",
         "deposit-capture-after",
     ],
 )
