@@ -14,7 +14,7 @@ from flask import Flask, current_app
 from flask.cli import AppGroup
 from rq import Worker
 
-from marketplace import audit, demo, jobs
+from marketplace import audit, clock, demo, jobs
 from marketplace.agencies import service as agencies
 from marketplace.errors import AppError, NotFound
 from marketplace.extensions import db, utcnow
@@ -172,15 +172,15 @@ def seed_demo() -> None:
         click.echo(path.read_text() if path.exists() else "Demo data exists (credentials file missing).")
         return
     with unit_of_work():
-        lines, car = _seed()
-    lines += _seed_payments(car)
+        lines, cars = _seed()
+    lines += _seed_payments(cars)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as fh:
         fh.write(lines)
     click.echo(lines)
 
 
-def _seed() -> tuple[str, str]:
+def _seed() -> tuple[str, list[str]]:
     agency = agencies.create_verified(
         business_name="Desert Wheels Car Rental LLC", trade_licence_number="DED-1234567", trn="100123456700003",
         address_line1="Sheikh Zayed Road, Al Quoz 1", address_city="Dubai", address_country="AE",
@@ -219,27 +219,52 @@ def _seed() -> tuple[str, str]:
     out.append(f"{customer.email:<34} {password:<22} (customer: API sign-in, no MFA)")
     out += ["", "Console: /console   Agency app: /agency   API docs: /api/docs",
             "A current TOTP code for a demo account: flask --app wsgi demo totp EMAIL"]
-    return "\n".join(out) + "\n", cars[-1]  # the paid demo booking takes the last car, leaving the others free
+    return "\n".join(out) + "\n", cars  # the paid demo booking in five days takes the last car
 
 
 DEMO_CUSTOMER = "layla@demo.carejar.example"
 
 
-def _seed_payments(car: str) -> str:
+def _seed_payments(cars: list[str]) -> str:
     """The demo customer's saved card and a paid, confirmed booking (deposit held, invoices issued), with
-    localstripe as Stripe. Its own unit of work: without localstripe the rest of the seed stands, and says so."""
+    localstripe as Stripe; then today's rentals at the demo agency (``demo.seed_rentals``). Their own units of
+    work: without localstripe the rest of the seed stands, and says so."""
     db.session.rollback()  # end the read the seed's callers began, so each unit below begins its own transaction
     try:
         with unit_of_work():
             card = demo.save_test_card(_demo_customer())
         with unit_of_work():
-            reference = demo.pay_a_booking(_demo_customer(), car, card)
+            reference = demo.pay_a_booking(_demo_customer(), cars[-1], card)
     except demo.DemoStripeUnavailable as exc:
         return (f"\nPayments: not seeded ({exc}). `make run` starts localstripe; then save a test card with\n"
-                f"  flask --app wsgi demo card {DEMO_CUSTOMER}\n")
-    return (f"\nPayments (localstripe): {DEMO_CUSTOMER} has a saved Visa ending 4242 and booking {reference},\n"
+                f"  flask --app wsgi demo card {DEMO_CUSTOMER}\n"
+                "Today's rentals (pick-up, rental under way, returns with charges) need localstripe too.\n")
+    paid = (f"\nPayments (localstripe): {DEMO_CUSTOMER} has a saved Visa ending 4242 and booking {reference},\n"
             f"paid and confirmed, its deposit held and its tax invoices issued.\n"
             f"Save a test card for any customer: flask --app wsgi demo card EMAIL [--number 5555555555554444]\n")
+    try:
+        with unit_of_work():
+            rentals = demo.seed_rentals(_demo_customer(), _staff("desk@desertwheels.example"),
+                                        _staff("owner@desertwheels.example"), cars, card)
+    except (demo.DemoStripeUnavailable, AppError) as exc:  # the sign-ins are still written and printed
+        return paid + f"\nToday's rentals: not seeded ({getattr(exc, 'code', None) or exc}).\n"
+    dubai = clock.BUSINESS_TZ
+    return (paid + f"\nToday at Desert Wheels (agency app /agency, signed in as desk@ or owner@desertwheels.example):\n"
+            f"  pick-up  {rentals.pickup}  at {rentals.pickup_at.astimezone(dubai):%H:%M} Dubai time, paid, "
+            f"awaiting the handover check\n"
+            f"  return   {rentals.active}  handed over, in progress, due back at "
+            f"{rentals.return_at.astimezone(dubai):%H:%M} Dubai time\n"
+            f"  returned {rentals.returned}  a fuel charge (AED 157.50, evidence photo) in its 24-hour notice: "
+            f"charge {rentals.charge}\n"
+            f"  returned {rentals.disputed}  a cleaning charge (AED 262.50) the customer disputed: "
+            f"charge {rentals.disputed_charge}\n"
+            f"  the disputes team's queue (console, disputes@demo.carejar.example) holds the disputed one\n")
+
+
+def _staff(email: str) -> User:
+    user = users.find_by_email(email)
+    assert user is not None
+    return user
 
 
 def _demo_customer() -> User:

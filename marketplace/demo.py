@@ -4,27 +4,41 @@ The customer gives her consents, declares her identity data and uploads generate
 upload pipeline and the vault; a demo reviewer claims and approves the case through the review workflow.
 So the seeded account is cleared by the same rules (P-10) and leaves the same audit rows as a real one,
 instead of rows written around the services.
+
+With localstripe, her rentals of today go through the services too (``seed_rentals``): bookings, payments,
+the handover check (the selfie revealed and matched), hand-over, return, a post-rental charge with its
+evidence photo and a dispute. The clock is never moved (the seed runs in the app, where time-machine is not
+installed): every booking starts at least the booking lead time from now, as for any customer, and the
+handovers happen early, inside the agency's handover window (``handover_window_before``), so a rental can be
+under way, and one back, on the day the seed runs.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from PIL import Image, ImageDraw, ImageFont
 
+from marketplace import clock
+from marketplace.availability import service as availability
 from marketplace.bookings import service as bookings
+from marketplace.charges import service as charges
+from marketplace.charges.states import ChargeKind
 from marketplace.errors import AppError
 from marketplace.extensions import utcnow
 from marketplace.fleet import service as fleet
+from marketplace.handover import service as handover
+from marketplace.handover.states import Outcome
 from marketplace.kyc import service as kyc
 from marketplace.kyc.states import ApproveReason, Decision
 from marketplace.payments import service as payments
@@ -195,13 +209,13 @@ def save_test_card(customer: User, number: str = DEMO_CARD) -> str:
 
 
 def pay_a_booking(customer: User, vehicle_public_id: str, card_public_id: str, *, start_in_days: int = 5,
-                  days: int = 2) -> str:
+                  days: int = 2, starts_at: datetime | None = None, ends_at: datetime | None = None) -> str:
     """The customer books a car and pays it with her saved card, accepting the MIT mandate; the deposit is held
     and the tax invoice issued by the payments service as for any payment. Returns the booking reference."""
     actor = users.open_api_session(customer)
-    starts = (utcnow() + timedelta(days=start_in_days)).replace(minute=0, second=0, microsecond=0)
+    starts = starts_at or (utcnow() + timedelta(days=start_in_days)).replace(minute=0, second=0, microsecond=0)
     booking, _ = bookings.create_booking(
-        actor, vehicle_id=vehicle_public_id, starts_at=starts, ends_at=starts + timedelta(days=days),
+        actor, vehicle_id=vehicle_public_id, starts_at=starts, ends_at=ends_at or starts + timedelta(days=days),
         rental_terms_version=users.current_text_version(ConsentKind.RENTAL_TERMS),
         mit_mandate_version=users.current_text_version(ConsentKind.MIT_MANDATE))
     reference = str(booking.reference)
@@ -210,6 +224,87 @@ def pay_a_booking(customer: User, vehicle_public_id: str, card_public_id: str, *
         version=text.version, text_sha256=text.sha256, device=DEVICE, channel="app"))
     users.close_session(actor, "demo_seed_done")
     return reference
+
+
+# ---- today's rentals at the demo agency: a pick-up, one under way, two back with a charge -------------------
+
+
+@dataclass(frozen=True)
+class DemoRentals:
+    pickup: str  # confirmed and paid; the customer picks it up later today
+    active: str  # handed over early (inside the handover window), in progress, due back later today
+    returned: str  # handed over and back; a fuel charge in its 24-hour notice
+    disputed: str  # handed over and back; a cleaning charge the customer disputed (the console's queue)
+    charge: str  # the noticed charge's public id
+    disputed_charge: str
+    pickup_at: datetime
+    return_at: datetime
+
+
+def _later_today(earliest: datetime, wanted: datetime) -> datetime:
+    """``wanted``, pulled back to before the end of the business day (Asia/Dubai) when there is room after
+    ``earliest``; late in the day it stays as wanted (tomorrow)."""
+    day_end = datetime.combine(clock.business_today() + timedelta(days=1), datetime.min.time(),
+                               tzinfo=clock.BUSINESS_TZ) - timedelta(minutes=10)
+    return min(wanted, day_end) if day_end > earliest else wanted
+
+
+def seed_rentals(customer: User, desk: User, owner: User, cars: list[str], card_public_id: str) -> DemoRentals:
+    """Four paid bookings of the demo customer at the demo agency, each on its own car, moved on through the
+    services as the agency app does it: the desk reveals the customer's selfie, records the match and hands the
+    car over; two come back at once and the owner raises a charge with an evidence photo on each; the customer
+    disputes one. Needs localstripe (the bookings are paid)."""
+    now = utcnow().replace(microsecond=0)
+    # the earliest pick-up any customer may book; its handover window opens one lead time before, i.e. now
+    soon = now + availability.MIN_LEAD + timedelta(seconds=5)
+    pickup_at = _later_today(soon, (now + timedelta(hours=2)).replace(second=0))
+    return_at = _later_today(soon + timedelta(minutes=30), soon + timedelta(hours=3))
+    card = card_public_id
+    pickup = pay_a_booking(customer, cars[0], card, starts_at=pickup_at, ends_at=pickup_at + timedelta(days=1))
+    active = pay_a_booking(customer, cars[1], card, starts_at=soon, ends_at=return_at)
+    returned = pay_a_booking(customer, cars[2], card, starts_at=soon, ends_at=soon + timedelta(days=1))
+    disputed = pay_a_booking(customer, cars[3], card, starts_at=soon, ends_at=soon + timedelta(hours=6))
+
+    staff = users.open_api_session(desk, mfa_done=True)
+    first = bookings.get_by_reference(active)
+    opens = handover.reveal_window(first).opens_at
+    time.sleep(max(0.0, (opens - utcnow()).total_seconds()))  # a few seconds at most: the window opens at `now`
+    for reference in (active, returned, disputed):
+        token, _ = handover.reveal_selfie(staff, reference)
+        handover.open_selfie(staff, token)  # the desk looks at her photo, watermarked, once
+        handover.record_check(staff, reference, Outcome.MATCH, note="Demo seed: the customer matches her photo.")
+        handover.hand_over(staff, reference)
+    for reference in (returned, disputed):
+        handover.record_return(staff, reference)
+    users.close_session(staff, "demo_seed_done")
+
+    manager = users.open_api_session(owner, mfa_done=True)
+    fuel = charges.raise_charge(
+        manager, returned, kind=ChargeKind.FUEL, amount_fils=15750, incurred_at=utcnow(),
+        description="Returned with a quarter tank (picked up full): 45 litres at AED 3.50",
+        evidence=[charges.EvidenceFile(io.BytesIO(evidence_photo("FUEL 1/4", (200, 120, 30))), "image/jpeg")])
+    cleaning = charges.raise_charge(
+        manager, disputed, kind=ChargeKind.CLEANING, amount_fils=26250, incurred_at=utcnow(),
+        description="Sand on the seats and in the boot: interior valet",
+        evidence=[charges.EvidenceFile(io.BytesIO(evidence_photo("INTERIOR", (170, 150, 110))), "image/jpeg")])
+    users.close_session(manager, "demo_seed_done")
+
+    renter = users.open_api_session(customer)
+    charges.dispute(renter, cleaning.public_id, reason="The car was clean when I gave it back; see my photo.",
+                    files=[charges.EvidenceFile(io.BytesIO(evidence_photo("CLEAN SEATS", (90, 120, 150))),
+                                                "image/jpeg")])
+    users.close_session(renter, "demo_seed_done")
+    return DemoRentals(pickup, active, returned, disputed, str(fuel.public_id), str(cleaning.public_id),
+                       pickup_at, return_at)
+
+
+def evidence_photo(label: str, colour: tuple[int, int, int], width: int = 960, height: int = 720) -> bytes:
+    """A drawn evidence photo (a coloured scene with a caption), for the demo's charges and dispute."""
+    image = Image.new("RGB", (width, height), colour)
+    draw = ImageDraw.Draw(image)
+    draw.rectangle((width * 0.1, height * 0.55, width * 0.9, height * 0.9), fill=(40, 44, 52))
+    draw.text((width * 0.14, height * 0.65), label, font=_font(64), fill=(250, 250, 246))
+    return _jpeg(image)
 
 
 # ---- generated photos (drawn, so the demo needs no image files and holds no real person) -----------
