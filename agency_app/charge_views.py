@@ -18,7 +18,7 @@ from marshmallow import fields
 from agency_app.views import _render, agency_bp
 from marketplace.bookings import service as bookings
 from marketplace.charges import service as charges
-from marketplace.charges.states import MAX_EVIDENCE, WITHDRAWABLE, ChargeKind
+from marketplace.charges.states import MAX_CHARGE_FILS, MAX_EVIDENCE, MIN_CHARGE_FILS, WITHDRAWABLE, ChargeKind
 from marketplace.clock import BUSINESS_TZ
 from marketplace.errors import AppError, Unprocessable
 from marketplace.extensions import db
@@ -29,7 +29,6 @@ from marketplace.security import current_actor, requires
 from marketplace.transactions import writes
 from marketplace.webhelpers import image_response, read_upload_form
 
-MIN_FILS, MAX_FILS = 100, 5_000_000  # AED 1.00 to AED 50,000.00, as the API takes them
 _AED = re.compile(r"[0-9]{1,9}(\.[0-9]{1,2})?")
 _DECIMALS = re.compile(r"[0-9]{1,9}\.[0-9]{3,}")
 EVIDENCE_URL = "/agency/charges/{charge}/evidence/{evidence}"
@@ -62,7 +61,7 @@ def parse_aed(raw: str, field: str = "amount") -> int:
             raise _invalid(field, "Give the amount in AED with at most two decimals, for example 157.50.")
         raise _invalid(field, "Give the amount in AED, for example 157.50.")
     fils = int(Decimal(text) * 100)
-    if not MIN_FILS <= fils <= MAX_FILS:
+    if not MIN_CHARGE_FILS <= fils <= MAX_CHARGE_FILS:
         raise _invalid(field, "The amount must be between AED 1.00 and AED 50,000.00.")
     return fils
 

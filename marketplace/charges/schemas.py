@@ -5,8 +5,10 @@ from __future__ import annotations
 from marshmallow import fields, validate
 
 from marketplace.charges.states import (
+    MAX_CHARGE_FILS,
     MAX_DISPUTE_FILES,
     MAX_EVIDENCE,
+    MIN_CHARGE_FILS,
     ChargeKind,
     ChargeStatus,
     Decision,
@@ -21,16 +23,14 @@ from marketplace.schemas import (
     Text,
 )
 
-MAX_CHARGE_FILS = 5_000_000  # AED 50,000: a charge above it is a claim for the courts, not a card
-
 
 def _amount(**kwargs: object) -> fields.Integer:
-    return fields.Integer(strict=True, validate=validate.Range(min=100, max=MAX_CHARGE_FILS), **kwargs)  # type: ignore[arg-type]
+    return fields.Integer(strict=True, validate=validate.Range(min=MIN_CHARGE_FILS, max=MAX_CHARGE_FILS), **kwargs)  # type: ignore[arg-type]
 
 
 def _form_amount(**kwargs: object) -> fields.Integer:
     """An amount in a multipart form (text): plain digits only."""
-    return QueryInteger(validate=validate.Range(min=100, max=MAX_CHARGE_FILS), **kwargs)  # type: ignore[arg-type]
+    return QueryInteger(validate=validate.Range(min=MIN_CHARGE_FILS, max=MAX_CHARGE_FILS), **kwargs)  # type: ignore[arg-type]
 
 
 class ChargeRaiseIn(StrictSchema):

@@ -13,7 +13,9 @@ CHARGE_WINDOW = timedelta(days=90)  # P-20, P-21: nothing raised or charged more
 # a declined charge is tried again after these waits, then left unpaid (outstanding until the customer pays)
 RETRY_SCHEDULE = (timedelta(days=1), timedelta(days=3), timedelta(days=7))
 MAX_EVIDENCE = 5  # evidence files per charge (parts evidence, evidence_2 ...)
-MAX_DISPUTE_FILES = 3  # a dispute's files (parts file_1 ...)
+MAX_DISPUTE_FILES = 3
+# a charge is AED 1 to AED 50,000 (above that it is a claim for the courts, not a card), in fils
+MIN_CHARGE_FILS, MAX_CHARGE_FILS = 100, 5_000_000  # a dispute's files (parts file_1 ...)
 
 
 class ChargeKind(StrEnum):
