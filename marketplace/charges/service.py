@@ -240,11 +240,11 @@ def raise_charge(actor: Actor, reference: str, *, kind: ChargeKind, amount_fils:
     if now > _window_closes(returned_at):
         raise ChargeWindowClosed(details={"returned_at": returned_at.isoformat()})
     if incurred_at.tzinfo is None:
-        raise InvalidCharge(details={"incurred_at": ["Give a time zone offset."]})
+        raise InvalidCharge(details={"fields": {"incurred_at": ["Give a time zone offset."]}})
     if incurred_at > now + timedelta(minutes=5):
-        raise InvalidCharge(details={"incurred_at": ["The time it was incurred cannot be in the future."]})
+        raise InvalidCharge(details={"fields": {"incurred_at": ["The time it was incurred cannot be in the future."]}})
     if not evidence:
-        raise InvalidCharge(details={"evidence": ["Attach at least one evidence file."]})
+        raise InvalidCharge(details={"fields": {"evidence": ["Attach at least one evidence file."]}})
     if len(evidence) > MAX_EVIDENCE:
         raise EvidenceLimit(details={"max": MAX_EVIDENCE})
     amount = Money(amount_fils)
@@ -427,11 +427,11 @@ def decide(actor: Actor, public_id: str, decision: Decision, *, reason: str, amo
         states.check(charge.status, S.WAIVED if decision is Decision.WAIVE else S.DUE)
     if decision is Decision.REDUCE:
         if amount_fils is None or not 0 < amount_fils < charge.amount_fils:
-            raise InvalidCharge(details={"amount": [f"Between 1 and {charge.amount_fils - 1} fils (less than the "
-                                                    "noticed amount)."]})
+            raise InvalidCharge(details={"fields": {"amount": [
+                f"Between 1 and {charge.amount_fils - 1} fils (less than the noticed amount)."]}})
         charge.collect_fils, charge.collect_vat_fils = amount_fils, _split(charge.kind, Money(amount_fils)).fils
     elif amount_fils is not None:
-        raise InvalidCharge(details={"amount": ["Only a reduction names an amount."]})
+        raise InvalidCharge(details={"fields": {"amount": ["Only a reduction names an amount."]}})
     target = S.WAIVED if decision is Decision.WAIVE else S.DUE
     now = utcnow()
     charge.status, charge.decision, charge.decision_reason = target, decision, reason.strip()
