@@ -364,8 +364,8 @@ def pay(actor: Actor, public_id: str, *, card_public_id: str | None = None) -> P
     charge = for_customer(actor, public_id, lock=True)
     if charge.status == S.PAID:
         return PayResult(charge, None)
-    if charge.status not in PAYABLE:
-        states.check(charge.status, S.COLLECTING)  # refuses with where it stands
+    if charge.status not in PAYABLE:  # a noticed charge is accepted (or disputed), not paid here
+        raise states.IllegalTransition(details={"status": charge.status})
     _ensure_window(charge)
     if charge.status == S.REQUIRES_ACTION and card_public_id is None:
         secret = payments.charge_client_secret(charge.id)
@@ -403,6 +403,8 @@ def review(actor: Actor, public_id: str, decision: ReviewDecision, *, reason: st
     if charge.status != S.PLATFORM_REVIEW:
         raise states.IllegalTransition(details={"status": charge.status})
     states.check(charge.status, target)
+    if target == S.NOTICED:
+        _ensure_window(charge)  # no notice for a charge that could no longer be taken
     charge.reviewed_by_id, charge.reviewed_at, charge.status = actor.user.id, utcnow(), target
     if target == S.WITHDRAWN:
         charge.withdrawn_at, charge.withdrawn_reason = utcnow(), f"platform review: {reason.strip()}"[:300]
