@@ -23,6 +23,7 @@ def temporary_database(base: str, prefix: str) -> Iterator[str]:
     try:
         yield url.set(database=name).render_as_string(hide_password=False)
     finally:
+        admin.dispose()  # a fault test may have restarted the server: a pooled connection would be dead
         with admin.connect() as conn:
             conn.execute(text(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :n AND pid <> pg_backend_pid()"

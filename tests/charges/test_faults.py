@@ -10,9 +10,10 @@ not reached us). The worker's clock is moved to the charge's due time by time-ma
 rental lies in the future, as in the other charges tests); the sweeper's tick runs in the test, at the same
 moved clock. Stripe's own record is the judge: the succeeded PaymentIntents whose metadata names the charge.
 
-PostgreSQL: the server is shared with other sessions on this machine, so it is not restarted; instead every
-connection to this run's database is killed with ``pg_terminate_backend`` while the worker waits on Stripe
-(what a restart does to the worker's connections). Redis: ``FLUSHDB`` on the test database, not ``FLUSHALL``,
+PostgreSQL: every connection to this run's database is killed with ``pg_terminate_backend`` while the worker
+waits on Stripe (what a restart does to the worker's connections); where the run owns the server
+(``TEST_PG_RESTART_CLUSTER``, set by ``.ci/run``) the server itself is restarted (``pg_ctlcluster ... restart
+-m fast``) at the same moment. Redis: ``FLUSHDB`` on the test database, not ``FLUSHALL``,
 which would wipe the other sessions' databases on the same server.
 
 Run them in one process (``-p no:xdist`` or ``-n 0``): rq's queue lives in the one Redis database, which two
@@ -415,8 +416,32 @@ def _kill_connections() -> int:
     return int(killed)
 
 
+RESTART_CLUSTER = os.environ.get("TEST_PG_RESTART_CLUSTER")  # e.g. "15 main": CI owns the server, so it may
+
+
+def _restart_postgresql() -> int:
+    """Restart the server itself (``pg_ctlcluster VERSION NAME restart -m fast``), wait until it answers."""
+    assert RESTART_CLUSTER is not None
+    db.session.rollback()
+    version, name = RESTART_CLUSTER.split()
+    subprocess.run(["/usr/bin/pg_ctlcluster", "--skip-systemctl-redirect", version, name,  # noqa: S603 - ours
+                    "restart", "-m", "fast"], check=True, capture_output=True, timeout=60)
+    for _ in range(60):
+        ready = subprocess.run(["/usr/bin/pg_isready", "-h", "127.0.0.1", "-p", "5432", "-q"],
+                               check=False, timeout=10)
+        if ready.returncode == 0:
+            break
+        threading.Event().wait(0.5)
+    db.engine.dispose()  # this process's pool held connections to the old server
+    return 1
+
+
+@pytest.mark.parametrize("cut", ["connections killed", "server restarted"])
 @pytest.mark.parametrize("via", ["card", "deposit"])
-def test_postgresql_connections_killed_mid_charge_lose_nothing_and_charge_once(app, rig, via):  # JB-04
+def test_postgresql_connections_killed_mid_charge_lose_nothing_and_charge_once(app, rig, via, cut):  # JB-04
+    if cut == "server restarted" and RESTART_CLUSTER is None:
+        pytest.skip("set TEST_PG_RESTART_CLUSTER (e.g. '15 main') where this run owns the PostgreSQL server "
+                    "(.ci/run does); a shared server is not restarted")
     stripe_server = rig.stripe
     charge = _noticed(app, rig.client, stripe_server, deposit=100000 if via == "deposit" else 0)
     assert charge.due_at is not None
@@ -425,7 +450,7 @@ def test_postgresql_connections_killed_mid_charge_lose_nothing_and_charge_once(a
     rig.relay.hold = Hold("POST", _CONFIRM if via == "card" else _CAPTURE, "after", deliver=True)
     worker = rig.start_worker(first)
     _wait_reached(rig.relay, worker)
-    assert _kill_connections() >= 1  # the worker's connection among them
+    assert (_kill_connections() if cut == "connections killed" else _restart_postgresql()) >= 1
     rig.relay.release.set()  # Stripe's answer arrives: recording it meets a dead connection
     worker.finish()
 
