@@ -15,6 +15,7 @@ from marketplace.extensions import limiter
 from marketplace.permissions import Permission
 from marketplace.schemas import decode_id_cursor, paginate
 from marketplace.security import current_actor, requires
+from marketplace.transactions import writes
 from marketplace.webhelpers import image_response, upload_arguments, upload_key, upload_limit
 
 charges_bp = ApiBlueprint("charges", __name__, url_prefix="/api/v1/charges",
@@ -62,6 +63,7 @@ def get_charge(charge_id: str) -> dict[str, Any]:
 
 
 @charges_bp.route("/<string:charge_id>/evidence/<string:evidence_id>")
+@writes  # every view is audited
 @charges_bp.response(200, description="The evidence image (JPEG), never cached", content_type="image/jpeg")
 @requires(Permission.ACCOUNT_READ)
 def customer_evidence(charge_id: str, evidence_id: str) -> Response:
@@ -139,6 +141,7 @@ def agency_charge(charge_id: str) -> dict[str, Any]:
 
 
 @agency_charges_bp.route("/charges/<string:charge_id>/evidence/<string:evidence_id>")
+@writes  # every view is audited
 @agency_charges_bp.response(200, description="The evidence image (JPEG), never cached", content_type="image/jpeg")
 @requires(Permission.AGENCY_BOOKING_READ)
 def agency_evidence(charge_id: str, evidence_id: str) -> Response:
