@@ -423,7 +423,8 @@ def review(actor: Actor, public_id: str, decision: ReviewDecision, *, reason: st
 
 def decide(actor: Actor, public_id: str, decision: Decision, *, reason: str, amount_fils: int | None = None) -> Charge:
     """The disputes team decides a disputed charge: uphold (the noticed amount), reduce (a smaller amount) or
-    waive, with a reason; the customer and the agency are told; an upheld or reduced charge is collected now."""
+    waive, with a reason; the customer and the agency are told; an upheld or reduced charge is collected at
+    once, but never before the notice's 24 hours are over."""
     charge = for_staff(actor, public_id, lock=True)
     if charge.status != S.DISPUTED:
         states.check(charge.status, S.WAIVED if decision is Decision.WAIVE else S.DUE)
