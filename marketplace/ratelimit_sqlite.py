@@ -44,6 +44,20 @@ def path_from_uri(uri: str) -> Path:
     return Path(uri[len(prefix):])
 
 
+def _wal(conn: sqlite3.Connection, attempts: int = 100) -> None:
+    """Switch the file to WAL. Two gunicorn workers booting at once both ask; the switch needs the file to
+    itself, and SQLite answers ``database is locked`` at once rather than waiting (the busy timeout does not
+    cover it), which failed a worker's boot: ask again for up to ten seconds."""
+    for attempt in range(attempts):
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or attempt == attempts - 1:
+                raise
+            time.sleep(0.1)
+
+
 class SQLiteStorage(Storage, MovingWindowSupport):
     STORAGE_SCHEME = [SCHEME]
 
@@ -68,7 +82,7 @@ class SQLiteStorage(Storage, MovingWindowSupport):
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None or getattr(self._local, "pid", None) != os.getpid():
             conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
-            conn.execute("PRAGMA journal_mode=WAL")
+            _wal(conn)
             conn.execute("PRAGMA synchronous=NORMAL")  # counters survive a process crash, not a power cut
             conn.execute("PRAGMA busy_timeout=30000")
             self._local.conn, self._local.pid = conn, os.getpid()
