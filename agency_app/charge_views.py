@@ -27,7 +27,7 @@ from marketplace.permissions import Permission
 from marketplace.schemas import StrictSchema
 from marketplace.security import current_actor, requires
 from marketplace.transactions import writes
-from marketplace.webhelpers import image_response, read_upload_form
+from marketplace.webhelpers import error_text, image_response, read_upload_form
 
 _AED = re.compile(r"[0-9]{1,9}(\.[0-9]{1,2})?")
 _DECIMALS = re.compile(r"[0-9]{1,9}\.[0-9]{3,}")
@@ -75,14 +75,6 @@ def _local_time(raw: str) -> datetime:
     if value.tzinfo is not None:
         raise _invalid("incurred_at", "Pick the date and time it was incurred (Dubai time).")
     return value.replace(tzinfo=BUSINESS_TZ)
-
-
-def error_text(exc: AppError) -> str:
-    """The message and the fields it names (a form's ``fields``, or the service's own ``{"evidence": [...]}``)."""
-    details = exc.details if isinstance(exc.details, dict) else {}
-    named = details.get("fields", details)
-    parts = [f"{k}: {', '.join(map(str, v))}" for k, v in named.items() if isinstance(v, list)]
-    return " ".join([exc.text, "; ".join(parts)]).strip()
 
 
 def _rows(items: list[Any]) -> list[dict[str, Any]]:

@@ -19,7 +19,7 @@ from marketplace.extensions import db
 from marketplace.fleet import service as fleet
 from marketplace.permissions import Permission
 from marketplace.security import Actor, current_actor, requires
-from marketplace.webhelpers import ImageFormIn, read_upload_form
+from marketplace.webhelpers import ImageFormIn, error_text, read_upload_form
 
 _PHOTO_FORM = ImageFormIn()
 if TYPE_CHECKING:
@@ -31,14 +31,6 @@ _NUMBER_FIELDS = ("latitude", "longitude")
 _TEXT_FIELDS = ("make", "model", "category", "plate", "transmission", "fuel_type", "city", "pickup_address",
                 "fuel_policy", "status")
 _OPTIONAL = ("pickup_address", "mileage_limit_km_per_day", "extra_km_fils", "turnaround_minutes")
-
-
-def error_text(exc: AppError) -> str:
-    """One line for the page: the message, and the fields it names."""
-    fields = exc.details.get("fields") if isinstance(exc.details, dict) else None
-    if isinstance(fields, dict):
-        return exc.text + " " + "; ".join(f"{k}: {', '.join(map(str, v))}" for k, v in fields.items())
-    return exc.text
 
 
 def _integer(raw: str) -> int | str:

@@ -11,7 +11,7 @@ from typing import Any
 
 from flask import redirect, request, url_for
 
-from agency_app.profile_views import _agency_ref, _error_text
+from agency_app.profile_views import _agency_ref
 from agency_app.views import _render, agency_bp
 from marketplace.agencies import service as agencies
 from marketplace.errors import AppError
@@ -20,6 +20,7 @@ from marketplace.payments import service as payments
 from marketplace.permissions import Permission, permissions_for
 from marketplace.security import current_actor, requires
 from marketplace.transactions import writes
+from marketplace.webhelpers import error_text
 
 
 def _page(status: int = 200, error: str | None = None) -> Any:
@@ -43,7 +44,7 @@ def payouts() -> Any:
             payments.refresh_payout_account(agency.id)
         except AppError as exc:  # Stripe unreachable: the account.updated webhook will tell us
             db.session.rollback()
-            return _page(error=_error_text(exc))
+            return _page(error=error_text(exc))
     return _page()
 
 
@@ -60,5 +61,5 @@ def payouts_onboarding() -> Any:
         db.session.rollback()
         if exc.status == 404:
             raise
-        return _page(exc.status, _error_text(exc))
+        return _page(exc.status, error_text(exc))
     return redirect(link)

@@ -18,7 +18,7 @@ from marketplace.errors import AppError
 from marketplace.extensions import db
 from marketplace.permissions import AGENCY_ROLES, Permission, Role, permissions_for
 from marketplace.security import Actor, current_actor, requires
-from marketplace.webhelpers import ImageFormIn, read_upload_form
+from marketplace.webhelpers import ImageFormIn, error_text, read_upload_form
 
 
 class _DocumentFormIn(ImageFormIn):
@@ -37,15 +37,6 @@ def _agency_ref(actor: Actor) -> str | None:
     return mine[0].public_id if len(mine) > 1 else None
 
 
-def _error_text(exc: AppError) -> str:
-    message = exc.text
-    details = exc.details if isinstance(exc.details, dict) else {}
-    fields = details.get("fields")
-    if isinstance(fields, dict):
-        message += " " + "; ".join(f"{k}: {', '.join(map(str, v))}" for k, v in fields.items())
-    return message
-
-
 def _attempt(action: Callable[[], Any], on_error: Callable[[int, str], Any], target: str) -> Any:
     try:
         action()
@@ -53,7 +44,7 @@ def _attempt(action: Callable[[], Any], on_error: Callable[[int, str], Any], tar
         db.session.rollback()
         if exc.status == 404:
             raise
-        return on_error(exc.status, _error_text(exc))
+        return on_error(exc.status, error_text(exc))
     return redirect(target)
 
 

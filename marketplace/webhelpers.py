@@ -22,7 +22,7 @@ from webargs import core
 from webargs.flaskparser import FlaskParser
 from werkzeug.datastructures import CombinedMultiDict, MultiDict
 
-from marketplace.errors import JsonTooDeep, MalformedJson
+from marketplace.errors import AppError, JsonTooDeep, MalformedJson
 from marketplace.schemas import ImageUpload, StrictSchema
 
 # ---- JSON bodies -----------------------------------------------------------------------------------------
@@ -215,6 +215,16 @@ def read_upload_form(schema: Schema) -> dict[str, Any]:
     """
     parsed: dict[str, Any] = _FORM_PARSER.parse(schema, location="multipart")
     return parsed
+
+
+def error_text(exc: AppError) -> str:
+    """One line for a staff page: the error's message and the fields it names (``details.fields``, or a
+    service's bare ``{"field": [...]}``)."""
+    details = exc.details if isinstance(exc.details, dict) else {}
+    named = details.get("fields", details)
+    parts = [f"{k}: {', '.join(map(str, v))}" for k, v in named.items() if isinstance(v, list)] \
+        if isinstance(named, dict) else []
+    return " ".join([exc.text, "; ".join(parts)]).strip()
 
 
 def image_response(data: bytes, mime: str) -> Response:

@@ -21,7 +21,7 @@ from marketplace.extensions import db
 from marketplace.handover import service as handover
 from marketplace.permissions import Permission
 from marketplace.security import current_actor, requires
-from marketplace.webhelpers import image_response
+from marketplace.webhelpers import error_text, image_response
 
 _AED = re.compile(r"[0-9]{1,9}(\.[0-9]{1,2})?")
 EVIDENCE_URL = "/console/charges/{charge}/evidence/{evidence}"
@@ -37,14 +37,6 @@ def _fils(raw: str) -> int:
     if not _AED.fullmatch(text) or Decimal(text) <= 0:
         raise _invalid("amount", "Give the reduced amount in AED with at most two decimals, for example 80.00.")
     return int(Decimal(text) * 100)
-
-
-def _error_text(exc: AppError) -> str:
-    """The message and the fields it names (a form's ``fields``, or the service's own ``{"amount": [...]}``)."""
-    details = exc.details if isinstance(exc.details, dict) else {}
-    named = details.get("fields", details)
-    parts = [f"{k}: {', '.join(map(str, v))}" for k, v in named.items() if isinstance(v, list)]
-    return " ".join([exc.text, "; ".join(parts)]).strip()
 
 
 def _reason() -> str:
@@ -76,7 +68,7 @@ def _case_page(public_id: str, *, status: int = 200, error: AppError | None = No
         and returned_at is not None
         and handed_over_at - grace <= charge.incurred_at <= returned_at + grace
     )
-    message = error and f"{_error_text(error)} ({error.code})"
+    message = error and f"{error_text(error)} ({error.code})"
     return _render(
         "console/charge.html",
         status=status,
