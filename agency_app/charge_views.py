@@ -6,22 +6,20 @@ agency's charges list, one charge with its evidence (every view audited) and the
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from flask import Response, redirect, request, url_for
+from flask import Response, request, url_for
 from flask_smorest.fields import Upload
 from marshmallow import fields
 
-from agency_app.views import _render, agency_bp
+from agency_app.views import _attempt, _render, agency_bp
 from marketplace.bookings import service as bookings
 from marketplace.charges import service as charges
 from marketplace.charges.states import MAX_CHARGE_FILS, MAX_EVIDENCE, MIN_CHARGE_FILS, WITHDRAWABLE, ChargeKind
 from marketplace.clock import BUSINESS_TZ
 from marketplace.errors import AppError, Unprocessable
-from marketplace.extensions import db
 from marketplace.handover import service as handover
 from marketplace.permissions import Permission
 from marketplace.schemas import StrictSchema
@@ -107,17 +105,6 @@ def _booking_page(
         "form": form or {},
     }
     return _render("agency/booking.html", status, b=bookings.agency_booking_out(booking), **context)
-
-
-def _attempt(action: Callable[[], Any], on_error: Callable[[int, AppError], Any], target: Callable[[Any], str]) -> Any:
-    try:
-        result = action()
-    except AppError as exc:
-        db.session.rollback()
-        if exc.status == 404:
-            raise
-        return on_error(exc.status, exc)
-    return redirect(target(result))
 
 
 @agency_bp.post("/bookings/<string:reference>/charges")

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from flask import Response, redirect, request, url_for
 
-from agency_app.views import _render, agency_bp
+from agency_app.views import _attempt, _render, agency_bp
 from marketplace import clock
 from marketplace.clock import BUSINESS_TZ
 from marketplace.errors import AppError, Unprocessable
@@ -83,20 +83,6 @@ def _fleet_page(status: int = 200, error: AppError | None = None, form: dict[str
                    error_code=error and error.code, vehicles=fleet.vehicles_for_staff(actor),
                    agencies={a.id: a for a in fleet.agencies_of(actor)}, writable=_writable_agencies(actor),
                    summary=fleet.fleet_summary(actor), form=form or {}, C=fleet)
-
-
-def _attempt(action: Callable[[], Any], on_error: Callable[[int, AppError], Any],
-             target: Callable[[Any], str]) -> Any:
-    """Run a service call and redirect (the edge commits), or show the page again with the error (404s stay
-    404s)."""
-    try:
-        result = action()
-    except AppError as exc:
-        db.session.rollback()
-        if exc.status == 404:
-            raise
-        return on_error(exc.status, exc)
-    return redirect(target(result))
 
 
 @agency_bp.get("/fleet")

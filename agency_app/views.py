@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
-from flask import Blueprint, render_template
+from flask import Blueprint, redirect, render_template
 
 from marketplace import clock
 from marketplace.bookings import service as bookings
+from marketplace.errors import AppError
+from marketplace.extensions import db
 from marketplace.fleet import service as fleet
 from marketplace.payments import service as payments
 from marketplace.permissions import Permission
@@ -25,6 +28,20 @@ def _render(template: str, status: int = 200, **context: Any) -> tuple[str, int]
     actor = current_actor()
     return render_template(template, door="agency", title=TITLE, actor=actor, csrf_token=csrf_token(actor),
                            P=Permission, **context), status
+
+
+def _attempt(action: Callable[[], Any], on_error: Callable[[int, AppError], Any],
+             target: Callable[[Any], str]) -> Any:
+    """A form's service call: redirect on success (the edge commits), or show the page again with the error
+    (nothing kept; a 404 stays a 404)."""
+    try:
+        result = action()
+    except AppError as exc:
+        db.session.rollback()
+        if exc.status == 404:
+            raise
+        return on_error(exc.status, exc)
+    return redirect(target(result))
 
 
 @agency_bp.get("/", endpoint="home")
