@@ -298,12 +298,18 @@ def _leaks(app: Any, needles: list[str]) -> list[str]:
     found = []
     with app.app_context(), db.engine.connect() as conn:
         for table in db.metadata.sorted_tables:
-            for row in conn.execute(text(f'SELECT * FROM "{table.name}"')):  # noqa: S608 - our own table names
-                for cell in row:
+            result = conn.execute(text(f'SELECT * FROM "{table.name}"'))  # noqa: S608 - our own table names
+            columns = list(result.keys())
+            for row in result:
+                for column, cell in zip(columns, row, strict=True):
                     value = str(cell)
                     found += [f"{table.name}: {needle}" for needle in needles if needle in value]
+                    # a TRN is a 15-digit tax number: one in ten passes Luhn by chance (the factory's
+                    # sequence made some do, depending on test order), and it is no card
+                    if column.endswith("trn"):
+                        continue
                     if not _UUID.match(value) and looks_like_card_number(value):
-                        found.append(f"{table.name}: a card number")
+                        found.append(f"{table.name}.{column}: a card number")
     return found
 
 
@@ -326,7 +332,7 @@ def test_no_card_number_cvv_or_secret_is_stored_after_the_payment_flows(app, cli
     db.session.execute(JournalEntry.__table__.update().values(memo=f"oops {SECRET_KEY}"))
     db.session.commit()
     leaks = _leaks(app, needles)
-    assert "saved_cards: a card number" in leaks and f"journal_entries: {SECRET_KEY}" in leaks
+    assert "saved_cards.brand: a card number" in leaks and f"journal_entries: {SECRET_KEY}" in leaks
 
 
 def test_when_the_webhook_confirmed_a_job_holds_the_deposit_later(app, client, app_ctx, stripe_gateway):  # P-22
