@@ -18,7 +18,7 @@ from datetime import datetime, timedelta
 from typing import IO, Any
 
 from flask import current_app
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from marketplace import audit, images, jobs, money
 from marketplace.agencies import service as agencies
@@ -197,10 +197,6 @@ def notice_delivery(charge: Charge) -> dict[str, datetime | None]:
     if charge.notice_in_app_id:
         in_app = charge.notice_sent_at
     return {"sent_at": charge.notice_sent_at, "email_delivered_at": emailed, "in_app_delivered_at": in_app}
-
-
-def payment_attempts(charge: Charge) -> list[Any]:
-    return payments.charge_payments_for(charge.id)
 
 
 def invoice_number(charge: Charge) -> str | None:
@@ -575,15 +571,10 @@ def _apply(charge_id: int, state: payments.ChargeState, payment_id: int | None, 
 
 
 @payments.on_charge_outcome
-def _later_outcome(charge_id: int, state: payments.ChargeState) -> None:
+def _later_outcome(charge_id: int, outcome: payments.ChargeOutcome) -> None:
     """A webhook settled an attempt after its answer was lost or the customer authenticated on-session."""
-    charge = db.session.get(Charge, charge_id)
-    if charge is None:
-        return
-    attempts = payments.charge_payments_for(charge_id)
-    latest = attempts[-1] if attempts else None
-    _apply(charge_id, state, latest.id if latest else None, latest.via if latest else None,
-           latest.error_code if latest else None)
+    if db.session.get(Charge, charge_id) is not None:
+        _apply(charge_id, outcome.state, outcome.payment_id, outcome.via, outcome.error_code)
 
 
 def _settle_deposit(charge: Charge) -> None:
@@ -610,19 +601,23 @@ def relay_due(*, now: datetime | None = None, limit: int = 100) -> int:
         if not jobs.has_open("charges.collect", str(charge_id)):
             jobs.schedule("charges.collect", charge_id)
             scheduled += 1
-    _expire_outstanding(now, limit)
+    _expire_outstanding(now)
     return scheduled
 
 
-def _expire_outstanding(now: datetime, limit: int) -> None:
+def _expire_outstanding(now: datetime) -> None:
     """An unpaid charge (or one waiting for the customer) can no longer be taken 90 days after the return:
-    it expires, stops blocking new bookings, and the agency is told (it may pursue the debt itself)."""
-    waiting = db.session.execute(select(Charge.id).where(Charge.status.in_(list(OUTSTANDING)))
-                                 .order_by(Charge.id).limit(limit)).scalars().all()
-    for charge_id in waiting:
+    it expires, stops blocking new bookings, and the agency is told (it may pursue the debt itself). All
+    outstanding charges are looked at each tick (a page of them would starve the rest), their returns in
+    one question to handover."""
+    waiting = db.session.execute(select(Charge.id, Charge.booking_id).where(
+        Charge.status.in_(list(OUTSTANDING)))).all()
+    closed = handover.returned_before({booking_id for _, booking_id in waiting}, now - CHARGE_WINDOW)
+    for charge_id, booking_id in waiting:
+        if booking_id not in closed:
+            continue
         charge = _locked(charge_id)
-        returned = _returned_at(charge)
-        if charge.status not in OUTSTANDING or returned is None or now <= _window_closes(returned):
+        if charge.status not in OUTSTANDING:
             continue
         charge.status, charge.last_error = S.EXPIRED, "charge_window_closed"
         db.session.flush()
@@ -640,11 +635,6 @@ def charge_pending(booking_id: int) -> bool:
     """A charge on the booking is not settled yet: the deposit stays held for it."""
     return db.session.execute(select(Charge.id).where(Charge.booking_id == booking_id,
                                                       Charge.status.in_(list(OPEN)))).first() is not None
-
-
-def outstanding_fils(customer_id: int) -> int:
-    return int(db.session.execute(select(func.coalesce(func.sum(Charge.collect_fils), 0)).where(
-        Charge.customer_id == customer_id, Charge.status.in_(list(OUTSTANDING)))).scalar_one())
 
 
 @bookings.before_customer_books

@@ -16,6 +16,7 @@ Only ``handover.service`` imports this module (it re-exports the functions). Ser
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from datetime import datetime
 from typing import IO, TYPE_CHECKING, Any
 
@@ -398,6 +399,14 @@ def inspection_photo_bytes(photo_id: str) -> bytes:
     if found is None:
         raise NotFound()
     return _photo_data(found[0])
+
+
+def returned_before(booking_ids: Collection[int], cutoff: datetime) -> set[int]:
+    """Which of these bookings came back before ``cutoff`` (one query, for a batch)."""
+    if not booking_ids:
+        return set()
+    return set(db.session.execute(select(Handover.booking_id).where(
+        Handover.booking_id.in_(list(booking_ids)), Handover.returned_at < cutoff)).scalars())
 
 
 def rental_period(booking_id: int) -> tuple[datetime | None, datetime | None]:

@@ -41,6 +41,7 @@ from marketplace.handover.inspections import (
     inspection_view,
     record_inspection,
     rental_period,
+    returned_before,
 )
 from marketplace.handover.models import Handover
 from marketplace.handover.states import Outcome, Stage
@@ -74,6 +75,7 @@ __all__ = [
     "inspection_view",
     "record_inspection",
     "rental_period",
+    "returned_before",
 ]
 
 

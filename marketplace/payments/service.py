@@ -1709,14 +1709,24 @@ class ChargeOutcome:
     client_secret: str | None = None
 
 
-_CHARGE_LISTENERS: list[Callable[[int, ChargeState], None]] = []
+_CHARGE_LISTENERS: list[Callable[[int, ChargeOutcome], None]] = []
 
 
-def on_charge_outcome(func: Callable[[int, ChargeState], None]) -> Callable[[int, ChargeState], None]:
-    """The charges area hears a charge payment's outcome that arrives later (a webhook, reconciliation):
-    ``func(charge_id, state)``."""
+def on_charge_outcome(func: Callable[[int, ChargeOutcome], None]) -> Callable[[int, ChargeOutcome], None]:
+    """The charges area hears a charge payment's outcome that arrives later (a webhook):
+    ``func(charge_id, outcome)``, the outcome naming the attempt it is about."""
     _CHARGE_LISTENERS.append(func)
     return func
+
+
+def _tell_charges(row_id: int, before: str) -> None:
+    row = db.session.get(ChargePayment, row_id)
+    assert row is not None
+    if row.state == before:
+        return
+    outcome = _outcome(row)
+    for listener in _CHARGE_LISTENERS:
+        listener(row.charge_id, outcome)
 
 
 def charge_key(charge_id: int, attempt: int) -> str:
@@ -1740,8 +1750,7 @@ def deposit_covers(booking_id: int, amount: Money, *, now: datetime | None = Non
     if row is None or row.amount_fils < amount.fils:
         return False
     now = now or utcnow()
-    before = row.capture_before
-    if before is not None and (before if before.tzinfo else before.replace(tzinfo=UTC)) <= now:
+    if row.capture_before is not None and row.capture_before <= now:
         return False
     claimed = db.session.execute(select(ChargePayment.id).where(
         ChargePayment.deposit_id == row.id, ChargePayment.state != IntentState.FAILED)).first()
@@ -1949,12 +1958,8 @@ def apply_charge_intent(row_id: int, intent: Intent, *, notify: bool = True) -> 
     elif intent.needs_customer:
         _charge_failed(row_id, "authentication_required", intent.id, requires_action=True)
     db.session.flush()
-    after = db.session.get(ChargePayment, row_id)
-    assert after is not None
-    if notify and after.state != before:
-        state = _outcome(after).state
-        for listener in _CHARGE_LISTENERS:
-            listener(after.charge_id, state)
+    if notify:
+        _tell_charges(row_id, before)
 
 
 def _charge_succeeded(row_id: int) -> None:
@@ -2029,11 +2034,7 @@ def _charge_event(kind: str, obj: dict[str, Any]) -> str | None:
         code = str(error.get("decline_code") or error.get("code") or "payment_failed")
         before = row.state
         _charge_failed(row.id, code, intent.id, requires_action=code == "authentication_required")
-        failed = db.session.get(ChargePayment, row.id)
-        assert failed is not None
-        if failed.state != before:
-            for listener in _CHARGE_LISTENERS:
-                listener(failed.charge_id, _outcome(failed).state)
+        _tell_charges(row.id, before)
         return "failed"
     apply_charge_intent(row.id, intent)
     return "applied"

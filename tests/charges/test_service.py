@@ -409,6 +409,17 @@ def test_when_the_bank_wants_the_customer_they_pay_on_session(app, client, app_c
         elsewhere = booking_body(make_vehicle(make_agency()), start_in_hours=5, hours=24)
         refused = client.post("/api/v1/bookings", json=elsewhere, headers=auth_headers(client, rental.customer))
         assert refused.get_json()["error"]["code"] == "outstanding_balance"
+    # the customer's SDK authenticated: Stripe's webhook about that attempt settles the charge
+    from tests.payments.test_views import post_event
+
+    (attempt,) = _attempts(body["id"])
+    succeeded = {"id": attempt.stripe_intent_id, "object": "payment_intent", "status": "succeeded",
+                 "amount": attempt.amount_fils, "amount_received": attempt.amount_fils, "currency": "aed",
+                 "metadata": {"charge_payment": str(attempt.id)}}
+    with at(charge_row(body["id"]).due_at + timedelta(minutes=5)):
+        assert post_event(client, "payment_intent.succeeded", succeeded).get_json()["outcome"] == "applied"
+    paid = charge_row(body["id"])
+    assert (paid.status, paid.payment_id, paid.paid_via) == ("paid", attempt.id, "card")
 
 
 def test_an_open_chargeback_on_the_booking_holds_every_charge(app, client, app_ctx, stripe_gateway, monkeypatch):
