@@ -5,9 +5,7 @@ agency's charges list, one charge with its evidence (every view audited) and the
 
 from __future__ import annotations
 
-import re
 from datetime import datetime
-from decimal import Decimal
 from typing import Any
 
 from flask import Response, request, url_for
@@ -25,10 +23,8 @@ from marketplace.permissions import Permission
 from marketplace.schemas import StrictSchema
 from marketplace.security import current_actor, requires
 from marketplace.transactions import writes
-from marketplace.webhelpers import error_text, image_response, read_upload_form
+from marketplace.webhelpers import aed_to_fils, error_text, image_response, read_upload_form
 
-_AED = re.compile(r"[0-9]{1,9}(\.[0-9]{1,2})?")
-_DECIMALS = re.compile(r"[0-9]{1,9}\.[0-9]{3,}")
 EVIDENCE_URL = "/agency/charges/{charge}/evidence/{evidence}"
 
 
@@ -49,19 +45,6 @@ _FORM = ChargeFormIn()
 
 def _invalid(field: str, text: str) -> Unprocessable:
     return Unprocessable(details={"fields": {field: [text]}})
-
-
-def parse_aed(raw: str, field: str = "amount") -> int:
-    """``157.50`` (AED: digits, at most two decimals) -> 15750 fils, between AED 1.00 and AED 50,000.00."""
-    text = raw.strip().replace(",", "")[:20]
-    if not _AED.fullmatch(text):
-        if _DECIMALS.fullmatch(text):
-            raise _invalid(field, "Give the amount in AED with at most two decimals, for example 157.50.")
-        raise _invalid(field, "Give the amount in AED, for example 157.50.")
-    fils = int(Decimal(text) * 100)
-    if not MIN_CHARGE_FILS <= fils <= MAX_CHARGE_FILS:
-        raise _invalid(field, "The amount must be between AED 1.00 and AED 50,000.00.")
-    return fils
 
 
 def _local_time(raw: str) -> datetime:
@@ -120,7 +103,7 @@ def charge_raise(reference: str) -> Any:
     def raise_it() -> Any:
         if form["kind"] not in set(ChargeKind):
             raise _invalid("kind", "Choose what the charge is for.")
-        amount = parse_aed(form["amount"])
+        amount = aed_to_fils(form["amount"], low=MIN_CHARGE_FILS, high=MAX_CHARGE_FILS)
         description = form["description"].strip()
         if not description or len(description) > 1000:
             raise _invalid("description", "Describe the charge (at most 1,000 characters).")

@@ -10,7 +10,9 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import re
 from collections.abc import Callable
+from decimal import Decimal
 from itertools import accumulate
 from typing import IO, Any
 
@@ -22,7 +24,7 @@ from webargs import core
 from webargs.flaskparser import FlaskParser
 from werkzeug.datastructures import CombinedMultiDict, MultiDict
 
-from marketplace.errors import AppError, JsonTooDeep, MalformedJson
+from marketplace.errors import AppError, JsonTooDeep, MalformedJson, Unprocessable
 from marketplace.schemas import ImageUpload, StrictSchema
 
 # ---- JSON bodies -----------------------------------------------------------------------------------------
@@ -215,6 +217,28 @@ def read_upload_form(schema: Schema) -> dict[str, Any]:
     """
     parsed: dict[str, Any] = _FORM_PARSER.parse(schema, location="multipart")
     return parsed
+
+
+_AED = re.compile(r"[0-9]{1,9}(\.[0-9]{1,2})?")
+_AED_TOO_PRECISE = re.compile(r"[0-9]{1,9}\.[0-9]{3,}")
+
+
+def aed_to_fils(raw: str, *, low: int, high: int, field: str = "amount", what: str = "amount") -> int:
+    """An amount a staff page's form typed in AED (``157.50``: digits, at most two decimals) as fils, between
+    ``low`` and ``high`` fils; anything else is a 422 naming ``field``."""
+    text = raw.strip().replace(",", "")[:20]
+
+    def invalid(message: str) -> Unprocessable:
+        return Unprocessable(details={"fields": {field: [message]}})
+
+    if not _AED.fullmatch(text):
+        if _AED_TOO_PRECISE.fullmatch(text):
+            raise invalid(f"Give the {what} in AED with at most two decimals, for example 157.50.")
+        raise invalid(f"Give the {what} in AED, for example 157.50.")
+    fils = int(Decimal(text) * 100)
+    if not low <= fils <= high:
+        raise invalid(f"The {what} must be between AED {low / 100:,.2f} and AED {high / 100:,.2f}.")
+    return fils
 
 
 def error_text(exc: AppError) -> str:

@@ -6,37 +6,26 @@ image view and action leaves an audit row."""
 
 from __future__ import annotations
 
-import re
-from decimal import Decimal
 from typing import Any
 
 from flask import Response, current_app, redirect, request, url_for
 
 from marketplace import audit, transactions
 from marketplace.charges import service as charges
-from marketplace.charges.states import ChargeStatus, Decision, ReviewDecision
+from marketplace.charges.states import MAX_CHARGE_FILS, MIN_CHARGE_FILS, ChargeStatus, Decision, ReviewDecision
 from marketplace.console.views import _render, console_bp
 from marketplace.errors import AppError, Unprocessable
 from marketplace.extensions import db
 from marketplace.handover import service as handover
 from marketplace.permissions import Permission
 from marketplace.security import current_actor, requires
-from marketplace.webhelpers import error_text, image_response
+from marketplace.webhelpers import aed_to_fils, error_text, image_response
 
-_AED = re.compile(r"[0-9]{1,9}(\.[0-9]{1,2})?")
 EVIDENCE_URL = "/console/charges/{charge}/evidence/{evidence}"
 
 
 def _invalid(field: str, text: str) -> Unprocessable:
     return Unprocessable(details={"fields": {field: [text]}})
-
-
-def _fils(raw: str) -> int:
-    """The reduced amount typed in AED (``80.00``) as fils; the service checks it is below the noticed one."""
-    text = raw.strip().replace(",", "")[:20]
-    if not _AED.fullmatch(text) or Decimal(text) <= 0:
-        raise _invalid("amount", "Give the reduced amount in AED with at most two decimals, for example 80.00.")
-    return int(Decimal(text) * 100)
 
 
 def _reason() -> str:
@@ -125,7 +114,8 @@ def charge_decide(charge_id: str) -> Any:
         if raw not in set(Decision):
             raise _invalid("decision", "Choose uphold, reduce or waive.")
         decision = Decision(raw)
-        amount = _fils(request.form.get("amount", "")) if decision is Decision.REDUCE else None
+        amount = (aed_to_fils(request.form.get("amount", ""), low=MIN_CHARGE_FILS, high=MAX_CHARGE_FILS,
+                              what="reduced amount") if decision is Decision.REDUCE else None)
         charges.decide(actor, charge_id, decision, reason=_reason(), amount_fils=amount)
 
     return _act(charge_id, decide)
