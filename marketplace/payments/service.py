@@ -1811,11 +1811,11 @@ def collect_charge(req: ChargeRequest) -> ChargeOutcome:
     if row.amount_fils != req.amount.fils:
         raise ValueError(f"charge {req.charge_id} attempt {req.attempt}: the amount changed under its key")
     if row.via == "deposit":
-        return _collect_from_deposit(row.id)
+        return _collect_from_deposit(row.id, req)
     return _collect_by_card(row.id, req)
 
 
-def _collect_from_deposit(row_id: int) -> ChargeOutcome:
+def _collect_from_deposit(row_id: int, req: ChargeRequest) -> ChargeOutcome:
     row = db.session.get(ChargePayment, row_id)
     assert row is not None and row.deposit_id is not None
     hold = db.session.get(PaymentIntentRow, row.deposit_id)
@@ -1848,13 +1848,13 @@ def _collect_from_deposit(row_id: int) -> ChargeOutcome:
             return _outcome(row)
         row.card_id = card.id
         db.session.flush()
-        return _collect_by_card(row_id, None)
+        return _collect_by_card(row_id, req)
     row = db.session.get(ChargePayment, row_id)
     assert row is not None
     return _outcome(row)
 
 
-def _collect_by_card(row_id: int, req: ChargeRequest | None) -> ChargeOutcome:
+def _collect_by_card(row_id: int, req: ChargeRequest) -> ChargeOutcome:
     row = db.session.get(ChargePayment, row_id)
     assert row is not None and row.card_id is not None
     booking = bookings.get(row.booking_id)
@@ -1865,7 +1865,7 @@ def _collect_by_card(row_id: int, req: ChargeRequest | None) -> ChargeOutcome:
         row.state, row.error_code = IntentState.FAILED, "no_payment_customer"
         db.session.flush()
         return _outcome(row)
-    metadata = {"charge_payment": str(row_id), "charge": req.charge_ref if req else str(row.charge_id),
+    metadata = {"charge_payment": str(row_id), "charge": req.charge_ref,
                 "booking": booking.reference, "kind": "charge"}
     intent_id = row.stripe_intent_id
     try:
